@@ -1,0 +1,1 @@
+"""AMoE platform: curate, distill and evaluate agglomerative vision foundation models."""

@@ -1,0 +1,129 @@
+"""`amoe <group> <command>`: parses arguments, loads params.yaml (+ `-S` overrides), calls the stage function.
+
+Thin by design: all behaviour lives in the stage functions of `amoe_core.stages`, which DVC, Prefect, submitit and
+the tests call too. User errors (`AmoeError`) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from amoe_core.config import Params, load_params
+from amoe_core.errors import AmoeError
+from amoe_core.progress import setup_logging
+from amoe_core.stages import stage_function
+
+log = logging.getLogger("amoe")
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--params", default=None, help="params file (default: ./params.yaml, else built-in defaults)")
+    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter, e.g. -S ingest.max_side=256 (repeatable, DVC's spelling)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def _stage(name: str, **extra: Callable[[argparse.Namespace], Any]) -> Callable[[Params, argparse.Namespace], Any]:
+    """A handler that calls stage `name` with keyword arguments taken from the parsed command line."""
+
+    def handler(params: Params, args: argparse.Namespace) -> Any:
+        kwargs = {k: f(args) for k, f in extra.items()}
+        return stage_function(name)(params, **{k: v for k, v in kwargs.items() if v is not None})
+
+    return handler
+
+
+def _model_info(params: Params, args: argparse.Namespace) -> None:
+    from amoe_core.models.registry import print_model_info
+
+    print_model_info(args.names or None, params)
+
+
+def _submit(params: Params, args: argparse.Namespace) -> None:
+    from amoe_core.launch.submit import submit_stage
+
+    submit_stage(params, args.stage, wait=not args.no_wait, array=args.array)
+
+
+def _export(params: Params, args: argparse.Namespace) -> None:
+    from amoe_core.train.export import export_run
+
+    export_run(params, args.run, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    root = argparse.ArgumentParser(prog="amoe", description=__doc__.splitlines()[0])
+    groups = root.add_subparsers(dest="group", required=True, metavar="<group>")
+
+    def command(parent, name: str, handler, help: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    data = groups.add_parser("data", help="demo pool and ingest").add_subparsers(dest="cmd", required=True)
+    command(data, "demo-pool", _stage("demo-pool"), "assemble the offline demo image pool and labelled splits")
+    p = command(data, "ingest", _stage("ingest", sources=lambda a: a.source or None, out=lambda a: a.out),
+                "image sources -> validated, deduplicated WebDataset shards + manifest")
+    p.add_argument("--source", action="append", help="folder:PATH or shards:PATH (repeatable); default ingest.sources")
+    p.add_argument("--out", default=None, help="output directory (default ingest.out)")
+
+    teachers = groups.add_parser("teachers", help="teacher models").add_subparsers(dest="cmd", required=True)
+    command(teachers, "demo", _stage("teachers-demo"), "train the two small demo teachers (DINOv3, SigLIP2) locally")
+
+    model = groups.add_parser("model", help="student model").add_subparsers(dest="cmd", required=True)
+    p = command(model, "info", _model_info, "parameter counts (total and active) of named student configs")
+    p.add_argument("names", nargs="*", help="config names (default: all)")
+
+    curate = groups.add_parser("curate", help="embed, cluster, sample").add_subparsers(dest="cmd", required=True)
+    command(curate, "embed", _stage("embed"), "embed every image of the shard set into a float16 memmap")
+    command(curate, "cluster", _stage("cluster"), "hierarchical k-means with resampling")
+    command(curate, "sample", _stage("sample"), "balanced hierarchical sampling and a random baseline")
+
+    p = command(groups, "distill", _stage("distill", resume=lambda a: a.resume or None), "train the student")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+
+    p = command(groups, "submit", _submit, "run a stage through submitit (SLURM, local or debug executor)")
+    p.add_argument("stage", help="stage name, e.g. distill")
+    p.add_argument("--no-wait", action="store_true", help="return after submission")
+    p.add_argument("--array", action="append", default=None, metavar="KEY=V1,V2",
+                   help="job array: one job per value of an override, e.g. --array seed=0,1,2")
+
+    p = command(groups, "export", _export, "write a trained student as a standalone model directory")
+    p.add_argument("run", help="run id under distill.runs_dir, or a run directory")
+    p.add_argument("--out", default=None, help="output directory (default runs/<run>/export)")
+
+    p = command(groups, "evaluate", _stage("evaluate", run=lambda a: a.run, teachers=lambda a: a.teachers or None),
+                "kNN, linear probe, cross-resolution, fidelity and PCA maps")
+    p.add_argument("run", nargs="?", default=None, help="run id (default distill.run)")
+    p.add_argument("--teachers", action="store_true", help="evaluate the teachers' own features (baselines)")
+
+    command(groups, "sweep", _stage("sweep"), "Optuna search over batching and loss settings")
+    command(groups, "report", _stage("report"), "generate docs/RESULTS.md from the runs")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet, args.verbose)
+    try:
+        params = load_params(args.params, args.overrides)
+        args.handler(params, args)
+    except AmoeError as e:
+        print(f"amoe: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("amoe: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""Typed models of params.yaml: one section per stage, validated before any work starts.
+
+`load_params(path, overrides)` reads the YAML file, applies DVC-style `-S section.key=value` overrides and validates
+everything; any problem becomes a `ConfigError` whose single line names the field, the bad value and what is allowed.
+Paths are relative to the working directory (the repository root, like DVC). Input paths are checked by the stage
+that reads them (`errors.require_path`), since earlier stages create them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from amoe_core.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+class DemoPoolConfig(Section):
+    """`amoe data demo-pool`: real images from Debian packages, no internet."""
+
+    out: Path = Path("data/demo")
+    debs: Path = Path("data/debs")  # downloaded .deb files are cached here
+    fmnist_pool: int = Field(12000, ge=0, le=60000)  # fashion-mnist train images in the unlabelled pool
+    fmnist_teacher_train: int = Field(12000, ge=100, le=60000)  # labelled fashion-mnist train split for teachers
+    fmnist_test: int = Field(2000, ge=20, le=10000)  # labelled evaluation split
+    clipart_heldout_fraction: float = Field(0.2, gt=0, lt=1)  # per category, held out for evaluation
+    clipart_min_per_category: int = Field(20, ge=2)  # categories with fewer images are left out of the splits
+
+
+class IngestConfig(Section):
+    """`amoe data ingest`: image sources -> validated, deduplicated WebDataset shards + manifest.parquet."""
+
+    sources: list[str] = Field(default_factory=lambda: ["folder:data/demo/pool"], min_length=1)
+    out: Path = Path("data/shards")
+    shard_size: int = Field(2000, ge=1)
+    max_side: int = Field(512, ge=16)  # larger images are downscaled before storage
+    min_side: int = Field(16, ge=1)  # smaller images are skipped
+    max_pixels: int = Field(200_000_000, ge=1)  # decompression-bomb guard
+    phash_distance: int = Field(4, ge=0, le=64)  # near-duplicate threshold (Hamming, 64-bit pHash); 0 = exact only
+    background: tuple[int, int, int] = (255, 255, 255)  # alpha is composited onto this colour
+    jpeg_quality: int = Field(92, ge=50, le=100)
+    workers: int = Field(0, ge=0)  # 0 = all cores
+
+    @model_validator(mode="after")
+    def _sides(self) -> IngestConfig:
+        if self.min_side > self.max_side:
+            raise ValueError(f"min_side ({self.min_side}) must not exceed max_side ({self.max_side})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------- teachers
+class TeacherSpec(Section):
+    """One frozen teacher: a local `save_pretrained` directory (or a hub id when online)."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    kind: Literal["siglip2", "dinov3", "hf", "timm"]
+    path: str
+    summary_weight: float = Field(1.0, ge=0)
+    patch_weight: float = Field(1.0, ge=0)
+    register_weight: float = Field(0.0, ge=0)  # DINOv3 registers; 0 disables the term
+
+
+class DemoTeacherConfig(Section):
+    """One demo teacher trained locally in the real transformers class."""
+
+    hidden_size: int = Field(128, ge=16)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    image_size: int = Field(64, ge=16)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+
+
+class DemoTeachersConfig(Section):
+    """`amoe teachers demo`: a DINOv3 expert on fashion-mnist and a SigLIP2 expert on clip-art."""
+
+    out: Path = Path("data/teachers")
+    dinov3: DemoTeacherConfig = DemoTeacherConfig()
+    siglip2: DemoTeacherConfig = DemoTeacherConfig(epochs=6.0)
+
+
+# ---------------------------------------------------------------------------------------------------------- curation
+class EmbedConfig(Section):
+    """`amoe curate embed`: every image of the shard set -> float16 memmap aligned with the manifest."""
+
+    shards: Path = Path("data/shards")
+    encoder: str = "dino"  # a teacher name from `teachers`, or kind:path (e.g. hf:/models/x, timm:/models/y)
+    image_size: int = Field(64, ge=16)
+    batch_size: int = Field(256, ge=1)
+    out: Path = Path("data/curation/embeddings")
+
+
+class ClusterConfig(Section):
+    """`amoe curate cluster`: hierarchical k-means with resampling (Vo et al. 2024)."""
+
+    embeddings: Path = Path("data/curation/embeddings")
+    k: list[int] = Field(default_factory=lambda: [300, 60, 20], min_length=1)
+    iters: int = Field(20, ge=1)
+    resample_steps: list[int] = Field(default_factory=lambda: [1, 3, 3])
+    resample_points: list[int] = Field(default_factory=lambda: [3, 3, 2])
+    resample_method: Literal["closest", "random"] = "closest"
+    metric: Literal["cosine", "l2"] = "cosine"
+    chunk_size: int = Field(65536, ge=1)
+    out: Path = Path("data/curation/clusters")
+
+    @model_validator(mode="after")
+    def _per_level(self) -> ClusterConfig:
+        for name in ("resample_steps", "resample_points"):
+            if len(getattr(self, name)) != len(self.k):
+                raise ValueError(f"{name} needs one value per level ({len(self.k)} levels in k), got {getattr(self, name)}")
+        if any(b > a for a, b in zip(self.k, self.k[1:])):
+            raise ValueError(f"k must not increase from one level to the next, got {self.k}")
+        return self
+
+
+class SampleConfig(Section):
+    """`amoe curate sample`: hierarchical balanced sampling, plus a random baseline of the same size."""
+
+    shards: Path = Path("data/shards")
+    clusters: Path = Path("data/curation/clusters")
+    embeddings: Path = Path("data/curation/embeddings")
+    target: int = Field(4000, ge=1)
+    within: Literal["random", "closest"] = "random"
+    out: Path = Path("data/curation/selection")
+
+
+# ---------------------------------------------------------------------------------------------------------- model
+class PackingConfig(Section):
+    """Token-balanced batching: native-aspect images packed into sequences of exactly `c_max` tokens."""
+
+    patch_size: int = Field(16, ge=1)
+    c_max: int = Field(256, ge=4)  # patch tokens per sequence (prefix tokens are added per image by the student)
+    max_images_per_seq: int = Field(16, ge=1)
+    min_tokens: int = Field(4, ge=1)  # per-image patch-count range; aspect ratio is kept
+    max_tokens: int = Field(64, ge=1)
+    token_sampling: Literal["native", "uniform", "loguniform"] = "loguniform"
+    seqs_per_step: int = Field(8, ge=1)  # sequences per rank per step
+    shuffle_buffer: int = Field(512, ge=1)
+    mode: Literal["packed", "fixed"] = "packed"  # fixed = a fixed number of images per step (ablation baseline)
+    images_per_step: int = Field(64, ge=1)  # only for mode=fixed
+    workers: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _tokens(self) -> PackingConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        if self.max_tokens > self.c_max:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must fit in one sequence (c_max = {self.c_max})")
+        return self
+
+
+class StudentConfig(Section):
+    """The MoE ViT student: a named config plus optional overrides of its fields."""
+
+    name: str = "tiny"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(Section):
+    """Feature losses on PHI-S normalised targets plus a relational term over the global batch of summaries."""
+
+    relational: Literal["arkd", "rkd", "none"] = "arkd"
+    relational_weight: float = Field(1.0, ge=0)  # feature-loss weights are per teacher (teachers[i].*_weight)
+    balance_aux_weight: float = Field(0.0, ge=0)  # optional MoE auxiliary loss (balancing is aux-loss-free by default)
+    phis_samples: int = Field(2048, ge=16)  # teacher features used to fit PHI-S
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+class DistillConfig(Section):
+    """`amoe distill`: the distillation run."""
+
+    run: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    runs_dir: Path = Path("runs")
+    shards: Path = Path("data/shards")
+    selection: Path | None = Path("data/curation/selection/balanced.parquet")  # None = every image of the shards
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    min_lr: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    weight_decay: float = Field(0.05, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    log_every: int = Field(1, ge=1)
+    compile: bool = False
+    deterministic: bool = True
+    balance_update_rate: float = Field(1e-3, ge=0)
+
+
+class LaunchConfig(Section):
+    """`amoe submit`: where and how a stage runs (submitit)."""
+
+    executor: Literal["auto", "slurm", "local", "debug"] = "auto"
+    folder: Path = Path("runs/_submitit")
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    tasks_per_node: int = Field(1, ge=1)
+    cpus_per_task: int = Field(1, ge=1)
+    mem_gb: float = Field(4, gt=0)
+    timeout_min: int = Field(60, ge=1)
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    signal_delay_s: int = Field(90, ge=0)
+    max_requeues: int = Field(3, ge=0)
+    slurm_extra: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------- eval
+class EvalDataset(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    train: str  # folder:PATH (one subfolder per class) or shards:PATH (labelled shards)
+    test: str
+
+
+class EvaluateConfig(Section):
+    """`amoe evaluate`: kNN, linear probe, cross-resolution, fidelity, PCA maps."""
+
+    datasets: list[EvalDataset] = Field(
+        default_factory=lambda: [
+            EvalDataset(name="fmnist", train="folder:data/demo/splits/fmnist_train", test="folder:data/demo/splits/fmnist_test"),
+            EvalDataset(name="clipart", train="folder:data/demo/splits/clipart_train", test="folder:data/demo/splits/clipart_test"),
+        ]
+    )
+    max_train_per_dataset: int = Field(5000, ge=10)
+    resolutions: list[int] = Field(default_factory=lambda: [32, 64, 112])
+    main_resolution: int = Field(64, ge=16)
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 100], min_length=1)
+    temperature: float = Field(0.07, gt=0)
+    probe_lrs: list[float] = Field(default_factory=lambda: [0.1, 0.03, 0.01])
+    probe_epochs: int = Field(30, ge=1)
+    probe_val_fraction: float = Field(0.1, gt=0, lt=1)
+    pca_images: int = Field(6, ge=1)
+    cache: Path = Path("data/eval_cache")
+    batch_size: int = Field(256, ge=1)
+
+
+# ---------------------------------------------------------------------------------------------------------- sweep
+class SweepConfig(Section):
+    """`amoe sweep`: Optuna over batching and loss settings, scored by kNN after a short distillation."""
+
+    study: str = "amoe-sweep"
+    storage: str = "sqlite:///runs/optuna.db"
+    n_trials: int = Field(8, ge=1)
+    workers: int = Field(1, ge=1)
+    steps: int = Field(60, ge=1)
+    seed: int = 0
+
+
+class ReportConfig(Section):
+    runs_dir: Path = Path("runs")
+    out: Path = Path("docs/RESULTS.md")
+
+
+# ---------------------------------------------------------------------------------------------------------- root
+def _default_teachers() -> list[TeacherSpec]:
+    return [
+        TeacherSpec(name="dino", kind="dinov3", path="data/teachers/dinov3", register_weight=1.0),
+        TeacherSpec(name="siglip", kind="siglip2", path="data/teachers/siglip2"),
+    ]
+
+
+class Params(Section):
+    seed: int = 0
+    demo_pool: DemoPoolConfig = DemoPoolConfig()
+    ingest: IngestConfig = IngestConfig()
+    teachers: list[TeacherSpec] = Field(default_factory=_default_teachers, min_length=1)
+    demo_teachers: DemoTeachersConfig = DemoTeachersConfig()
+    embed: EmbedConfig = EmbedConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    sample: SampleConfig = SampleConfig()
+    packing: PackingConfig = PackingConfig()
+    student: StudentConfig = StudentConfig()
+    loss: LossConfig = LossConfig()
+    distill: DistillConfig = DistillConfig()
+    launch: LaunchConfig = LaunchConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    sweep: SweepConfig = SweepConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _unique_teachers(self) -> Params:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+    def teacher(self, name: str) -> TeacherSpec:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise ConfigError(f"no teacher named {name!r}; params.yaml declares {[t.name for t in self.teachers]}")
+
+
+# ---------------------------------------------------------------------------------------------------------- loading
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one DVC-style `a.b.c=value` override in place; the value is parsed as YAML (`3`, `true`, `[1, 2]`)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {dotted}: cannot parse value {raw!r} ({e.__class__.__name__})") from None
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, key, keys[: i + 1])]
+        else:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override {dotted}: {'.'.join(keys[: i + 1])} is a value, not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, keys)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, key: str, path: list[str]) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"override {'.'.join(path)}: {key!r} is not an index of a list of {len(node)} items")
+    return int(key)
+
+
+def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = sorted(_model_at(Params, err["loc"][:-1]).model_fields)
+        return f"unknown key {loc}; allowed keys here: {', '.join(allowed)}"
+    value = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{loc} is required"
+    where = f"{loc} = {value!r}" if loc and not isinstance(value, dict) else (loc or "params")
+    return f"invalid {where}: {msg}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The pydantic model class that owns location `loc` (list indices skipped)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif inner:
+            model = inner[0]
+    return model
+
+
+def validate_params(data: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e.errors()[0], data)) from None
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | None = None) -> Params:
+    """Load params.yaml (defaults when the file is absent and no path was given) and apply overrides."""
+    data: dict[str, Any] = {}
+    p = Path(path) if path is not None else DEFAULT_PARAMS
+    if p.exists():
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+    elif path is not None:
+        raise ConfigError(f"--params {str(p)!r}: file does not exist")
+    for o in overrides or []:
+        apply_override(data, o)
+    return validate_params(data)
+
+
+def dump_params(params: Params) -> str:
+    """The resolved params as YAML (what a run directory records)."""
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)

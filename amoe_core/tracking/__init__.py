@@ -1,0 +1,1 @@
+"""Run registry: `runs/<run_id>/` with params.yaml, metrics.jsonl, eval.json, checkpoints/, events.log."""

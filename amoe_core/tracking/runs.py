@@ -1,0 +1,91 @@
+"""Read and write one run directory. Every writer is atomic or append-only, so a killed run leaves readable files.
+
+Layout of `runs/<run_id>/`:
+  params.yaml     the resolved params the run was started with
+  metrics.jsonl   one JSON record per logged step (loss terms, lr, grad norm, tokens/s, expert load, ...)
+  eval.json       evaluation results (DVC metrics)
+  checkpoints/    safetensors weights + a small state file per checkpoint
+  events.log      human-readable lifecycle events (start, resume, checkpoint, requeue, finish)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from amoe_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, run_id: str) -> RunDir:
+        run = cls(Path(runs_dir) / run_id)
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def params_file(self) -> Path:
+        return self.path / "params.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def eval_file(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def events_file(self) -> Path:
+        return self.path / "events.log"
+
+    def exists(self) -> bool:
+        return self.params_file.exists()
+
+    # ---- writers
+    def write_params(self, params_yaml: str) -> None:
+        atomic_write_text(self.params_file, params_yaml)
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.metrics_file, record)
+
+    def write_eval(self, results: dict[str, Any]) -> None:
+        atomic_write_json(self.eval_file, results)
+
+    def event(self, message: str) -> None:
+        with open(self.events_file, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
+
+    # ---- readers
+    def params(self) -> dict[str, Any]:
+        return yaml.safe_load(self.params_file.read_text()) if self.params_file.exists() else {}
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_file)
+
+    def eval(self) -> dict[str, Any]:
+        return json.loads(self.eval_file.read_text()) if self.eval_file.exists() else {}
+
+
+def list_runs(runs_dir: str | Path) -> list[RunDir]:
+    """All runs under `runs_dir` (directories holding a params.yaml), sorted by id."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    return [RunDir(p.parent) for p in sorted(root.glob("*/params.yaml"))]
