@@ -1,0 +1,67 @@
+"""Attention and reductions over packed sequences, where several images share one sequence.
+
+`image_id [S, N]` (-1 = padding) decides who may attend to whom: a token attends only to tokens of its own image,
+so a packed forward equals each image's forward alone (AMoE / SigLino, arXiv 2512.20157, token-balanced batching).
+One entry point: a boolean-mask SDPA everywhere, FlexAttention with a block mask on CUDA when available.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def packed_mask(image_id: Tensor) -> Tensor:
+    """[S, 1, N, N] boolean mask: same image -> True. Padding tokens see only themselves (finite softmax)."""
+    same = (image_id[:, :, None] == image_id[:, None, :]) & (image_id[:, :, None] >= 0)
+    eye = torch.eye(image_id.shape[1], dtype=torch.bool, device=image_id.device)
+    return (same | eye).unsqueeze(1)
+
+
+def _use_flex(q: Tensor) -> bool:
+    if not q.is_cuda:
+        return False
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:  # older torch
+        return False
+    return True
+
+
+def packed_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor) -> Tensor:
+    """Scaled dot-product attention restricted to tokens of the same image.
+
+    q, k, v: [S, H, N, Dh]; image_id: [S, N] long. Returns [S, H, N, Dh].
+    """
+    if _use_flex(q):
+        return _flex_attention(q, k, v, image_id)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=packed_mask(image_id))
+
+
+def _flex_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor) -> Tensor:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001 - signature fixed by FlexAttention
+        qi, ki = image_id[b, q_idx], image_id[b, kv_idx]
+        return ((qi == ki) & (qi >= 0)) | (q_idx == kv_idx)
+
+    s, _, n, _ = q.shape
+    block_mask = create_block_mask(mask_mod, B=s, H=None, Q_LEN=n, KV_LEN=n, device=q.device)
+    return flex_attention(q, k, v, block_mask=block_mask)
+
+
+def segment_sum(x: Tensor, segment: Tensor, n: int) -> Tensor:
+    """Sum rows of x [T, ...] into n segments given segment ids [T] (no Python loop over segments)."""
+    out = x.new_zeros((n, *x.shape[1:]))
+    return out.index_add(0, segment, x)
+
+
+def segment_count(segment: Tensor, n: int) -> Tensor:
+    return torch.bincount(segment, minlength=n)
+
+
+def segment_mean(x: Tensor, segment: Tensor, n: int) -> Tensor:
+    """Mean of rows of x [T, ...] per segment id; [n, ...]. Empty segments give 0."""
+    counts = segment_count(segment, n).clamp_min(1).to(x.dtype)
+    return segment_sum(x, segment, n) / counts.view(-1, *([1] * (x.dim() - 1)))
