@@ -23,8 +23,15 @@ log = logging.getLogger("amoe")
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--params", default=None, help="params file (default: ./params.yaml, else built-in defaults)")
-    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter, e.g. -S ingest.max_side=256 (repeatable, DVC's spelling)")
+    p.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. -S ingest.max_side=256 (repeatable, DVC's spelling)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -70,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = groups.add_parser("data", help="demo pool and ingest").add_subparsers(dest="cmd", required=True)
     command(data, "demo-pool", _stage("demo-pool"), "assemble the offline demo image pool and labelled splits")
-    p = command(data, "ingest", _stage("ingest", sources=lambda a: a.source or None, out=lambda a: a.out),
-                "image sources -> validated, deduplicated WebDataset shards + manifest")
+    p = command(
+        data,
+        "ingest",
+        _stage("ingest", sources=lambda a: a.source or None, out=lambda a: a.out),
+        "image sources -> validated, deduplicated WebDataset shards + manifest",
+    )
     p.add_argument("--source", action="append", help="folder:PATH or shards:PATH (repeatable); default ingest.sources")
     p.add_argument("--out", default=None, help="output directory (default ingest.out)")
 
@@ -93,15 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(groups, "submit", _submit, "run a stage through submitit (SLURM, local or debug executor)")
     p.add_argument("stage", help="stage name, e.g. distill")
     p.add_argument("--no-wait", action="store_true", help="return after submission")
-    p.add_argument("--array", action="append", default=None, metavar="KEY=V1,V2",
-                   help="job array: one job per value of an override, e.g. --array seed=0,1,2")
+    p.add_argument(
+        "--array",
+        action="append",
+        default=None,
+        metavar="KEY=V1,V2",
+        help="job array: one job per value of an override, e.g. --array seed=0,1,2",
+    )
 
     p = command(groups, "export", _export, "write a trained student as a standalone model directory")
     p.add_argument("run", help="run id under distill.runs_dir, or a run directory")
     p.add_argument("--out", default=None, help="output directory (default runs/<run>/export)")
 
-    p = command(groups, "evaluate", _stage("evaluate", run=lambda a: a.run, teachers=lambda a: a.teachers or None),
-                "kNN, linear probe, cross-resolution, fidelity and PCA maps")
+    p = command(
+        groups,
+        "evaluate",
+        _stage("evaluate", run=lambda a: a.run, teachers=lambda a: a.teachers or None),
+        "kNN, linear probe, cross-resolution, fidelity and PCA maps",
+    )
     p.add_argument("run", nargs="?", default=None, help="run id (default distill.run)")
     p.add_argument("--teachers", action="store_true", help="evaluate the teachers' own features (baselines)")
 

@@ -117,7 +117,9 @@ class ClusterConfig(Section):
     def _per_level(self) -> ClusterConfig:
         for name in ("resample_steps", "resample_points"):
             if len(getattr(self, name)) != len(self.k):
-                raise ValueError(f"{name} needs one value per level ({len(self.k)} levels in k), got {getattr(self, name)}")
+                raise ValueError(
+                    f"{name} needs one value per level ({len(self.k)} levels in k), got {getattr(self, name)}"
+                )
         if any(b > a for a, b in zip(self.k, self.k[1:])):
             raise ValueError(f"k must not increase from one level to the next, got {self.k}")
         return self
@@ -228,8 +230,14 @@ class EvaluateConfig(Section):
 
     datasets: list[EvalDataset] = Field(
         default_factory=lambda: [
-            EvalDataset(name="fmnist", train="folder:data/demo/splits/fmnist_train", test="folder:data/demo/splits/fmnist_test"),
-            EvalDataset(name="clipart", train="folder:data/demo/splits/clipart_train", test="folder:data/demo/splits/clipart_test"),
+            EvalDataset(
+                name="fmnist", train="folder:data/demo/splits/fmnist_train", test="folder:data/demo/splits/fmnist_test"
+            ),
+            EvalDataset(
+                name="clipart",
+                train="folder:data/demo/splits/clipart_train",
+                test="folder:data/demo/splits/clipart_test",
+            ),
         ]
     )
     max_train_per_dataset: int = Field(5000, ge=10)

@@ -17,4 +17,6 @@ def require_path(field: str, path, what: str = "file or directory") -> None:
     from pathlib import Path
 
     if not Path(path).exists():
-        raise ConfigError(f"{field} = {str(path)!r}: {what} does not exist; run the stage that produces it first or fix the path")
+        raise ConfigError(
+            f"{field} = {str(path)!r}: {what} does not exist; run the stage that produces it first or fix the path"
+        )

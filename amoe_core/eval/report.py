@@ -1,0 +1,286 @@
+"""`amoe report`: docs/RESULTS.md (tables + plot images) generated from any set of run directories.
+
+Runs whose resolved params differ only by seed (and run name) form one *variant*; every table reports the mean and
+standard deviation over a variant's seeds. The output depends only on the runs' files (sorted, no timestamps), so
+the same runs always give a byte-identical report.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amoe_core.config import Params
+from amoe_core.errors import AmoeError
+from amoe_core.io import atomic_path, atomic_write_text
+from amoe_core.tracking.runs import RunDir, list_runs
+
+log = logging.getLogger(__name__)
+
+# Keys that identify a run but not an experimental condition.
+IDENTITY_KEYS = {"seed", "distill.run", "distill.runs_dir", "sweep.seed"}
+TEACHERS_RUN = "_teachers"
+
+# The paper's findings (AMoE / SigLino, arXiv 2512.20157), compared by direction of effect at demo scale.
+PAPER_FINDINGS = {
+    "loss": "ARKD >= symmetric RKD and plain matching on kNN (83.63 vs 82.61 vs 83.54 kNN avg)",
+    "data": "balanced curated data beats random data of the same size (85.08 vs 82.66 kNN)",
+    "batching": "token-balanced packing is faster (20k vs 7.5k tokens/s) and does not forget low resolutions",
+}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@dataclass
+class Variant:
+    label: str
+    settings: dict[str, Any]
+    runs: list[RunDir] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(int(r.params().get("seed", 0)) for r in self.runs)
+
+
+def group_variants(runs: Iterable[RunDir]) -> list[Variant]:
+    """Group runs by their params minus identity keys; label each group by the keys that differ between groups."""
+    flat = {r.id: {k: repr(v) for k, v in flatten(r.params()).items() if k not in IDENTITY_KEYS} for r in runs}
+    runs = [r for r in runs if r.id in flat]
+    all_keys = sorted({k for f in flat.values() for k in f})
+    differing = [k for k in all_keys if len({f.get(k) for f in flat.values()}) > 1]
+    groups: dict[tuple, Variant] = {}
+    for r in sorted(runs, key=lambda r: r.id):
+        settings = {k: flat[r.id].get(k, "-") for k in differing}
+        key = tuple(settings.items())
+        if key not in groups:
+            label = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in settings.items()) or "all runs"
+            groups[key] = Variant(label=label, settings=settings)
+        groups[key].runs.append(r)
+    return sorted(groups.values(), key=lambda v: v.label)
+
+
+def _short(v: str) -> str:
+    v = v.strip("'\"")
+    return Path(v).stem if "/" in v else v
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{100 * m:.1f}"
+    return f"{100 * m:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def _get(tree: dict[str, Any], *path: str) -> Any:
+    for p in path:
+        if not isinstance(tree, dict) or p not in tree:
+            return None
+        tree = tree[p]
+    return tree
+
+
+def _values(variant: Variant, *path: str) -> list[float]:
+    vals = [_get(r.eval(), *path) for r in variant.runs]
+    return [float(v) for v in vals if isinstance(v, int | float)]
+
+
+def _throughput(run: RunDir) -> float | None:
+    recs = [m["tokens_per_s"] for m in run.metrics() if isinstance(m.get("tokens_per_s"), int | float)]
+    return statistics.median(recs[len(recs) // 5 :]) if recs else None  # skip warm-up steps
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ensemble", k: str = "k20") -> str:
+    """Write `out` (markdown) and its plots next to it; return the markdown."""
+    all_runs = list_runs(runs_dir)
+    teacher_run = next((r for r in all_runs if r.id == TEACHERS_RUN), None)
+    runs = [r for r in all_runs if r.id != TEACHERS_RUN and r.eval_file.exists()]
+    if not runs:
+        raise AmoeError(f"no evaluated runs under {runs_dir}: run `amoe distill` and `amoe evaluate RUN` first")
+    variants = group_variants(runs)
+    first_eval = runs[0].eval()
+    datasets = sorted(first_eval.get("knn", {}))
+    res = _main_resolution(first_eval)
+    teacher_eval = teacher_run.eval() if teacher_run else {}
+    teachers = sorted({f.split(":", 1)[1] for d in datasets for f in _get(teacher_eval, "knn", d) or {}})
+
+    parts = [
+        "# Results",
+        "",
+        f"Generated by `amoe report` from {len(runs)} runs under `{runs_dir}`. Accuracies in %, mean ± std over seeds; "
+        f"kNN uses {k} at {res}, feature `{student_feature}` for the student.",
+        "",
+        "## Variants",
+        "",
+        _table(
+            ["variant", "runs", "seeds"],
+            [[v.label, ", ".join(r.id for r in v.runs), ", ".join(map(str, v.seeds))] for v in variants],
+        ),
+        "",
+        "## kNN and linear probe per domain",
+        "",
+    ]
+    header = ["model"] + [f"{d} kNN" for d in datasets] + [f"{d} linear" for d in datasets] + ["kNN avg"]
+    rows = []
+    for t in teachers:
+        knn = [_get(teacher_eval, "knn", d, f"teacher:{t}", res, k) for d in datasets]
+        lin = [_get(teacher_eval, "linear", d, f"teacher:{t}", res) for d in datasets]
+        avg = statistics.fmean(x for x in knn if x is not None) if any(x is not None for x in knn) else None
+        rows.append([f"teacher `{t}`"] + [mean_std([x] if x is not None else []) for x in knn + lin + [avg]])
+    for v in variants:
+        knn = [_values(v, "knn", d, student_feature, res, k) for d in datasets]
+        lin = [_values(v, "linear", d, student_feature, res) for d in datasets]
+        avgs = [statistics.fmean(x) for x in zip(*knn)] if knn and all(knn) else []
+        rows.append([f"student ({v.label})"] + [mean_std(x) for x in knn + lin] + [mean_std(avgs)])
+    parts += [_table(header, rows), ""]
+
+    parts += [
+        "## Student vs the domain experts",
+        "",
+        *_expert_check(variants, teacher_eval, datasets, res, k, student_feature),
+        "",
+    ]
+    parts += ["## Fidelity to the teachers (student vs teacher features)", ""]
+    fid_rows = []
+    for v in variants:
+        for t in teachers:
+            fid_rows.append(
+                [v.label, t]
+                + [
+                    mean_std([x / 1.0 for x in _values(v, "fidelity", t, m)])
+                    for m in ("summary_cos", "patch_cos", "cka", "spearman")
+                ]
+            )
+    parts += [_table(["variant", "teacher", "summary cos", "patch cos", "CKA", "Spearman"], fid_rows), ""]
+    parts += ["## Throughput", "", _throughput_table(variants), ""]
+    plot = _resolution_plot(variants, datasets, k, student_feature, out.parent / "results_resolution.png")
+    if plot:
+        parts += ["## Accuracy across resolutions", "", f"![kNN vs resolution]({plot.name})", ""]
+    parts += ["## The paper's findings at this scale", "", *_findings(variants, datasets, res, k, student_feature), ""]
+    text = "\n".join(parts)
+    atomic_write_text(out, text)
+    return text
+
+
+def _main_resolution(ev: dict[str, Any]) -> str:
+    for d in ev.get("knn", {}).values():
+        for f in d.values():
+            return sorted(f, key=lambda s: int(s.rstrip("px")))[len(f) // 2] if f else "64px"
+    return "64px"
+
+
+def _expert_check(
+    variants: list[Variant], teacher_eval: dict, datasets: list[str], res: str, k: str, feat: str
+) -> list[str]:
+    if not teacher_eval:
+        return ["No teacher baselines (`amoe evaluate --teachers`): nothing to compare against."]
+    lines = []
+    teacher_scores = {
+        t.split(":", 1)[1]: {d: _get(teacher_eval, "knn", d, t, res, k) for d in datasets}
+        for t in sorted({f for d in datasets for f in _get(teacher_eval, "knn", d) or {}})
+    }
+    for v in variants:
+        student = {d: statistics.fmean(x) for d in datasets if (x := _values(v, "knn", d, feat, res, k))}
+        if len(student) != len(datasets):
+            continue
+        checks = []
+        for d in datasets:
+            expert = max(teacher_scores, key=lambda t: teacher_scores[t].get(d) or 0)
+            ratio = student[d] / max(teacher_scores[expert][d] or 1e-9, 1e-9)
+            checks.append(f"{d}: {100 * ratio:.0f}% of expert `{expert}` ({'ok' if ratio >= 0.9 else 'below 90%'})")
+        s_avg = statistics.fmean(student.values())
+        beats = all(s_avg > statistics.fmean(v2 or 0 for v2 in s.values()) for s in teacher_scores.values())
+        checks.append(f"average {100 * s_avg:.1f}: {'beats' if beats else 'does not beat'} every single teacher")
+        lines.append(f"- **{v.label}**: " + "; ".join(checks))
+    return lines
+
+
+def _throughput_table(variants: list[Variant]) -> str:
+    rows = []
+    for v in variants:
+        tps = [t for r in v.runs if (t := _throughput(r)) is not None]
+        rows.append([v.label, f"{statistics.fmean(tps):,.0f}" if tps else "-"])
+    return _table(["variant", "tokens/s (median per run, mean over seeds)"], rows)
+
+
+def _resolution_plot(variants: list[Variant], datasets: list[str], k: str, feat: str, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(len(datasets), 1), figsize=(5 * max(len(datasets), 1), 3.5), squeeze=False)
+    drawn = False
+    for ax, d in zip(axes[0], datasets):
+        for v in variants:
+            evs = [r.eval() for r in v.runs]
+            resolutions = sorted({r for e in evs for r in (_get(e, "knn", d, feat) or {})}, key=lambda s: int(s[:-2]))
+            means = []
+            for r in resolutions:
+                vals = [x for e in evs if (x := _get(e, "knn", d, feat, r, k)) is not None]
+                means.append(100 * statistics.fmean(vals) if vals else float("nan"))
+            if resolutions:
+                ax.plot([int(r[:-2]) for r in resolutions], means, marker="o", label=v.label)
+                drawn = True
+        ax.set_title(d)
+        ax.set_xlabel("input resolution (px)")
+        ax.set_ylabel(f"kNN {k} (%)")
+        ax.grid(alpha=0.3)
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def _findings(variants: list[Variant], datasets: list[str], res: str, k: str, feat: str) -> list[str]:
+    """Compare variants that differ in exactly one setting, for the settings the paper ablates."""
+
+    def score(v: Variant) -> tuple[float, float]:
+        per_seed = [statistics.fmean(x) for x in zip(*[_values(v, "knn", d, feat, res, k) for d in datasets])]
+        if not per_seed:
+            return float("nan"), float("nan")
+        return statistics.fmean(per_seed), statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+
+    lines = []
+    for name, key in (("loss", "loss.relational"), ("data", "distill.selection"), ("batching", "packing.mode")):
+        pair = [v for v in variants if key in v.settings]
+        values = sorted({v.settings[key] for v in pair})
+        if len(values) < 2:
+            lines.append(f"- **{name}** ({PAPER_FINDINGS[name]}): not ablated in these runs.")
+            continue
+        scored = sorted(((score(v), v) for v in pair), key=lambda x: -x[0][0])
+        desc = ", ".join(f"{v.label}: {100 * m:.1f} ± {100 * s:.1f}" for (m, s), v in scored)
+        lines.append(f"- **{name}** ({PAPER_FINDINGS[name]}): at this scale {desc}.")
+    return lines
+
+
+def run(params: Params) -> Path:
+    out = params.report.out
+    build_report(params.report.runs_dir, out)
+    log.info("wrote %s", out)
+    return out
