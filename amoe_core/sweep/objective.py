@@ -1,0 +1,107 @@
+"""The sweep objective: a short distillation, then kNN on the demo splits (the paper's headline metric).
+
+`distill_knn(trial, params)` calls the same stage functions as `amoe distill` and `amoe evaluate`. Intermediate
+values for median pruning come from the run's metrics.jsonl: the mean of the unweighted feature-loss terms
+(summary/patch per teacher, on PHI-S normalised targets, so comparable across trials whatever their loss weights),
+negated because the study maximises accuracy. The pruning decision is taken once training returns, before the
+(more expensive) evaluation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+
+from amoe_core.config import Params, apply_override, validate_params
+from amoe_core.errors import AmoeError, ConfigError
+from amoe_core.stages import stage_function
+from amoe_core.tracking.runs import RunDir
+
+Objective = Callable[[optuna.Trial, Params], float]
+
+
+def with_overrides(params: Params, overrides: list[str]) -> Params:
+    """`params` with DVC-style overrides applied (the same parser and validation as `load_params(path, overrides)`)."""
+    tree = params.model_dump(mode="json")
+    for o in overrides:
+        apply_override(tree, o)
+    return validate_params(tree)
+
+
+def trial_run_id(study: str, number: int) -> str:
+    return f"{study}-t{number:04d}"
+
+
+def trial_steps(params: Params) -> int:
+    """Distillation steps of one trial: fixed, or a fixed token budget over the trial's tokens per step."""
+    budget = params.sweep.token_budget
+    if budget is None:
+        return params.sweep.steps
+    return max(1, budget // (params.packing.c_max * params.packing.seqs_per_step))
+
+
+def feature_loss(record: dict[str, Any]) -> float | None:
+    """Mean of the record's `loss/<teacher>/summary` and `loss/<teacher>/patch` terms (None when it has none)."""
+    terms = [v for k, v in record.items() if k.startswith("loss/") and k.endswith(("/summary", "/patch"))]
+    terms = [float(v) for v in terms if isinstance(v, int | float) and math.isfinite(v)]
+    return sum(terms) / len(terms) if terms else None
+
+
+def report_intermediate(trial: optuna.Trial, run: RunDir) -> int:
+    """Report -feature_loss of every logged step to the trial; returns how many values were reported."""
+    n = 0
+    for rec in run.metrics():
+        value = feature_loss(rec)
+        if value is not None and "step" in rec:
+            trial.report(-value, step=int(rec["step"]))
+            n += 1
+    return n
+
+
+def knn_score(ev: dict[str, Any], feature: str, resolution: int, k: int) -> float:
+    """Mean over datasets of the kNN accuracy of `feature` at `resolution` px and `k` neighbours (eval.json)."""
+    knn = ev.get("knn") or {}
+    if not knn:
+        raise AmoeError("eval.json holds no kNN results; check the evaluate.datasets of the sweep's params")
+    scores = []
+    for dataset, by_feature in sorted(knn.items()):
+        if feature not in by_feature:
+            raise ConfigError(f"sweep.feature = {feature!r}: not in eval.json for {dataset}; have {sorted(by_feature)}")
+        by_k = by_feature[feature].get(f"{resolution}px")
+        if by_k is None or f"k{k}" not in by_k:
+            raise ConfigError(
+                f"sweep.k = {k} at {resolution}px: not evaluated for {dataset}; check evaluate.ks/resolutions"
+            )
+        scores.append(float(by_k[f"k{k}"]))
+    return sum(scores) / len(scores)
+
+
+def distill_knn(trial: optuna.Trial, params: Params) -> float:
+    """Short distillation (`params.distill.steps`, set by the search) then kNN accuracy on the evaluation splits."""
+    run = RunDir(params.distill.runs_dir / params.distill.run)
+    stage_function("distill")(params)
+    report_intermediate(trial, run)
+    if trial.should_prune():
+        raise optuna.TrialPruned(
+            f"feature loss after {params.distill.steps} steps is below the median of earlier trials"
+        )
+    stage_function("evaluate")(params, run=params.distill.run)
+    score = knn_score(run.eval(), params.sweep.feature, params.evaluate.main_resolution, params.sweep.k)
+    trial.set_user_attr("run", params.distill.run)
+    return score
+
+
+def load_objective(spec: str) -> Objective:
+    """Resolve `module:function` (sweep.objective) to the objective callable."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ConfigError(f"sweep.objective = {spec!r}: expected module:function")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"sweep.objective = {spec!r}: cannot import ({e})") from None
+    return fn

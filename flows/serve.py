@@ -1,0 +1,36 @@
+"""Serve every flow as a Prefect deployment, so the UI can trigger or schedule any stage with parameters.
+
+    prefect server start --host 127.0.0.1          # UI at http://127.0.0.1:4200
+    PREFECT_API_URL=http://127.0.0.1:4200/api python flows/serve.py
+
+Run from the repository root (stages read params.yaml and write data/ and runs/ relative to it). Optional
+`--cron "0 3 * * *"` schedules the full pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `flows` and `amoe_core` from a checkout
+
+from prefect import serve  # noqa: E402
+
+from flows.pipeline import FLOWS, pipeline_flow  # noqa: E402
+
+
+def deployments(cron: str | None = None) -> list:
+    """One deployment per flow, named after it; the pipeline optionally on a cron schedule."""
+    return [f.to_deployment(name=f.name, cron=cron if f is pipeline_flow else None, tags=["amoe"]) for f in FLOWS]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cron", default=None, help="cron schedule for the full pipeline (default: none)")
+    args = ap.parse_args(argv)
+    serve(*deployments(args.cron))
+
+
+if __name__ == "__main__":
+    main()

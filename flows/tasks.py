@@ -1,0 +1,122 @@
+"""Prefect tasks that run one pipeline stage, letting DVC decide whether it is up to date.
+
+A stage declared in dvc.yaml runs as `dvc repro <stage>` when no parameter overrides are given, so an up-to-date
+stage is skipped and dvc.lock stays the record of what produced each output. With overrides (a what-if run from the
+UI) or without a dvc.yaml stage, the stage function is called directly with `load_params(params_file, overrides)`:
+the same function the CLI, DVC and submitit call. Distillation goes through `amoe submit` (submitit: SLURM when
+present) and, when DVC tracks it, its outputs are recorded afterwards with `dvc commit`.
+Failures that a retry can fix (lost node, I/O hiccup, killed process) are retried; a user error (`AmoeError`: bad
+params, missing input) is not, since it fails the same way every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from amoe_core.config import load_params
+from amoe_core.errors import AmoeError
+from amoe_core.stages import stage_function
+
+DVC_FILE = Path("dvc.yaml")
+RETRIES = 2
+RETRY_DELAYS_S = [10, 60]
+
+
+def transient(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's retry_condition_fn signature)
+    """Retry anything except a user error."""
+    try:
+        state.result()
+    except AmoeError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def dvc_stages(dvc_file: Path = DVC_FILE) -> set[str]:
+    """Stage names of dvc.yaml, as DVC itself resolves them (foreach/matrix entries `name@key` count as `name`)."""
+    if not dvc_file.exists():
+        return set()
+    names = _dvc("stage", "list", "--name-only").split()
+    return {n.split("@", 1)[0] for n in names} | set(names)
+
+
+def _dvc(*args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def dvc_up_to_date(stage: str) -> bool:
+    """True when `dvc status <stage>` reports nothing changed (deps, params and outs match dvc.lock)."""
+    return json.loads(_dvc("status", stage, "--json") or "{}") == {}
+
+
+def use_dvc_for(stage: str, overrides: list[str], use_dvc: bool) -> bool:
+    return use_dvc and not overrides and stage in dvc_stages()
+
+
+@task(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn=transient, task_run_name="{stage}")
+def run_stage(
+    stage: str,
+    overrides: list[str] | None = None,
+    params_file: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+    use_dvc: bool = True,
+) -> dict[str, Any]:
+    """Run one stage of the registry: `dvc repro` when DVC tracks it (skips it when up to date), else directly."""
+    log = get_run_logger()
+    overrides = list(overrides or [])
+    if use_dvc_for(stage, overrides, use_dvc) and not kwargs:
+        if dvc_up_to_date(stage):
+            log.info("%s: outputs up to date (dvc status), not recomputed", stage)
+            return {"stage": stage, "ran": False, "via": "dvc"}
+        out = _dvc("repro", stage)
+        log.info("%s: %s", stage, out.strip()[-2000:])
+        return {"stage": stage, "ran": True, "via": "dvc"}
+    params = load_params(params_file, overrides)
+    result = stage_function(stage)(params, **(kwargs or {}))
+    log.info("%s: done (direct call, overrides %s)", stage, overrides)
+    return {"stage": stage, "ran": True, "via": "direct", "result": _plain(result)}
+
+
+def submit(params, stage: str) -> Any:
+    """`amoe submit <stage>`: submitit on SLURM when a cluster answers, else a local process."""
+    from amoe_core.launch.submit import submit_stage
+
+    return submit_stage(params, stage, wait=True)
+
+
+@task(retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn=transient, task_run_name="distill")
+def run_distill(overrides: list[str] | None = None, params_file: str | None = None, use_dvc: bool = True) -> dict:
+    """Distillation through `amoe submit distill`, skipped when DVC says its outputs are up to date."""
+    log = get_run_logger()
+    overrides = list(overrides or [])
+    tracked = use_dvc_for("distill", overrides, use_dvc)
+    if tracked and dvc_up_to_date("distill"):
+        log.info("distill: outputs up to date (dvc status), not recomputed")
+        return {"stage": "distill", "ran": False, "via": "dvc"}
+    params = load_params(params_file, overrides)
+    result = submit(params, "distill")
+    if tracked:
+        _dvc("commit", "--force", "distill")  # record the submitted run's outputs in dvc.lock
+    log.info("distill: run %s finished", params.distill.run)
+    return {"stage": "distill", "ran": True, "via": "submit", "run": params.distill.run, "result": _plain(result)}
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-able version of a stage's return value (Prefect stores task results)."""
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)[:1000]
