@@ -1,0 +1,230 @@
+"""Streaming loader of packed batches over WebDataset shards (token-balanced batching, arXiv 2512.20157).
+
+How an epoch is made (every rank and worker computes the same plan from the manifest, no communication):
+1. The selection (or every image) in stream order: shards in a seeded per-epoch permutation, samples in manifest
+   order within a shard (the order they were written).
+2. Each image's patch grid for this epoch (`resolution.plan_grids`, a pure function of (seed, epoch, key)).
+3. The packer plans steps from token counts alone (`packing.stream_pack`, or `fixed_batches` for mode=fixed).
+4. `balance_batches` makes the step count a multiple of ranks x workers by moving sequences out of the last steps,
+   so every rank yields the same number of steps (DDP never waits on a rank that ran dry) while every image is
+   still seen exactly once per epoch; each (rank, worker) takes a contiguous share of steps.
+5. A worker streams only the shards its share needs, keeps the encoded bytes of its own images until their step
+   is complete, then decodes, resizes, patchifies and yields the `PackedBatch`.
+`start_step` skips that many steps of the rank's epoch without decoding them (exact resume).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from amoe_core.config import PackingConfig
+from amoe_core.data.packed import PackedBatch
+from amoe_core.data.packing import (
+    Plan,
+    assemble,
+    balance_batches,
+    fixed_batches,
+    split_for,
+    steps_before,
+    stream_pack,
+)
+from amoe_core.data.resolution import patchify, plan_grids, resize_to_grid
+from amoe_core.errors import AmoeError, require_path
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+MANIFEST_COLUMNS = ("key", "shard", "width", "height")
+
+
+def read_manifest(shards_dir: Path, selection: Path | None) -> tuple[pd.DataFrame, list[str]]:
+    """Manifest rows of the selected images (manifest order) and the sorted label names of the whole manifest."""
+    path = Path(shards_dir) / "manifest.parquet"
+    require_path("shards", path, "shard manifest")
+    df = pd.read_parquet(path)
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise AmoeError(f"{path}: manifest lacks column(s) {missing}; re-run `amoe data ingest`")
+    labels = sorted(df["label"].dropna().astype(str).unique()) if "label" in df.columns else []
+    if selection is not None:
+        require_path("selection", selection, "selection parquet")
+        sel = pd.read_parquet(selection, columns=["key"])
+        unknown = ~sel["key"].isin(df["key"])
+        if unknown.any():
+            raise AmoeError(
+                f"{selection}: {int(unknown.sum())} selected key(s) are not in {path} "
+                f"(e.g. {sel['key'][unknown].iloc[0]!r}); re-run the curation stages for these shards"
+            )
+        df = df[df["key"].isin(set(sel["key"]))]
+    if df.empty:
+        raise AmoeError(f"no images to train on in {path} (selection {selection}); check the selection")
+    return df.reset_index(drop=True), labels
+
+
+def stream_order(df: pd.DataFrame, seed: int, epoch: int) -> pd.DataFrame:
+    """Rows in this epoch's stream order: shards permuted per epoch, written order within a shard."""
+    shards = list(dict.fromkeys(df["shard"].tolist()))
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(len(shards))
+    rank = {shards[j]: r for r, j in enumerate(perm.tolist())}
+    order = np.lexsort((np.arange(len(df)), df["shard"].map(rank).to_numpy()))
+    return df.iloc[order].reset_index(drop=True)
+
+
+def plan_epoch(
+    cfg: PackingConfig, df: pd.DataFrame, seed: int, epoch: int, n_parts: int
+) -> tuple[pd.DataFrame, np.ndarray, Plan]:
+    """(rows in stream order, grids [n, 2], balanced plan of steps over row indices) for one epoch."""
+    rows = stream_order(df, seed, epoch)
+    keys = rows["key"].astype(str).tolist()
+    grids = plan_grids(cfg, keys, rows["height"].to_numpy(), rows["width"].to_numpy(), seed, epoch)
+    if cfg.mode == "fixed":
+        plan = fixed_batches(len(rows), cfg.images_per_step)
+    else:
+        tokens = grids[:, 0] * grids[:, 1]
+        rng = np.random.default_rng([seed, epoch, 2])
+        plan = stream_pack(tokens, cfg.c_max, cfg.max_images_per_seq, cfg.seqs_per_step, cfg.shuffle_buffer, rng)
+    return rows, grids, balance_batches(plan, n_parts)
+
+
+def _shard_url(shards_dir: Path, shard: object) -> str:
+    if isinstance(shard, int | np.integer):
+        return str(Path(shards_dir) / f"shard-{int(shard):06d}.tar")
+    p = Path(str(shard))
+    return str(p if p.is_absolute() or p.exists() else Path(shards_dir) / p.name)
+
+
+class PackedShardDataset(IterableDataset):
+    """Yields the `PackedBatch` steps of one rank for one epoch (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: PackingConfig,
+        shards_dir: Path,
+        selection: Path | None,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: int = 0,
+        start_step: int = 0,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise AmoeError(f"rank {rank} is outside world size {world_size}")
+        self.cfg, self.shards_dir, self.seed, self.epoch = cfg, Path(shards_dir), seed, epoch
+        self.rank, self.world_size, self.workers = rank, world_size, max(1, cfg.workers)
+        df, self.label_names = read_manifest(self.shards_dir, selection)
+        self.rows, self.grids, self.plan = plan_epoch(cfg, df, seed, epoch, world_size * self.workers)
+        self.steps_per_epoch = len(self.plan) // world_size
+        if not 0 <= start_step <= self.steps_per_epoch:
+            raise AmoeError(f"start_step {start_step} is outside the epoch's {self.steps_per_epoch} steps")
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_step
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        info = get_worker_info()
+        worker = 0 if info is None else info.id
+        if info is not None and info.num_workers != self.workers:
+            raise AmoeError(f"DataLoader has {info.num_workers} workers but the plan was made for {self.workers}")
+        if self.workers > 1 and info is None:  # iterated without a DataLoader: act as every worker, round-robin
+            yield from self._round_robin()
+            return
+        # A DataLoader round-robins from worker 0, but after `start_step` steps the rank's next step belongs to
+        # share (start_step % workers): rotate the roles so the resumed stream continues in exactly the same order.
+        role = (worker + self.start_step) % self.workers
+        share = split_for(self.plan, self.rank, self.world_size, role, self.workers)
+        yield from self._stream(share[steps_before(self.start_step, role, self.workers) :])
+
+    def _round_robin(self) -> Iterator[PackedBatch]:
+        shares = [split_for(self.plan, self.rank, self.world_size, w, self.workers) for w in range(self.workers)]
+        for k in range(self.start_step, self.steps_per_epoch):
+            yield from self._stream([shares[k % self.workers][k // self.workers]])
+
+    def _stream(self, steps: Plan) -> Iterator[PackedBatch]:
+        needed = {i for step in steps for seq in step for i in seq}
+        if not needed:
+            return
+        shard_col = self.rows["shard"]
+        shards = list(dict.fromkeys(shard_col.iloc[sorted(needed)].tolist()))
+        index = {str(self.rows["key"].iat[i]): i for i in needed}
+        raw: dict[int, bytes] = {}
+        pending = iter(steps)
+        step = next(pending)
+        urls = [_shard_url(self.shards_dir, s) for s in shards]
+        source = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
+        for sample in source:
+            i = index.get(sample["__key__"])
+            if i is None:
+                continue
+            ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            if ext is None:
+                raise AmoeError(f"sample {sample['__key__']!r} in {sample.get('__url__')} has no image entry")
+            raw[i] = sample[ext]
+            while step is not None and all(j in raw for seq in step for j in seq):
+                yield self._build(step, raw)
+                step = next(pending, None)
+            if step is None:
+                return
+        lost = sorted(str(self.rows["key"].iat[i]) for i in needed if i not in raw)
+        raise AmoeError(f"{len(lost)} manifest key(s) not found in their shards (e.g. {lost[0]!r}); re-run ingest")
+
+    def _build(self, step: list[list[int]], raw: dict[int, bytes]) -> PackedBatch:
+        P = self.cfg.patch_size
+        label_id = {name: j for j, name in enumerate(self.label_names)}
+        items = {}
+        for i in (j for seq in step for j in seq):
+            row = self.rows.iloc[i]
+            with Image.open(io.BytesIO(raw.pop(i))) as img:
+                if img.size != (int(row["width"]), int(row["height"])):
+                    raise AmoeError(
+                        f"image {row['key']!r} is {img.size[0]}x{img.size[1]} but the manifest says "
+                        f"{row['width']}x{row['height']}; re-run `amoe data ingest`"
+                    )
+                rows_, cols_ = (int(v) for v in self.grids[i])
+                image = resize_to_grid(img, rows_, cols_, P)
+            patches, coords = patchify(image, P)
+            label = row["label"] if "label" in row.index else None
+            items[i] = {
+                "patches": patches,
+                "coords": coords,
+                "grid": (rows_, cols_),
+                "image": image,
+                "key": str(row["key"]),
+                "label": label_id[str(label)] if label is not None and not pd.isna(label) else -1,
+            }
+        packed = self.cfg.mode == "packed"
+        return assemble(step, items, self.cfg.c_max if packed else None, self.cfg.seqs_per_step if packed else None)
+
+
+def _identity(x: PackedBatch) -> PackedBatch:
+    return x
+
+
+def build_loader(
+    packing_cfg: PackingConfig,
+    shards_dir: Path,
+    selection: Path | None,
+    seed: int,
+    rank: int,
+    world_size: int,
+    epoch: int = 0,
+    start_step: int = 0,
+) -> DataLoader:
+    """An iterable of this rank's `PackedBatch` steps for one epoch; `len()` = steps left after `start_step`.
+
+    Every rank yields the same number of steps (see `packing.balance_batches`); in packed mode each step has exactly
+    seqs_per_step x c_max tokens on every rank.
+    """
+    ds = PackedShardDataset(packing_cfg, shards_dir, selection, seed, rank, world_size, epoch, start_step)
+    return DataLoader(
+        ds,
+        batch_size=None,
+        num_workers=packing_cfg.workers,
+        collate_fn=_identity,
+    )
