@@ -1,0 +1,225 @@
+"""`amoe curate embed`: every image of a shard set -> one summary embedding, in a float16 memmap aligned with the
+manifest (row i of embeddings.npy is row i of manifest.parquet).
+
+The encoder is a teacher from params.teachers (the paper embeds its pool with DINOv3) or any local
+transformers/timm model given as `hf:PATH` / `timm:PATH`; images are resized to `embed.image_size` (square, rounded
+to the encoder's patch multiple) and the encoder applies its own normalisation. Resumable: rows go into
+`embeddings.partial.npy` and `progress.json` records how many images (in reading order) are complete, after the
+memmap is flushed, so a rerun after a kill continues from the last complete batch.
+
+Output (`embed.out`): embeddings.npy [n, D] float16, keys.parquet (key, in manifest order), meta.json (dim, count,
+encoder, image_size). meta.json is written last and removed first: without it the directory is not complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from amoe_core.config import EmbedConfig, Params, TeacherSpec
+from amoe_core.errors import AmoeError, require_path
+from amoe_core.io import atomic_path, atomic_write_json
+from amoe_core.progress import progress
+
+log = logging.getLogger(__name__)
+
+IMAGE_ENTRIES = ("jpg", "jpeg", "png", "webp")
+
+
+# ------------------------------------------------------------------------------------------------------ shards
+def read_manifest(shards: Path, field: str = "embed.shards") -> pd.DataFrame:
+    """manifest.parquet of a shard set; an absent or empty one is a user error."""
+    require_path(field, shards, "shard directory")
+    path = Path(shards) / "manifest.parquet"
+    if not path.exists():
+        raise AmoeError(f"{field} = {str(shards)!r} has no manifest.parquet; run `amoe data ingest` to build shards")
+    manifest = pd.read_parquet(path)
+    missing = {"key", "shard"} - set(manifest.columns)
+    if missing:
+        raise AmoeError(f"{path} lacks column(s) {sorted(missing)}; rebuild the shards with `amoe data ingest`")
+    if len(manifest) == 0:
+        raise AmoeError(f"{field} = {str(shards)!r} is an empty shard set (0 images in manifest.parquet); "
+                        f"ingest some images first")  # fmt: skip
+    if manifest["key"].duplicated().any():
+        dup = manifest["key"][manifest["key"].duplicated()].iloc[0]
+        raise AmoeError(f"{path} lists key {dup!r} twice; rebuild the shards with `amoe data ingest`")
+    return manifest
+
+
+def shard_file(shards: Path, shard: object) -> Path:
+    """The tar of a manifest `shard` value: a file name/path relative to the shard directory, or a shard number."""
+    if isinstance(shard, int | np.integer):
+        return Path(shards) / f"shard-{int(shard):06d}.tar"
+    p = Path(str(shard))
+    return p if p.is_absolute() else Path(shards) / p
+
+
+def reading_order(manifest: pd.DataFrame) -> np.ndarray:
+    """Manifest row indices in the order the tars are read: shard by shard (first appearance), rows in order."""
+    first = {s: i for i, s in reversed(list(enumerate(manifest["shard"])))}
+    rank = manifest["shard"].map(first).to_numpy()
+    return np.argsort(rank, kind="stable")
+
+
+def iter_images(shards: Path, manifest: pd.DataFrame, order: np.ndarray, start: int) -> Iterator[tuple[int, bytes]]:
+    """(manifest row, encoded image bytes) in reading order from position `start`, checking every key against the
+    manifest. Shards holding only finished rows are not opened."""
+    import webdataset as wds
+
+    pos = start
+    shard_col = manifest["shard"].to_numpy()
+    keys = manifest["key"].to_numpy()
+    while pos < len(order):
+        shard = shard_col[order[pos]]
+        path = shard_file(shards, shard)
+        if not path.exists():
+            raise AmoeError(f"manifest.parquet names shard {shard!r} but {path} does not exist; re-run ingest")
+        first = pos  # rows of this shard occupy a contiguous run of `order`
+        while first > 0 and shard_col[order[first - 1]] == shard:
+            first -= 1
+        seen = first
+        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+            if seen >= len(order) or shard_col[order[seen]] != shard:
+                raise AmoeError(f"{path} holds more samples than manifest.parquet lists for it; re-run ingest")
+            if sample["__key__"] != keys[order[seen]]:
+                raise AmoeError(f"{path} holds key {sample['__key__']!r} where manifest.parquet expects "
+                                f"{keys[order[seen]]!r}; shards and manifest disagree, re-run ingest")  # fmt: skip
+            if seen >= pos:
+                data = next((sample[e] for e in IMAGE_ENTRIES if e in sample), None)
+                if data is None:
+                    raise AmoeError(
+                        f"{path}: sample {sample['__key__']!r} has no image entry ({'/'.join(IMAGE_ENTRIES)})"
+                    )
+                yield int(order[seen]), data
+                pos += 1
+            seen += 1
+        if pos < len(order) and shard_col[order[pos]] == shard:
+            raise AmoeError(f"{path} holds fewer samples than manifest.parquet lists for it; re-run ingest")
+
+
+def to_tensor(data: bytes, size: int) -> torch.Tensor:
+    """Decode, convert to RGB and resize to size x size (bicubic, antialiased): [3, size, size] in [0, 1]."""
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        arr = np.array(im, dtype=np.uint8)
+    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+# ------------------------------------------------------------------------------------------------------ encoder
+def encoder_spec(params: Params) -> TeacherSpec:
+    """`embed.encoder`: a teacher name from params.teachers, or hf:PATH / timm:PATH for any local model."""
+    enc = params.embed.encoder
+    kind, sep, path = enc.partition(":")
+    if sep and kind in ("hf", "timm"):
+        if not path:
+            raise AmoeError(f"embed.encoder = {enc!r}: give a model directory after {kind}:")
+        require_path("embed.encoder", path, "model directory")
+        return TeacherSpec(name="encoder", kind=kind, path=path)  # type: ignore[arg-type]
+    if sep:
+        raise AmoeError(f"embed.encoder = {enc!r}: use a teacher name ({[t.name for t in params.teachers]}), "
+                        f"hf:PATH or timm:PATH")  # fmt: skip
+    return params.teacher(enc)
+
+
+def input_size(teacher: torch.nn.Module, image_size: int) -> int:
+    """The square side fed to the encoder: `image_size` rounded to the patch multiple its forward accepts."""
+    p = int(getattr(teacher, "student_patch_size", 0) or teacher.patch_size)
+    return max(p, round(image_size / p) * p)
+
+
+# ------------------------------------------------------------------------------------------------------ stage
+def fingerprint(cfg: EmbedConfig, manifest: pd.DataFrame, size: int) -> str:
+    """Identifies what a partial run was computing: same encoder, size and key list -> safe to resume."""
+    h = hashlib.sha256(f"{cfg.encoder}|{size}|{len(manifest)}|".encode())
+    h.update("\n".join(manifest["key"].astype(str)).encode())
+    return h.hexdigest()[:16]
+
+
+def run(params: Params, device: str | None = None) -> Path:
+    """Embed every image of `embed.shards` into `embed.out` (resumes an interrupted run with the same inputs)."""
+    from amoe_core.models.teachers.loader import load_teacher
+
+    cfg = params.embed
+    out = Path(cfg.out)
+    spec = encoder_spec(params)
+    manifest = read_manifest(Path(cfg.shards))
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher = load_teacher(spec, device=device)
+    size = input_size(teacher, cfg.image_size)
+    n, dim, fp = len(manifest), int(teacher.dim), fingerprint(cfg, manifest, size)
+    meta = {"count": n, "dim": dim, "encoder": cfg.encoder, "kind": spec.kind, "image_size": size, "fingerprint": fp}
+
+    out.mkdir(parents=True, exist_ok=True)
+    partial, marker = out / "embeddings.partial.npy", out / "progress.json"
+    done = _resume_point(marker, partial, fp, n, dim)
+    if done == 0:
+        (out / "meta.json").unlink(missing_ok=True)  # a finished older output is replaced, never mixed
+        emb = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n, dim))
+        atomic_write_json(marker, {"fingerprint": fp, "done": 0})
+    else:
+        log.info("resuming embedding at image %d of %d", done, n)
+        emb = np.load(partial, mmap_mode="r+")
+    order = reading_order(manifest)
+    bar = progress(total=n, initial=done, unit="img", desc=f"embed ({cfg.encoder})")
+    rows: list[int] = []
+    images: list[torch.Tensor] = []
+
+    def flush() -> None:
+        nonlocal done
+        with torch.inference_mode():
+            feats = teacher(images).summary.float().cpu().numpy()
+        if feats.shape != (len(rows), dim):
+            raise AmoeError(f"encoder {cfg.encoder!r} returned summaries of shape {feats.shape}, expected "
+                            f"({len(rows)}, {dim})")  # fmt: skip
+        emb[np.asarray(rows)] = feats.astype(np.float16)
+        emb.flush()  # rows on disk before the marker claims them
+        done += len(rows)
+        atomic_write_json(marker, {"fingerprint": fp, "done": done})
+        bar.update(len(rows))
+        rows.clear()
+        images.clear()
+
+    for row, data in iter_images(Path(cfg.shards), manifest, order, done):
+        rows.append(row)
+        images.append(to_tensor(data, size))
+        if len(rows) == cfg.batch_size:
+            flush()
+    if rows:
+        flush()
+    bar.close()
+    emb.flush()  # the memmap is renamed into place below (fine on POSIX while still mapped)
+    _finalize(out, manifest, meta)
+    return out
+
+
+def _resume_point(marker: Path, partial: Path, fp: str, n: int, dim: int) -> int:
+    """How many images (in reading order) an earlier interrupted run with the same inputs finished; else 0."""
+    if not marker.exists() or not partial.exists():
+        return 0
+    try:
+        state = json.loads(marker.read_text())
+        shape = np.load(partial, mmap_mode="r").shape
+    except (ValueError, OSError):
+        return 0
+    if state.get("fingerprint") != fp or shape != (n, dim):
+        return 0
+    return int(state.get("done", 0))
+
+
+def _finalize(out: Path, manifest: pd.DataFrame, meta: dict) -> None:
+    (out / "meta.json").unlink(missing_ok=True)
+    os.replace(out / "embeddings.partial.npy", out / "embeddings.npy")
+    with atomic_path(out / "keys.parquet", suffix=".parquet") as tmp:
+        manifest[["key"]].to_parquet(tmp, index=False)
+    atomic_write_json(out / "meta.json", meta)
+    (out / "progress.json").unlink(missing_ok=True)

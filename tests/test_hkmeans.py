@@ -1,0 +1,113 @@
+"""Hierarchical k-means with resampling on Gaussian mixtures with Zipf-distributed cluster sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amoe_core.curation.hkmeans import (
+    assign,
+    check_levels,
+    hierarchical_kmeans,
+    per_cluster_pick,
+    point_paths,
+    resample_indices,
+)
+from amoe_core.errors import AmoeError
+
+KS = [300, 60, 15]
+
+
+def zipf_mixture(n_clusters: int = 200, total: int = 20000, dim: int = 16, a: float = 1.3, seed: int = 0):
+    """Well-separated Gaussian clusters whose sizes follow a Zipf law (a few huge concepts, a long tail of tiny
+    ones, as in web data). Returns (x float32 [n, dim], true cluster id [n])."""
+    rng = np.random.default_rng(seed)
+    w = 1.0 / np.arange(1, n_clusters + 1) ** a
+    sizes = np.maximum(np.round(w / w.sum() * total).astype(int), 4)
+    centers = rng.normal(size=(n_clusters, dim)) * 4
+    y = np.repeat(np.arange(n_clusters), sizes)
+    x = (centers[y] + rng.normal(size=(len(y), dim)) * 0.5).astype(np.float32)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    return zipf_mixture()
+
+
+@pytest.fixture(scope="module", params=["cosine", "l2"])
+def levels(request, mixture):
+    x, _ = mixture
+    return request.param, hierarchical_kmeans(x, KS, 10, [1, 3, 3], [3, 3, 2], "closest", request.param, seed=0)
+
+
+def test_objective_decreases(levels) -> None:
+    _, lv = levels
+    for level in lv:
+        obj = np.asarray(level.objective)
+        assert 1 <= len(obj) <= 10  # faiss stops early once converged
+        assert np.all(np.diff(obj) <= 1e-6 * obj[0]), obj  # Lloyd iterations never increase the distortion
+        assert obj[-1] < obj[0]
+        assert len(level.resample_objective) in (1, 3)
+
+
+def test_every_item_assigned_to_its_nearest_centroid_at_every_level(levels, mixture) -> None:
+    metric, lv = levels
+    items = mixture[0]
+    for k, level in zip(KS, lv):
+        assert level.centroids.shape == (k, items.shape[1]) and level.assignment.shape == (len(items),)
+        assert level.assignment.min() >= 0 and level.assignment.max() < k
+        # brute-force reference in float64 numpy
+        a, c = items.astype(np.float64), level.centroids.astype(np.float64)
+        if metric == "cosine":
+            a = a / np.linalg.norm(a, axis=1, keepdims=True)
+            ref = np.argmax(a @ c.T, axis=1)
+        else:
+            ref = np.argmin((c**2).sum(1)[None] - 2 * a @ c.T, axis=1)  # ||a||^2 is the same for every centroid
+        assert (level.assignment == ref).mean() > 0.999  # ties/rounding aside
+        items = level.centroids
+    paths = point_paths([level.assignment for level in lv])
+    assert paths.shape == (len(mixture[0]), 3)
+    assert np.array_equal(paths[:, 2], lv[2].assignment[lv[1].assignment[lv[0].assignment]])
+
+
+def test_resampling_is_deterministic_and_changes_centroids(mixture) -> None:
+    x = mixture[0][::4]
+    a = hierarchical_kmeans(x, [100], 5, [2], [3], "closest", "cosine", seed=3)
+    b = hierarchical_kmeans(x, [100], 5, [2], [3], "closest", "cosine", seed=3)
+    c = hierarchical_kmeans(x, [100], 5, [0], [3], "closest", "cosine", seed=3)
+    assert np.array_equal(a[0].assignment, b[0].assignment)
+    assert np.array_equal(a[0].centroids, b[0].centroids)
+    assert not np.array_equal(a[0].centroids, c[0].centroids)
+
+
+def test_chunked_assignment_from_float16_memmap_matches_one_pass(tmp_path, mixture) -> None:
+    x, _ = mixture
+    path = tmp_path / "emb.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    centroids = x[:50] / np.linalg.norm(x[:50], axis=1, keepdims=True)
+    l1, d1 = assign(np.load(path, mmap_mode="r"), centroids, "cosine", chunk_size=777)
+    l2, d2 = assign(x.astype(np.float16), centroids, "cosine", chunk_size=10**6)
+    np.testing.assert_array_equal(l1, l2)
+    np.testing.assert_allclose(d1, d2, rtol=1e-5, atol=1e-6)
+
+
+def test_per_cluster_pick_against_a_loop() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 7, 200)
+    scores = rng.random(200)
+    quota = rng.integers(0, 6, 7)
+    ref = sorted(i for c in range(7) for i in sorted(np.flatnonzero(labels == c), key=lambda i: scores[i])[: quota[c]])
+    assert per_cluster_pick(labels, scores, quota, 7).tolist() == ref
+    # resampling tops up with random points when empty clusters leave fewer than k
+    idx = resample_indices(np.zeros(20, dtype=np.int64), rng.random(20), 5, 1, "closest", rng)
+    assert len(idx) == 5 and len(set(idx.tolist())) == 5
+
+
+def test_k_larger_than_the_items_of_a_level() -> None:
+    with pytest.raises(AmoeError, match=r"cluster.k\[0\] = 50 but level 1 has only 40 embedded images"):
+        check_levels(40, [50, 10])
+    with pytest.raises(AmoeError, match=r"cluster.k\[1\] = 20 but level 2 has only 10 level-1 centroids"):
+        check_levels(40, [10, 20])
