@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from amoe_core.errors import AmoeError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
 @dataclass
@@ -19,8 +27,9 @@ class Teacher(nn.Module):
     """A frozen vision encoder that knows its own input normalisation and patch size.
 
     `forward(images)` takes a list of [3, H, W] float images in [0, 1] whose sides are multiples of the *student*
-    patch grid; the teacher resizes each to the same patch grid at its own patch size, so its patch tokens align
-    one-to-one with the student's.
+    patch size (`student_patch_size`, 16 by default); the teacher resizes each to the same patch grid at its own
+    patch size, so its patch tokens align one-to-one with the student's. `grid` ([n, 2] rows, cols) may be given
+    explicitly; otherwise it is read from the image sides. Outputs are float32 whatever the compute dtype.
     """
 
     name: str
@@ -30,6 +39,8 @@ class Teacher(nn.Module):
     num_registers: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    student_patch_size: int = 16
+    summary_head: nn.Module | None  # set in __init__ (a class default would shadow the registered submodule)
 
     def forward(self, images: list[Tensor], grid: Tensor | None = None) -> TeacherOutput:  # pragma: no cover
         raise NotImplementedError
@@ -40,3 +51,77 @@ class Teacher(nn.Module):
     @torch.no_grad()
     def embed(self, images: list[Tensor]) -> Tensor:
         return self(images).summary
+
+    # ----------------------------------------------------------------------------------------------- shared helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def grids(self, images: list[Tensor], grid: Tensor | None = None) -> list[tuple[int, int]]:
+        """(rows, cols) of each image on the student's patch grid."""
+        if not images:
+            raise AmoeError(f"teacher {self.name!r}: forward needs at least one image")
+        if grid is not None:
+            if grid.shape != (len(images), 2):
+                raise AmoeError(f"teacher {self.name!r}: grid must be [{len(images)}, 2], got {list(grid.shape)}")
+            return [(int(r), int(c)) for r, c in grid.tolist()]
+        p = self.student_patch_size
+        out = []
+        for i, im in enumerate(images):
+            if im.ndim != 3 or im.shape[0] != 3:
+                raise AmoeError(f"teacher {self.name!r}: image {i} must be [3, H, W], got {list(im.shape)}")
+            h, w = im.shape[-2:]
+            if h % p or w % p or h < p or w < p:
+                raise AmoeError(
+                    f"teacher {self.name!r}: image {i} is {h}x{w}; sides must be positive multiples of the student "
+                    f"patch size {p}"
+                )
+            out.append((h // p, w // p))
+        return out
+
+    def to_teacher_input(self, image: Tensor, rows: int, cols: int) -> Tensor:
+        """Resize one [3, H, W] image in [0, 1] to the teacher's (rows*P, cols*P) and normalise it."""
+        x = image.to(self.device, torch.float32)
+        size = (rows * self.patch_size, cols * self.patch_size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return ((x - mean) / std).to(self.dtype)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Frozen teacher weights: no gradients, eval mode (dropout/drop-path off)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def group_by_size(grids: list[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+    """Image indices per distinct patch grid, so equal-size images run as one dense batch."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, g in enumerate(grids):
+        groups.setdefault(g, []).append(i)
+    return groups
+
+
+def token_chunks(indices: list[int], tokens_each: int | list[int], budget: int) -> list[list[int]]:
+    """Split `indices` into consecutive forward batches of at most `budget` (padded) tokens each (>= 1 image)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    longest = 0
+    for k, i in enumerate(indices):
+        t = tokens_each if isinstance(tokens_each, int) else tokens_each[k]
+        if cur and (len(cur) + 1) * max(longest, t) > budget:
+            out.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, t)
+    if cur:
+        out.append(cur)
+    return out

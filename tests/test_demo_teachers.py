@@ -1,0 +1,123 @@
+"""`amoe teachers demo` on a tiny generated labelled folder: trained features beat random ones, the saved directory
+loads as a teacher, unchanged inputs skip, and the kNN used in report.json matches a brute-force reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from amoe_core.config import TeacherSpec, load_params
+from amoe_core.errors import AmoeError
+from amoe_core.models.teachers import demo, load_teacher
+
+COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230)}
+
+
+def make_split(root, n_per_class: int, seed: int, size: int = 32) -> None:
+    """Class = colour of a small square at a random place; the random background colour dominates the pixels, so
+    random-weight features cluster by background (near chance) while a trained classifier finds the square."""
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            img = np.ones((size, size, 3)) * rng.integers(0, 256, 3) + rng.normal(0, 25, (size, size, 3))
+            s = rng.integers(10, 15)
+            y, x = rng.integers(0, size - s, 2)
+            img[y : y + s, x : x + s] = colour
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / name / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("squares")
+    make_split(root / "train", 80, seed=0)
+    make_split(root / "test", 30, seed=1)
+    return root
+
+
+def params_for(folders, out, **extra):
+    ov = [f"demo_teachers.out={out}", "demo_teachers.knn_k=10"]
+    for kind in ("dinov3", "siglip2"):
+        ov += [
+            f"demo_teachers.{kind}.train={folders / 'train'}",
+            f"demo_teachers.{kind}.test={folders / 'test'}",
+            f"demo_teachers.{kind}.hidden_size=32",
+            f"demo_teachers.{kind}.layers=2",
+            f"demo_teachers.{kind}.heads=2",
+            f"demo_teachers.{kind}.image_size=32",
+            f"demo_teachers.{kind}.batch_size=32",
+            f"demo_teachers.{kind}.lr=0.003",
+            f"demo_teachers.{kind}.min_crop_scale=0.6",
+        ]
+    ov += ["demo_teachers.siglip2.epochs=8", "demo_teachers.dinov3.epochs=1"]
+    ov += [f"{k}={v}" for k, v in extra.items()]
+    return load_params(None, ov)
+
+
+def test_demo_trains_saves_reports_and_skips(folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "teachers"
+    report = demo.run(params_for(folders, out))
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    sig = report["siglip2"]
+    assert sig["model"] == "Siglip2VisionModel" and sig["classes"] == 3 and sig["train_images"] == 240
+    # the trained SigLIP2 expert clearly beats the same architecture with random weights on its own domain
+    assert sig["knn"]["trained"] > sig["knn"]["random"] + 0.15, sig["knn"]
+    assert report["dinov3"]["model"] == "DINOv3ViTModel" and 0 <= report["dinov3"]["knn"]["trained"] <= 1
+
+    # the saved backbones load as teachers (no classifier head), with sizes read from the checkpoint
+    dino = load_teacher(TeacherSpec(name="d", kind="dinov3", path=str(out / "dinov3")))
+    siglip = load_teacher(TeacherSpec(name="s", kind="siglip2", path=str(out / "siglip2")))
+    assert (dino.dim, dino.num_registers, siglip.dim, siglip.num_registers) == (32, 4, 32, 0)
+    assert json.loads((out / "siglip2" / "preprocessor_config.json").read_text())["image_mean"] == [0.5] * 3
+    assert not list(out.glob(".*tmp-*")) and not list(out.glob(".*old-*"))  # no leftovers of the atomic swap
+
+    # unchanged inputs: nothing is retrained; a changed knob retrains that teacher only
+    def boom(kind, *a, **k):
+        raise RuntimeError(f"retrained {kind}")
+
+    monkeypatch.setattr(demo, "train_classifier", boom)
+    assert demo.run(params_for(folders, out)) == report
+    with pytest.raises(RuntimeError, match="retrained siglip2"):
+        demo.run(params_for(folders, out, **{"demo_teachers.siglip2.lr": 0.002}))
+    assert load_teacher(TeacherSpec(name="s", kind="siglip2", path=str(out / "siglip2"))).dim == 32  # kept intact
+
+
+def test_knn_matches_brute_force_reference():
+    g = torch.Generator().manual_seed(0)
+    train, test = torch.randn(60, 8, generator=g), torch.randn(25, 8, generator=g)
+    ytr, yte = torch.randint(0, 4, (60,), generator=g), torch.randint(0, 4, (25,), generator=g)
+    k, temp = 7, 0.1
+    a, b = train.numpy() / np.linalg.norm(train.numpy(), axis=1, keepdims=True), test.numpy()
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    correct = 0
+    for i in range(len(b)):
+        sims = a @ b[i]
+        nearest = np.argsort(-sims)[:k]
+        votes = np.zeros(4)
+        for j in nearest:
+            votes[ytr[j]] += np.exp(sims[j] / temp)
+        correct += int(votes.argmax() == yte[i])
+    assert demo.knn_accuracy(train, ytr, test, yte, k, temp) == pytest.approx(correct / len(b))
+    assert demo.knn_accuracy(train, ytr, train, ytr, 1, temp) == 1.0  # each point is its own nearest neighbour
+
+
+def test_stratified_subset_keeps_class_proportions():
+    labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
+    idx = demo.stratified_subset(labels, 100, seed=0)
+    assert torch.bincount(labels[idx]).tolist() == [60, 30, 10]
+    assert torch.equal(idx, demo.stratified_subset(labels, 100, seed=0))  # deterministic
+
+
+def test_bad_folders(tmp_path, folders):
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(AmoeError, match="one subfolder of images per class"):
+        demo.list_folder(tmp_path / "flat")
+    p = params_for(folders, tmp_path / "t", **{"demo_teachers.dinov3.train": str(tmp_path / "missing")})
+    with pytest.raises(AmoeError, match="demo_teachers.dinov3.train"):
+        demo.run(p)
