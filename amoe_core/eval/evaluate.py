@@ -1,0 +1,227 @@
+"""`amoe evaluate RUN` / `amoe evaluate --teachers`: kNN, linear probe, cross-resolution kNN, student-teacher fidelity
+and PCA feature maps -> runs/<run>/eval.json (schema in the shared contracts; DVC metrics) plus
+resolution.csv (DVC plots), resolution.png and pca_maps.png next to it.
+
+The student enters only through an `Extractor` (images -> named features, see features.py), so the whole path is
+the same for teachers and students; `run()` just decides which extractor to build.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from amoe_core.config import ConfigError, Params, TeacherSpec
+from amoe_core.errors import AmoeError
+from amoe_core.eval.datasets import LabelledSet, load_pair
+from amoe_core.eval.features import (
+    Extractor,
+    Feats,
+    cached_teacher_summaries,
+    ensemble,
+    extract_summaries,
+    student_extractor,
+    teacher_extractor,
+)
+from amoe_core.eval.fidelity import fidelity
+from amoe_core.eval.knn import knn_accuracy
+from amoe_core.eval.linear_probe import linear_probe
+from amoe_core.eval.pca_maps import save_pca_grid
+from amoe_core.eval.plots import plot_resolution, write_resolution_csv
+from amoe_core.tracking.runs import RunDir
+
+log = logging.getLogger(__name__)
+
+TEACHERS_RUN = "_teachers"
+PCA_FILE = "pca_maps.png"
+RESOLUTION_CSV = "resolution.csv"
+RESOLUTION_PNG = "resolution.png"
+FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolutions(params: Params) -> list[int]:
+    """Every resolution to evaluate (the main one included), checked against the student patch size."""
+    cfg, p = params.evaluate, params.packing.patch_size
+    res = sorted(set(cfg.resolutions) | {cfg.main_resolution})
+    bad = [r for r in res if r % p]
+    if bad:
+        raise ConfigError(
+            f"evaluate.resolutions / main_resolution {bad}: must be multiples of packing.patch_size = {p}"
+        )
+    if not cfg.datasets:
+        raise ConfigError("evaluate.datasets is empty: give at least one {name, train, test} dataset")
+    return res
+
+
+class TeacherBank:
+    """Teachers loaded on first use (a cached run never loads them)."""
+
+    def __init__(self, specs: list[TeacherSpec], device: torch.device) -> None:
+        self.specs, self.device, self._loaded = {s.name: s for s in specs}, device, {}
+
+    def extractor(self, name: str) -> Extractor:
+        if name not in self._loaded:
+            from amoe_core.models.teachers.loader import load_teacher
+
+            self._loaded[name] = teacher_extractor(name, load_teacher(self.specs[name], self.device))
+        return self._loaded[name]
+
+
+def _split_features(
+    params: Params, bank: TeacherBank, student: Extractor | None, dataset: str, split: str, data: LabelledSet, res: int
+) -> dict[str, np.ndarray]:
+    cfg = params.evaluate
+    if student is None:
+        return {
+            f"teacher:{name}": cached_teacher_summaries(
+                cfg.cache, dataset, split, data, res, spec, lambda n=name: bank.extractor(n), cfg.batch_size
+            )
+            for name, spec in bank.specs.items()
+        }
+    feats = extract_summaries(student, data, res, cfg.batch_size, desc=f"student {dataset}/{split} {res}px")
+    per_teacher = [feats[f"student:{t}"] for t in bank.specs if f"student:{t}" in feats]
+    if len(per_teacher) > 1:
+        feats["student:ensemble"] = ensemble(per_teacher)
+    return feats
+
+
+def _features_of(extractors: list[Extractor], images: torch.Tensor, batch_size: int) -> dict[str, Feats]:
+    """Summaries and patches of a few equal-size images from several extractors."""
+    out: dict[str, list[Feats]] = {}
+    for start in range(0, len(images), batch_size):
+        for ex in extractors:
+            for name, f in ex(images[start : start + batch_size]).items():
+                out.setdefault(name, []).append(f)
+    return {n: Feats(torch.cat([f.summary for f in fs]), torch.cat([f.patches for f in fs])) for n, fs in out.items()}
+
+
+def evaluate(
+    params: Params, out: RunDir, student: Extractor | None, device: torch.device | None = None
+) -> dict[str, Any]:
+    """Evaluate the student's features (or, with `student=None`, the teachers') and write everything under `out`."""
+    cfg = params.evaluate
+    res_list = resolutions(params)
+    device = device or _device()
+    bank = TeacherBank(params.teachers, device)
+    results: dict[str, Any] = {"knn": {}, "linear": {}, "fidelity": {}, "pca_maps": PCA_FILE}
+    samples: list[list[torch.Tensor]] = []  # per dataset: test images at the main resolution (fidelity, PCA)
+    for ds in cfg.datasets:
+        train, test = load_pair(ds.train, ds.test, cfg.max_train_per_dataset, params.seed)
+        log.info(
+            "evaluate %s: %d train / %d test images, %d classes", ds.name, len(train), len(test), len(train.classes)
+        )
+        knn_ds, lin_ds = results["knn"].setdefault(ds.name, {}), results["linear"].setdefault(ds.name, {})
+        for res in res_list:
+            ftr = _split_features(params, bank, student, ds.name, "train", train, res)
+            fte = _split_features(params, bank, student, ds.name, "test", test, res)
+            for name in ftr:
+                accs = knn_accuracy(ftr[name], train.labels, fte[name], test.labels, cfg.ks, cfg.temperature)
+                knn_ds.setdefault(name, {})[f"{res}px"] = {f"k{k}": acc for k, acc in accs.items()}
+                if res == cfg.main_resolution:
+                    probe = linear_probe(
+                        ftr[name],
+                        train.labels,
+                        fte[name],
+                        test.labels,
+                        cfg.probe_lrs,
+                        cfg.probe_epochs,
+                        cfg.probe_val_fraction,
+                        seed=params.seed,
+                        device=device,
+                    )
+                    lin_ds.setdefault(name, {})[f"{res}px"] = probe.test_accuracy
+        n = min(FIDELITY_IMAGES, len(test))
+        samples.append([test.image(i, cfg.main_resolution) for i in range(n)])
+
+    extractors = [bank.extractor(t) for t in bank.specs] + ([student] if student is not None else [])
+    if student is not None:
+        feats = [_features_of(extractors, torch.stack(s), cfg.batch_size) for s in samples]
+        for t in bank.specs:
+            if f"student:{t}" not in feats[0]:
+                continue
+            s_sum = torch.cat([f[f"student:{t}"].summary for f in feats]).numpy()
+            t_sum = torch.cat([f[f"teacher:{t}"].summary for f in feats]).numpy()
+            s_pat = torch.cat([f[f"student:{t}"].patches.flatten(0, 1) for f in feats]).numpy()
+            t_pat = torch.cat([f[f"teacher:{t}"].patches.flatten(0, 1) for f in feats]).numpy()
+            results["fidelity"][t] = fidelity(s_sum, t_sum, s_pat, t_pat)
+    _write_pca(params, out, samples, extractors)
+    write_resolution_csv(results["knn"], out.path / RESOLUTION_CSV)
+    plot_resolution(results["knn"], 20 if 20 in cfg.ks else cfg.ks[0], out.path / RESOLUTION_PNG)
+    out.write_eval(results)
+    return results
+
+
+def _write_pca(params: Params, out: RunDir, samples: list[list[torch.Tensor]], extractors: list[Extractor]) -> None:
+    """First `pca_images` test images, taken round-robin over the datasets; one column per feature source."""
+    picked: list[torch.Tensor] = []
+    for i in range(max(len(s) for s in samples)):
+        picked += [s[i] for s in samples if i < len(s)]
+    picked = picked[: params.evaluate.pca_images]
+    feats = _features_of(extractors, torch.stack(picked), params.evaluate.batch_size)
+    order = sorted(feats, key=lambda n: (not n.startswith("teacher:"), n == "student:native", n))
+    columns = {}
+    for name in order:
+        pats = feats[name].patches
+        g = int(round(pats.shape[1] ** 0.5))
+        columns[name] = ([p.numpy() for p in pats], [(g, g)] * len(picked))
+    save_pca_grid([im.permute(1, 2, 0).numpy() for im in picked], columns, out.path / PCA_FILE)
+
+
+def load_student_extractor(params: Params, run_dir: Path, device: torch.device) -> Extractor:
+    """The trained student of a run as an Extractor (adapted features mapped back through inverse PHI-S)."""
+    try:
+        from amoe_core.train.checkpoint import load_student
+    except ImportError as e:
+        raise AmoeError(f"this installation cannot load student checkpoints ({e})") from None
+    try:
+        student, teacher_dims, phis = load_student(run_dir, device=device)
+    except AmoeError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = " ".join(str(e).split())[:240] or type(e).__name__  # one line, however long the torch message
+        raise AmoeError(
+            f"run {run_dir}: its checkpoint does not fit the student architecture its params.yaml describes ({first}); "
+            "evaluate it with the params (student.name / overrides) it was trained with"
+        ) from None
+    student.eval()
+    denormalise = {name: _denormaliser(student, phis, name) for name in teacher_dims}
+    pk = params.packing
+    return student_extractor(student, denormalise, pk.patch_size, pk.c_max, pk.max_images_per_seq)
+
+
+def _denormaliser(student: torch.nn.Module, phis: Any, name: str):  # noqa: ANN202
+    """TeacherOutput (PHI-S space) -> raw teacher space: the run's fitted PHI-S for `name`, inverted."""
+    cand = phis.get(name) if isinstance(phis, dict) else None
+    if cand is not None and hasattr(cand, "denormalize"):
+        return cand.denormalize
+    heads = getattr(student, "heads", None)
+    if heads is not None and name in heads and hasattr(heads[name], "denormalize"):
+        return heads[name].denormalize
+    raise AmoeError(f"student checkpoint has no PHI-S normaliser for teacher {name!r}; cannot map its features back")
+
+
+def run(params: Params, run: str | None = None, teachers: bool | None = False) -> dict[str, Any]:
+    """Stage entry point: `amoe evaluate [RUN]` or `amoe evaluate --teachers` (writes runs/_teachers/eval.json)."""
+    resolutions(params)  # config errors before any work
+    device = _device()
+    runs_dir = Path(params.distill.runs_dir)
+    if teachers:
+        out = RunDir(runs_dir / TEACHERS_RUN)  # not a training run: no params.yaml, so list_runs skips it
+        out.path.mkdir(parents=True, exist_ok=True)
+        return evaluate(params, out, None, device)
+    run_id = run or params.distill.run
+    run_dir = RunDir(runs_dir / run_id)
+    if not run_dir.path.is_dir():
+        raise AmoeError(
+            f"run {run_id!r}: no directory {run_dir.path}; train it with `amoe distill` or pick an existing run"
+        )
+    student = load_student_extractor(params, run_dir.path, device)
+    return evaluate(params, run_dir, student, device)
