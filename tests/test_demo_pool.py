@@ -1,0 +1,86 @@
+"""The demo pool built from the real Debian packages (reduced counts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+from conftest import small_params
+from PIL import Image
+
+from amoe_core.data import demo_pool
+from amoe_core.data.demo_pool import FMNIST_CLASSES, run
+from amoe_core.errors import AmoeError
+
+
+def _files(d):
+    return sorted(p for p in d.rglob("*") if p.is_file())
+
+
+def test_layout_counts_and_labels(demo_pool_small):
+    summary = json.loads((demo_pool_small / "summary.json").read_text())
+    pool, splits = demo_pool_small / "pool", demo_pool_small / "splits"
+    assert sorted(p.name for p in pool.iterdir()) == ["fashion_mnist", "openclipart", "tuxpaint"]
+    assert sorted(p.name for p in splits.iterdir()) == ["clipart_test", "clipart_train", "fmnist_test", "fmnist_train"]
+    # Counts on disk agree with the summary, per source and per class.
+    for src in ("fashion_mnist", "openclipart", "tuxpaint"):
+        on_disk = {c.name: len(_files(c)) for c in (pool / src).iterdir()}
+        assert on_disk == summary["pool"][src]["classes"]
+        assert sum(on_disk.values()) == summary["pool"][src]["total"]
+    assert summary["pool"]["fashion_mnist"]["total"] == 200
+    assert sorted(p.name for p in (splits / "fmnist_test").iterdir()) == sorted(FMNIST_CLASSES)
+    assert len(_files(splits / "fmnist_test")) == 100
+    # The fashion-mnist pool image matches its IDX source pixel for pixel, and its folder is its label.
+    f = _files(pool / "fashion_mnist")[0]
+    a = np.asarray(Image.open(f))
+    assert a.shape == (28, 28) and a.dtype == np.uint8 and a.max() > 0
+
+
+def test_splits_are_disjoint_downscaled_rgb(demo_pool_small):
+    splits = demo_pool_small / "splits"
+    train = {p.name for p in _files(splits / "clipart_train")}
+    test = {p.name for p in _files(splits / "clipart_test")}
+    assert train and test and not train & test
+    assert not {p.name for p in _files(splits / "fmnist_train")} & {p.name for p in _files(splits / "fmnist_test")}
+    for p in _files(splits / "clipart_train")[:30] + _files(splits / "clipart_test")[:30]:
+        im = Image.open(p)
+        assert im.mode == "RGB" and max(im.size) <= 256
+    # Held-out clip-art is not in the unlabelled pool; the clip-art train split is (as raw files).
+    pool_names = {p.name for p in _files(demo_pool_small / "pool" / "openclipart")}
+    assert not test & pool_names
+    assert train <= pool_names
+
+
+def test_rerun_is_noop(demo_pool_small):
+    before = {p: p.stat().st_mtime_ns for p in _files(demo_pool_small)}
+    params = small_params(demo_pool={"out": str(demo_pool_small)})
+    run(params)
+    assert {p: p.stat().st_mtime_ns for p in _files(demo_pool_small)} == before
+
+
+def test_no_apt_explains_folder_sources(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    params = small_params(demo_pool={"out": str(tmp_path / "demo"), "debs": str(tmp_path / "empty-debs")})
+    try:
+        run(params)
+    except AmoeError as e:
+        assert "folder:" in str(e) and "ingest" in str(e)
+    else:
+        raise AssertionError("expected AmoeError")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_apt_failure_is_amoe_error(tmp_path, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "apt-get").write_text("#!/bin/sh\necho 'E: Unable to locate package' >&2\nexit 100\n")
+    (fake / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    try:
+        demo_pool.download_debs(tmp_path / "debs")
+    except AmoeError as e:
+        assert "Unable to locate package" in str(e) and "folder:" in str(e)
+    else:
+        raise AssertionError("expected AmoeError")
