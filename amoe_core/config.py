@@ -34,6 +34,7 @@ class DemoPoolConfig(Section):
     fmnist_test: int = Field(2000, ge=20, le=10000)  # labelled evaluation split
     clipart_heldout_fraction: float = Field(0.2, gt=0, lt=1)  # per category, held out for evaluation
     clipart_min_per_category: int = Field(20, ge=2)  # categories with fewer images are left out of the splits
+    max_per_category: int = Field(0, ge=0)  # clip-art / stamps taken per category (0 = all; small pools for tests)
 
 
 class IngestConfig(Section):
@@ -44,11 +45,16 @@ class IngestConfig(Section):
     shard_size: int = Field(2000, ge=1)
     max_side: int = Field(512, ge=16)  # larger images are downscaled before storage
     min_side: int = Field(16, ge=1)  # smaller images are skipped
-    max_pixels: int = Field(200_000_000, ge=1)  # decompression-bomb guard
+    max_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard (8k x 8k); larger files are skipped
     phash_distance: int = Field(4, ge=0, le=64)  # near-duplicate threshold (Hamming, 64-bit pHash); 0 = exact only
+    phash_min_side: int = Field(32, ge=1)  # smaller images are only exact-deduplicated (why: amoe_core/data/dedup.py)
     background: tuple[int, int, int] = (255, 255, 255)  # alpha is composited onto this colour
     jpeg_quality: int = Field(92, ge=50, le=100)
+    store_format: Literal["auto", "jpg", "png"] = "auto"  # auto: jpg for JPEG inputs, png for lossless ones
+    on_extension_mismatch: Literal["skip", "decode"] = "skip"  # e.g. PNG bytes in a .jpg file
     workers: int = Field(0, ge=0)  # 0 = all cores
+    chunk_size: int = Field(256, ge=1)  # files per staged work unit (the resume granularity)
+    keep_staging: bool = False  # keep the decoded chunks after success (faster rebuild of deleted shards)
 
     @model_validator(mode="after")
     def _sides(self) -> IngestConfig:
@@ -70,23 +76,54 @@ class TeacherSpec(Section):
 
 
 class DemoTeacherConfig(Section):
-    """One demo teacher trained locally in the real transformers class."""
+    """One demo teacher trained locally in the real transformers class, as a classifier on a labelled folder."""
 
+    train: Path  # folder with one subfolder per class
+    test: Path  # its own domain's evaluation split (kNN accuracy in report.json)
     hidden_size: int = Field(128, ge=16)
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
-    image_size: int = Field(64, ge=16)
+    registers: int = Field(0, ge=0)  # DINOv3 register tokens (SigLIP2 has none)
+    patch_size: int = Field(16, ge=2)
+    image_size: int = Field(64, ge=16)  # training resolution; also the kNN evaluation resolution
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    min_crop_scale: float = Field(0.35, gt=0, le=1)  # random-resized-crop area range [min_crop_scale, 1]
+    grid_jitter: int = Field(1, ge=0)  # NaFlex-style: each batch's patch grid varies +-grid_jitter rows/cols
+
+    @model_validator(mode="after")
+    def _shape(self) -> DemoTeacherConfig:
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.grid_jitter >= self.image_size // self.patch_size:
+            raise ValueError(f"grid_jitter ({self.grid_jitter}) must be smaller than the patch grid side")
+        return self
 
 
 class DemoTeachersConfig(Section):
     """`amoe teachers demo`: a DINOv3 expert on fashion-mnist and a SigLIP2 expert on clip-art."""
 
     out: Path = Path("data/teachers")
-    dinov3: DemoTeacherConfig = DemoTeacherConfig()
-    siglip2: DemoTeacherConfig = DemoTeacherConfig(epochs=6.0)
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    knn_train_max: int = Field(5000, ge=10)  # kNN memory bank: at most this many train images (class-stratified)
+    dinov3: DemoTeacherConfig = DemoTeacherConfig(
+        train=Path("data/demo/splits/fmnist_train"), test=Path("data/demo/splits/fmnist_test"), registers=4
+    )
+    siglip2: DemoTeacherConfig = DemoTeacherConfig(
+        train=Path("data/demo/splits/clipart_train"), test=Path("data/demo/splits/clipart_test"), epochs=6.0
+    )
+
+    @model_validator(mode="after")
+    def _siglip_registers(self) -> DemoTeachersConfig:
+        if self.siglip2.registers:
+            raise ValueError("siglip2.registers must be 0: Siglip2VisionModel has no register tokens")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------- curation
@@ -110,7 +147,9 @@ class ClusterConfig(Section):
     resample_points: list[int] = Field(default_factory=lambda: [3, 3, 2])
     resample_method: Literal["closest", "random"] = "closest"
     metric: Literal["cosine", "l2"] = "cosine"
-    chunk_size: int = Field(65536, ge=1)
+    init: Literal["kmeans++", "afkmc2", "random"] = "kmeans++"  # seeding reaches small, far clusters that random misses
+    chunk_size: int = Field(65536, ge=1)  # points assigned per faiss search (bounds the float32 working copy)
+    max_points_per_centroid: int = Field(256, ge=1)  # level-1 k-means trains on at most k * this many points
     out: Path = Path("data/curation/clusters")
 
     @model_validator(mode="after")
@@ -122,6 +161,8 @@ class ClusterConfig(Section):
                 )
         if any(b > a for a, b in zip(self.k, self.k[1:])):
             raise ValueError(f"k must not increase from one level to the next, got {self.k}")
+        if min(self.k) < 1 or min(self.resample_points) < 1 or min(self.resample_steps) < 0:
+            raise ValueError("k and resample_points must be >= 1 and resample_steps >= 0 at every level")
         return self
 
 
@@ -132,8 +173,11 @@ class SampleConfig(Section):
     clusters: Path = Path("data/curation/clusters")
     embeddings: Path = Path("data/curation/embeddings")
     target: int = Field(4000, ge=1)
-    within: Literal["random", "closest"] = "random"
+    within: Literal["random", "closest"] = "random"  # how points are taken inside a level-1 cluster
     out: Path = Path("data/curation/selection")
+    plots: Path = Path("data/curation/plots")
+    plot_clusters: int = Field(6, ge=1)  # clusters shown in the example grid
+    plot_images: int = Field(8, ge=1)  # images per cluster in the example grid
 
 
 # ---------------------------------------------------------------------------------------------------------- model
@@ -193,6 +237,7 @@ class DistillConfig(Section):
     grad_clip: float = Field(1.0, gt=0)
     grad_accum: int = Field(1, ge=1)
     checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)  # newest complete checkpoints kept on disk
     log_every: int = Field(1, ge=1)
     compile: bool = False
     deterministic: bool = True
@@ -257,12 +302,21 @@ class EvaluateConfig(Section):
 class SweepConfig(Section):
     """`amoe sweep`: Optuna over batching and loss settings, scored by kNN after a short distillation."""
 
-    study: str = "amoe-sweep"
-    storage: str = "sqlite:///runs/optuna.db"
-    n_trials: int = Field(8, ge=1)
-    workers: int = Field(1, ge=1)
-    steps: int = Field(60, ge=1)
+    study: str = Field("amoe-sweep", pattern=r"^[A-Za-z0-9_.-]+$")  # also the prefix of the trials' run ids
+    storage: str = "sqlite:///runs/optuna.db"  # any SQLAlchemy RDB URL (postgresql://... for many workers)
+    n_trials: int = Field(8, ge=1)  # in total, split across the workers
+    workers: int = Field(1, ge=1)  # parallel worker processes on this machine, sharing the storage
+    steps: int = Field(60, ge=1)  # distillation steps per trial (when token_budget is not set)
+    token_budget: int | None = Field(None, ge=1)  # fixed compute: steps = budget / (c_max * seqs_per_step)
     seed: int = 0
+    search: list[str] = Field(default_factory=list)  # dimensions of amoe_core/sweep/space.py to search; [] = all
+    overrides: list[str] = Field(default_factory=list)  # applied to every trial, e.g. evaluate.resolutions=[64]
+    feature: str = "student:ensemble"  # scored feature: mean over datasets of kNN at evaluate.main_resolution
+    k: int = Field(20, ge=1)
+    objective: str = "amoe_core.sweep.objective:distill_knn"  # module:function(trial, params) -> float
+    pruner_startup_trials: int = Field(3, ge=0)  # median pruning starts once this many trials completed
+    heartbeat_s: int = Field(60, ge=1)  # a trial whose worker died is failed after 2 heartbeats and retried once
+    best_out: Path = Path("runs/sweep_best.yaml")  # best trial as `-S` overrides for `dvc exp run` / load_params
 
 
 class ReportConfig(Section):
