@@ -32,8 +32,12 @@ class DemoPoolConfig(Section):
     fmnist_pool: int = Field(12000, ge=0, le=60000)  # fashion-mnist train images in the unlabelled pool
     fmnist_teacher_train: int = Field(12000, ge=100, le=60000)  # labelled fashion-mnist train split for teachers
     fmnist_test: int = Field(2000, ge=20, le=10000)  # labelled evaluation split
-    clipart_heldout_fraction: float = Field(0.2, gt=0, lt=1)  # per category, held out for evaluation
-    clipart_min_per_category: int = Field(20, ge=2)  # categories with fewer images are left out of the splits
+    # Labelled clip-art splits, balanced (chance = 1/n_classes): categories with >= min pictures, not excluded,
+    # each with test_per_category held out and at most train_per_category for train.
+    clipart_min_per_category: int = Field(120, ge=2)
+    clipart_test_per_category: int = Field(40, ge=1)  # lowered to half the smallest kept category if needed
+    clipart_train_per_category: int = Field(250, ge=1)
+    clipart_exclude: list[str] = Field(default_factory=lambda: ["unsorted"])  # grab-bag categories: no visual class
     max_per_category: int = Field(0, ge=0)  # clip-art / stamps taken per category (0 = all; small pools for tests)
 
 
@@ -93,6 +97,7 @@ class DemoTeacherConfig(Section):
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     min_crop_scale: float = Field(0.35, gt=0, le=1)  # random-resized-crop area range [min_crop_scale, 1]
     grid_jitter: int = Field(1, ge=0)  # NaFlex-style: each batch's patch grid varies +-grid_jitter rows/cols
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _shape(self) -> DemoTeacherConfig:
@@ -112,6 +117,7 @@ class DemoTeachersConfig(Section):
     knn_k: int = Field(20, ge=1)
     knn_temperature: float = Field(0.07, gt=0)
     knn_train_max: int = Field(5000, ge=10)  # kNN memory bank: at most this many train images (class-stratified)
+    threads: int = Field(1, ge=0)  # torch threads during the stage (0 = torch's default): see demo.py for why 1
     dinov3: DemoTeacherConfig = DemoTeacherConfig(
         train=Path("data/demo/splits/fmnist_train"), test=Path("data/demo/splits/fmnist_test"), registers=4
     )
@@ -192,6 +198,7 @@ class PackingConfig(Section):
     token_sampling: Literal["native", "uniform", "loguniform"] = "loguniform"
     seqs_per_step: int = Field(8, ge=1)  # sequences per rank per step
     shuffle_buffer: int = Field(512, ge=1)
+    shard_interleave: int = Field(16, ge=1)  # shards whose samples are interleaved in the stream (mixes sources)
     mode: Literal["packed", "fixed"] = "packed"  # fixed = a fixed number of images per step (ablation baseline)
     images_per_step: int = Field(64, ge=1)  # only for mode=fixed
     workers: int = Field(1, ge=0)

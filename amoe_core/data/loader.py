@@ -1,13 +1,15 @@
 """Streaming loader of packed batches over WebDataset shards (token-balanced batching, arXiv 2512.20157).
 
 How an epoch is made (every rank and worker computes the same plan from the manifest, no communication):
-1. The selection (or every image) in stream order: shards in a seeded per-epoch permutation, samples in manifest
-   order within a shard (the order they were written).
+1. The selection (or every image) in stream order: shards in a seeded per-epoch permutation, cut into groups of about
+   `shard_interleave` shards whose samples are randomly interleaved, each shard keeping its written order (ingest
+   writes shards sorted by source and folder: without interleaving a shuffle buffer would see one class at a time).
 2. Each image's patch grid for this epoch (`resolution.plan_grids`, a pure function of (seed, epoch, key)).
-3. The packer plans steps from token counts alone (`packing.stream_pack`, or `fixed_batches` for mode=fixed).
-4. `balance_batches` makes the step count a multiple of ranks x workers by moving sequences out of the last steps,
-   so every rank yields the same number of steps (DDP never waits on a rank that ran dry) while every image is
-   still seen exactly once per epoch; each (rank, worker) takes a contiguous share of steps.
+3. The packer plans sequences from token counts alone (`packing.stream_pack`; mode=fixed: one image per row).
+4. `balance_batches` groups them into steps: full rounds of `seqs_per_step` rows on every (rank, worker), then one
+   short last round with the epoch's remainder (the same number of rows on every rank), so every rank yields the same
+   number of steps with the same token count per step (DDP never waits on a rank that ran dry) while every image is
+   still seen exactly once per epoch; each (rank, worker) takes a contiguous block plus one step of the last round.
 5. A worker streams only the shards its share needs, keeps the encoded bytes of its own images until their step
    is complete, then decodes, resizes, patchifies and yields the `PackedBatch`.
 `start_step` skips that many steps of the rank's epoch without decoding them (exact resume).
@@ -31,7 +33,6 @@ from amoe_core.data.packing import (
     Plan,
     assemble,
     balance_batches,
-    fixed_batches,
     split_for,
     steps_before,
     stream_pack,
@@ -67,12 +68,21 @@ def read_manifest(shards_dir: Path, selection: Path | None) -> tuple[pd.DataFram
     return df.reset_index(drop=True), labels
 
 
-def stream_order(df: pd.DataFrame, seed: int, epoch: int) -> pd.DataFrame:
-    """Rows in this epoch's stream order: shards permuted per epoch, written order within a shard."""
+def stream_order(df: pd.DataFrame, seed: int, epoch: int, interleave: int = 1) -> pd.DataFrame:
+    """Rows in this epoch's stream order: shards permuted per epoch and cut into groups of ~`interleave` shards; within
+    a group the shards' samples are randomly interleaved, each shard's samples staying in their written order (so a
+    reader streams every shard front to back)."""
     shards = list(dict.fromkeys(df["shard"].tolist()))
-    perm = np.random.default_rng([seed, epoch, 1]).permutation(len(shards))
-    rank = {shards[j]: r for r, j in enumerate(perm.tolist())}
-    order = np.lexsort((np.arange(len(df)), df["shard"].map(rank).to_numpy()))
+    rng = np.random.default_rng([seed, epoch, 1])
+    perm = rng.permutation(len(shards))
+    groups = np.array_split(np.arange(len(shards)), max(1, -(-len(shards) // max(1, interleave))))
+    group_of = {shards[perm[j]]: g for g, members in enumerate(groups) for j in members.tolist()}
+    shard_ids = df["shard"].map({sh: k for k, sh in enumerate(shards)}).to_numpy()
+    u = rng.random(len(df))
+    written = np.lexsort((np.arange(len(df)), shard_ids))  # rows grouped by shard, written order within
+    t = np.empty(len(df))
+    t[written] = u[np.lexsort((u, shard_ids))]  # a shard's k-th written sample gets its k-th smallest draw
+    order = np.lexsort((t, df["shard"].map(group_of).to_numpy()))
     return df.iloc[order].reset_index(drop=True)
 
 
@@ -80,16 +90,13 @@ def plan_epoch(
     cfg: PackingConfig, df: pd.DataFrame, seed: int, epoch: int, n_parts: int
 ) -> tuple[pd.DataFrame, np.ndarray, Plan]:
     """(rows in stream order, grids [n, 2], balanced plan of steps over row indices) for one epoch."""
-    rows = stream_order(df, seed, epoch)
+    rows = stream_order(df, seed, epoch, cfg.shard_interleave)
     keys = rows["key"].astype(str).tolist()
     grids = plan_grids(cfg, keys, rows["height"].to_numpy(), rows["width"].to_numpy(), seed, epoch)
     if cfg.mode == "fixed":
-        plan = fixed_batches(len(rows), cfg.images_per_step)
-    else:
-        tokens = grids[:, 0] * grids[:, 1]
-        rng = np.random.default_rng([seed, epoch, 2])
-        plan = stream_pack(tokens, cfg.c_max, cfg.max_images_per_seq, cfg.seqs_per_step, cfg.shuffle_buffer, rng)
-    return rows, grids, balance_batches(plan, n_parts)
+        return rows, grids, balance_batches([[i] for i in range(len(rows))], cfg.images_per_step, n_parts)
+    seqs = stream_pack(grids[:, 0] * grids[:, 1], cfg.c_max, cfg.max_images_per_seq, cfg.shuffle_buffer)
+    return rows, grids, balance_batches(seqs, cfg.seqs_per_step, n_parts)
 
 
 def _shard_url(shards_dir: Path, shard: object) -> str:
@@ -147,32 +154,37 @@ class PackedShardDataset(IterableDataset):
             yield from self._stream([shares[k % self.workers][k // self.workers]])
 
     def _stream(self, steps: Plan) -> Iterator[PackedBatch]:
+        """Decode and yield the given steps; each shard is read front to back, at most once, only as far as needed.
+
+        Interleaved shards are read side by side (one open reader per shard): a needed image met before its turn waits
+        in memory as encoded bytes; the packer's bounded delay keeps that to about a shuffle buffer of images.
+        """
         needed = {i for step in steps for seq in step for i in seq}
-        if not needed:
-            return
-        shard_col = self.rows["shard"]
-        shards = list(dict.fromkeys(shard_col.iloc[sorted(needed)].tolist()))
         index = {str(self.rows["key"].iat[i]): i for i in needed}
         raw: dict[int, bytes] = {}
-        pending = iter(steps)
-        step = next(pending)
-        urls = [_shard_url(self.shards_dir, s) for s in shards]
-        source = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False)
-        for sample in source:
-            i = index.get(sample["__key__"])
-            if i is None:
-                continue
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
-            if ext is None:
-                raise AmoeError(f"sample {sample['__key__']!r} in {sample.get('__url__')} has no image entry")
-            raw[i] = sample[ext]
-            while step is not None and all(j in raw for seq in step for j in seq):
-                yield self._build(step, raw)
-                step = next(pending, None)
-            if step is None:
-                return
-        lost = sorted(str(self.rows["key"].iat[i]) for i in needed if i not in raw)
-        raise AmoeError(f"{len(lost)} manifest key(s) not found in their shards (e.g. {lost[0]!r}); re-run ingest")
+        readers: dict[str, Iterator[dict]] = {}
+        for step in steps:
+            for i in (j for seq in step for j in seq):
+                url = _shard_url(self.shards_dir, self.rows["shard"].iat[i])
+                while i not in raw:
+                    if url not in readers:
+                        readers[url] = iter(
+                            wds.WebDataset(
+                                url, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
+                            )
+                        )
+                    sample = next(readers[url], None)
+                    if sample is None:
+                        key = self.rows["key"].iat[i]
+                        raise AmoeError(f"manifest key {key!r} is not in its shard {url}; re-run `amoe data ingest`")
+                    j = index.get(sample["__key__"])
+                    if j is None:
+                        continue
+                    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+                    if ext is None:
+                        raise AmoeError(f"sample {sample['__key__']!r} in {url} has no image entry")
+                    raw[j] = sample[ext]
+            yield self._build(step, raw)
 
     def _build(self, step: list[list[int]], raw: dict[int, bytes]) -> PackedBatch:
         P = self.cfg.patch_size
@@ -198,8 +210,9 @@ class PackedShardDataset(IterableDataset):
                 "key": str(row["key"]),
                 "label": label_id[str(label)] if label is not None and not pd.isna(label) else -1,
             }
-        packed = self.cfg.mode == "packed"
-        return assemble(step, items, self.cfg.c_max if packed else None, self.cfg.seqs_per_step if packed else None)
+        # packed: every row holds c_max tokens (rows as planned: seqs_per_step, fewer in the epoch's last round);
+        # fixed: one image per row, rows padded to the step's longest image
+        return assemble(step, items, self.cfg.c_max if self.cfg.mode == "packed" else None, None)
 
 
 def _identity(x: PackedBatch) -> PackedBatch:
@@ -218,8 +231,8 @@ def build_loader(
 ) -> DataLoader:
     """An iterable of this rank's `PackedBatch` steps for one epoch; `len()` = steps left after `start_step`.
 
-    Every rank yields the same number of steps (see `packing.balance_batches`); in packed mode each step has exactly
-    seqs_per_step x c_max tokens on every rank.
+    Every rank yields the same number of steps (see `packing.balance_batches`); in packed mode the k-th step of every
+    rank has the same number of rows of c_max tokens: seqs_per_step, fewer only in the epoch's short last round.
     """
     ds = PackedShardDataset(packing_cfg, shards_dir, selection, seed, rank, world_size, epoch, start_step)
     return DataLoader(
