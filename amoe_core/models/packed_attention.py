@@ -7,6 +7,8 @@ One entry point: a boolean-mask SDPA everywhere, FlexAttention with a block mask
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,8 +41,15 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor) -> Tenso
     return F.scaled_dot_product_attention(q, k, v, attn_mask=packed_mask(image_id))
 
 
+@functools.cache
+def _compiled_flex():  # noqa: ANN202 - uncompiled flex_attention falls back to a slow reference kernel
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
+
+
 def _flex_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor) -> Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001 - signature fixed by FlexAttention
         qi, ki = image_id[b, q_idx], image_id[b, kv_idx]
@@ -48,7 +57,7 @@ def _flex_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor) -> Tensor
 
     s, _, n, _ = q.shape
     block_mask = create_block_mask(mask_mod, B=s, H=None, Q_LEN=n, KV_LEN=n, device=q.device)
-    return flex_attention(q, k, v, block_mask=block_mask)
+    return _compiled_flex()(q, k, v, block_mask=block_mask)
 
 
 def segment_sum(x: Tensor, segment: Tensor, n: int) -> Tensor:
