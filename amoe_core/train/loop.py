@@ -1,0 +1,196 @@
+"""The distillation step and loop: teachers (frozen) -> PHI-S targets -> student -> losses -> AdamW step.
+
+One optimizer step consumes `grad_accum` packed batches per rank. Losses are global-batch values (DistillLoss
+gathers summaries over ranks, so ARKD relations and per-image averages span the whole global batch). After each
+step the MoE selection biases move toward balance (aux-loss-free balancing, DeepSeek-V3 / torchtitan), a record
+goes to metrics.jsonl and dvclive, and a checkpoint is written every `checkpoint_every` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from amoe_core.config import DistillConfig
+from amoe_core.data.packed import PackedBatch
+from amoe_core.errors import AmoeError
+from amoe_core.launch.distributed import DistInfo
+from amoe_core.models.moe import MoEFFN
+from amoe_core.train.checkpoint import unwrap
+from amoe_core.train.schedule import lr_at, set_lr
+
+log = logging.getLogger(__name__)
+
+TargetsFn = Callable[[PackedBatch], dict[str, Any]]  # batch -> per-teacher targets in PHI-S space
+LossFn = Callable[[Any, dict[str, Any], PackedBatch], dict[str, Tensor]]  # (student out, targets, batch) -> terms
+
+
+@dataclass
+class Position:
+    """Where the data stream is: `batch` batches of epoch `epoch` consumed by this rank (all ranks move together)."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+@dataclass
+class StepRecord:
+    step: int
+    lr: float
+    grad_norm: float
+    losses: dict[str, float]
+    expert_load: list[list[float]]
+    tokens: int  # real patch tokens in the global batch
+    images: int
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_metrics(self) -> dict[str, Any]:
+        secs = max(self.seconds, 1e-9)
+        rec: dict[str, Any] = {"step": self.step, "lr": self.lr, "grad_norm": self.grad_norm}
+        rec["tokens_per_s"] = self.tokens / secs
+        rec["images_per_s"] = self.images / secs
+        rec.update({f"loss/{k}": v for k, v in self.losses.items()})
+        rec["expert_load"] = self.expert_load
+        rec.update(self.extra)
+        return rec
+
+
+def moe_layers(model: nn.Module) -> list[MoEFFN]:
+    return [m for m in unwrap(model).modules() if isinstance(m, MoEFFN)]
+
+
+def _all_reduce_(t: Tensor) -> Tensor:
+    """Sum a small CPU tensor over ranks in place (through the GPU when the backend is NCCL)."""
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "nccl":
+            on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_gpu)
+            t.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(t)
+    return t
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision on CPU (deterministic, exact resume)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class DistillStep:
+    """One optimizer step over `grad_accum` micro-batches (DDP gradient sync on the last one only)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        targets_fn: TargetsFn,
+        loss_fn: LossFn,
+        optimizer: torch.optim.Optimizer,
+        cfg: DistillConfig,
+        info: DistInfo,
+    ) -> None:
+        self.model, self.targets_fn, self.loss_fn, self.optimizer = model, targets_fn, loss_fn, optimizer
+        self.cfg, self.info = cfg, info
+
+    def __call__(self, micro_batches: list[PackedBatch], step: int) -> StepRecord:
+        cfg, device = self.cfg, self.info.device
+        lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)
+        set_lr(self.optimizer, lr)
+        self.model.train()
+        sums: dict[str, float] = {}
+        load: Tensor | None = None
+        counts = torch.zeros(2, dtype=torch.float64)
+        for i, batch in enumerate(micro_batches):
+            batch = batch.to(device)
+            last = i == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with torch.no_grad(), autocast(device):
+                targets = self.targets_fn(batch)
+            with sync:
+                with autocast(device):
+                    out = self.model(batch)
+                    terms = self.loss_fn(out, targets, batch)
+                total = terms["total"]
+                if not torch.isfinite(total):
+                    raise AmoeError(f"loss is {float(total)} at step {step}; lower distill.lr or check the data")
+                # DistillLoss already returns world_size * local sum / global count, so DDP's gradient average
+                # is the gradient of the global-batch mean (amoe_core.losses.features.global_image_mean)
+                (total / len(micro_batches)).backward()
+            names = sorted(terms)
+            values = torch.stack([terms[k].detach().float().cpu() for k in names])
+            values = _all_reduce_(values) / self.info.world_size  # rank average = the global-batch value
+            for k, v in zip(names, values.tolist()):
+                sums[k] = sums.get(k, 0.0) + v / len(micro_batches)
+            layers = moe_layers(self.model)
+            if layers:  # token-slot counts (not per-rank fractions), so the global fraction weights ranks correctly
+                counts_e = torch.stack([m.last_load.detach().float().cpu() for m in layers])
+                load = counts_e if load is None else load + counts_e
+            counts += torch.tensor([batch.n_tokens, batch.n_images], dtype=torch.float64)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        for layer in moe_layers(self.model):
+            layer.update_bias(cfg.balance_update_rate)
+        _all_reduce_(counts)
+        if load is not None:
+            load = _all_reduce_(load)
+            load = load / load.sum(dim=-1, keepdim=True).clamp_min(1e-12)  # fraction of routed slots per layer
+        return StepRecord(
+            step=step,
+            lr=lr,
+            grad_norm=float(grad_norm),
+            losses=sums,
+            expert_load=[] if load is None else load.tolist(),
+            tokens=int(counts[0]),
+            images=int(counts[1]),
+        )
+
+
+def batches_forever(
+    make_loader: Callable[[int, int], Any], position: Position, on_epoch_end: Callable[[int], None] | None = None
+) -> Iterator[PackedBatch]:
+    """This rank's batches from `position` on, epoch after epoch; `position` is advanced as batches are taken."""
+    while True:
+        loader = make_loader(position.epoch, position.batch)
+        if len(loader) == 0 and position.batch == 0:
+            raise AmoeError("the training set yields no complete step; use more images or fewer packing.seqs_per_step")
+        for batch in loader:
+            position.batch += 1
+            yield batch
+        if on_epoch_end:
+            on_epoch_end(position.epoch)
+        position.epoch, position.batch = position.epoch + 1, 0
+
+
+def timed(fn: Callable[[], StepRecord]) -> StepRecord:
+    t0 = time.perf_counter()
+    rec = fn()
+    rec.seconds = time.perf_counter() - t0
+    return rec
+
+
+def position_dict(p: Position) -> dict[str, int]:
+    return asdict(p)
+
+
+def trim_records(path: Path, last_step: int) -> None:
+    """Drop metrics records after `last_step` (logged by a run killed after its last checkpoint) before resuming."""
+    from amoe_core.io import atomic_write_text, read_jsonl
+
+    if not path.exists():
+        return
+    import json
+
+    keep = [r for r in read_jsonl(path) if int(r.get("step", -1)) <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

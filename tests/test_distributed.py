@@ -1,0 +1,157 @@
+"""DDP over 2 gloo processes equals one process on the same global batch (losses, grad norm, weights, expert load)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from _train_setup import make_shards, make_teachers, tiny_params
+from safetensors.torch import load_file, save_file
+
+from amoe_core.data.loader import build_loader
+from amoe_core.data.packed import PackedBatch
+from amoe_core.launch import distributed
+from amoe_core.launch.cluster import free_port_pair
+from amoe_core.launch.distributed import DistInfo
+from amoe_core.train import components
+from amoe_core.train.checkpoint import model_tensors
+from amoe_core.train.loop import DistillStep
+
+
+def merge(batches: list[PackedBatch]) -> PackedBatch:
+    """One batch holding the sequences of several (the global batch a single process sees); image ids offset so the
+    canonical order is batch 0's images, then batch 1's, ..."""
+    ids, offset = [], 0
+    for b in batches:
+        ids.append(torch.where(b.image_id >= 0, b.image_id + offset, b.image_id))
+        offset += b.n_images
+    return PackedBatch(
+        patches=torch.cat([b.patches for b in batches]),
+        coords=torch.cat([b.coords for b in batches]),
+        image_id=torch.cat(ids),
+        image_sizes=torch.cat([b.image_sizes for b in batches]),
+        images=[im for b in batches for im in b.images],
+        keys=[k for b in batches for k in b.keys],
+    )
+
+
+def _steps(params, info: DistInfo, init: Path | None, per_step: list[PackedBatch]) -> tuple[list[dict], dict]:
+    teachers = components.load_teachers(params, info.device)
+    student = components.build(params, teachers, info.device)
+    if init is not None:
+        student.load_state_dict(load_file(str(init)))
+    model = components.wrap(student, info)
+    step = DistillStep(
+        model,
+        components.targets_fn(student, teachers),
+        components.loss(params, info.device),
+        components.optimizer(params, student),
+        params.distill,
+        info,
+    )
+    records = [step([b], i).as_metrics() for i, b in enumerate(per_step)]
+    return records, model_tensors(student)
+
+
+def _worker(rank: int, world: int, port: int, params, init: Path, batches: list[PackedBatch], out: Path) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    info = distributed.init_distributed()
+    assert info.world_size == world and torch.distributed.get_backend() == "gloo"
+    mine = [batches[s * world + rank] for s in range(len(batches) // world)]
+    # as in distill.run, only rank 0 has fitted PHI-S; wrapping must give every rank rank 0's buffers
+    records, weights = _steps(params, info, init if rank == 0 else None, mine)
+    if rank == 0:
+        (out / "records.json").write_text(json.dumps(records))
+        save_file(weights, str(out / "weights.safetensors"))
+    distributed.cleanup_distributed()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    params = tiny_params(root, make_teachers(root / "teachers"), make_shards(root / "shards", n=40))
+    batches = list(build_loader(params.packing, params.distill.shards, None, 0, 0, 1))[:4]
+    # images per rank differ (packing), which is what the global per-image averaging must handle
+    assert len({b.n_images for b in batches}) > 1
+    teachers = components.load_teachers(params, torch.device("cpu"))
+    student = components.build(params, teachers, torch.device("cpu"))
+    components.fit_phis(student, teachers, batches, 16)
+    save_file(model_tensors(student), str(root / "init.safetensors"))
+    return root, params, batches
+
+
+def test_two_gloo_processes_equal_one_process(setup) -> None:
+    root, params, batches = setup
+    # one process: steps over the merged global batches (0+1), (2+3)
+    ref, ref_weights = _steps(params, DistInfo(), root / "init.safetensors", [merge(batches[:2]), merge(batches[2:])])
+    out = root / "ddp"
+    out.mkdir()
+    mp.spawn(_worker, args=(2, free_port_pair(), params, root / "init.safetensors", batches, out), nprocs=2)
+    got = json.loads((out / "records.json").read_text())
+    weights = load_file(str(out / "weights.safetensors"))
+
+    for a, b in zip(ref, got):
+        assert set(a) == set(b)
+        for key, value in a.items():
+            if key.startswith("loss/") or key in ("lr", "grad_norm"):
+                assert b[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
+        torch.testing.assert_close(torch.tensor(b["expert_load"]), torch.tensor(a["expert_load"]), atol=1e-6, rtol=0)
+    assert ref[1]["loss/relational"] > 0  # the ARKD term spanned the global batch (gathered over ranks)
+    for k, v in ref_weights.items():
+        torch.testing.assert_close(weights[k], v, atol=1e-5, rtol=1e-5, msg=k)  # incl. MoE biases, PHI-S buffers
+    assert any(not torch.equal(ref_weights[k], load_file(str(root / "init.safetensors"))[k]) for k in ref_weights)
+
+
+# ---------------------------------------------------------------------------------------------------------- launch
+def test_array_overrides_make_one_run_per_value(tmp_path) -> None:
+    from amoe_core.config import Params
+    from amoe_core.errors import AmoeError
+    from amoe_core.launch.submit import params_for, parse_array
+
+    combos = parse_array(["seed=0,1", "distill.lr=0.001,0.003"])
+    assert combos == [
+        ["seed=0", "distill.lr=0.001"],
+        ["seed=0", "distill.lr=0.003"],
+        ["seed=1", "distill.lr=0.001"],
+        ["seed=1", "distill.lr=0.003"],
+    ]
+    elements = [params_for(Params(), c) for c in combos]
+    assert [(p.seed, p.distill.lr) for p in elements] == [(0, 0.001), (0, 0.003), (1, 0.001), (1, 0.003)]
+    assert len({p.distill.run for p in elements}) == 4  # runs never collide
+    assert params_for(Params(), ["distill.run=mine"]).distill.run == "mine"
+    with pytest.raises(AmoeError, match="key=v1,v2"):
+        parse_array(["seed"])
+
+
+def test_auto_executor_is_local_without_slurm(tmp_path, monkeypatch) -> None:
+    from amoe_core.config import LaunchConfig
+    from amoe_core.launch.executors import resolve_kind
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sinfo/srun at all
+    assert resolve_kind(LaunchConfig(executor="auto")) == "local"
+    assert resolve_kind(LaunchConfig(executor="debug")) == "debug"
+
+
+def test_debug_executor_runs_in_process_and_opens_the_debugger_on_failure(tmp_path, monkeypatch) -> None:
+    import pdb
+
+    from amoe_core.config import Params
+    from amoe_core.errors import AmoeError
+    from amoe_core.launch.submit import submit_stage
+
+    calls = []
+    monkeypatch.setattr(pdb, "post_mortem", lambda *a, **k: calls.append(a))
+    params = Params().model_copy(deep=True)
+    params.launch.executor, params.launch.folder = "debug", tmp_path / "sub"
+    params.distill.shards = tmp_path / "missing"
+    with pytest.raises(AmoeError, match="distill.shards"):
+        submit_stage(params, "distill")
+    assert len(calls) == 1
+    with pytest.raises(AmoeError, match="unknown stage"):
+        submit_stage(params, "nope")
