@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from amoe_core.config import Params, dump_params
+from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_write_json
 from amoe_core.launch import distributed
@@ -82,6 +83,8 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
         raise AmoeError(f"run {run_dir.path} already exists; pass --resume to continue it or set distill.run")
     distributed.barrier()  # every rank has looked before rank 0 creates anything
     set_deterministic(cfg.deterministic)
+    if info.device.type == "cpu":
+        set_cpu_threads(params.packing.workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     seed_everything(params.seed + info.rank)
     if info.is_main:
         if resume and ckpt is None and run_dir.exists():
