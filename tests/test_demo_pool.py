@@ -10,8 +10,9 @@ import numpy as np
 from conftest import small_params
 from PIL import Image
 
+from amoe_core.config import DemoPoolConfig
 from amoe_core.data import demo_pool
-from amoe_core.data.demo_pool import FMNIST_CLASSES, run
+from amoe_core.data.demo_pool import FMNIST_CLASSES, balanced_categories, run
 from amoe_core.errors import AmoeError
 
 
@@ -51,6 +52,43 @@ def test_splits_are_disjoint_downscaled_rgb(demo_pool_small):
     pool_names = {p.name for p in _files(demo_pool_small / "pool" / "openclipart")}
     assert not test & pool_names
     assert train <= pool_names
+
+
+def test_clipart_splits_are_balanced(demo_pool_small):
+    summary = json.loads((demo_pool_small / "summary.json").read_text())
+    splits = demo_pool_small / "splits"
+    test = {c.name: len(_files(c)) for c in (splits / "clipart_test").iterdir()}
+    train = {c.name: len(_files(c)) for c in (splits / "clipart_train").iterdir()}
+    assert test == summary["splits"]["clipart_test"]["classes"]
+    assert sorted(test) == sorted(train) and len(test) >= 2 and "unsorted" not in test  # excluded grab-bag
+    # Small pool: max_per_category 8, min 4 -> every kept category holds out the same 2 (half the smallest, 4).
+    assert len(set(test.values())) == 1, test
+    assert all(n <= 8 - next(iter(test.values())) for n in train.values())
+    # Categories too small for the splits are still in the unlabelled pool, as are the excluded ones.
+    pool = {c.name for c in (demo_pool_small / "pool" / "openclipart").iterdir()}
+    assert set(test) < pool and "unsorted" in pool
+
+
+def test_balanced_categories_rule():
+    cfg = DemoPoolConfig(
+        clipart_min_per_category=100,
+        clipart_test_per_category=40,
+        clipart_train_per_category=250,
+        clipart_exclude=["unsorted"],
+    )
+    counts = {"computer": 1796, "tools": 123, "buttons": 3, "unsorted": 150, "people": 345}
+    assert balanced_categories(counts, cfg) == {"computer": (40, 250), "tools": (40, 83), "people": (40, 250)}
+    # the held-out count drops to half the smallest kept category so that every class has the same test count
+    small = cfg.model_copy(update={"clipart_min_per_category": 50})
+    assert balanced_categories({"a": 60, "b": 500}, small) == {"a": (30, 30), "b": (30, 250)}
+    capped = cfg.model_copy(update={"max_per_category": 120})
+    assert balanced_categories(counts, capped) == {"computer": (40, 80), "tools": (40, 80), "people": (40, 80)}
+    try:
+        balanced_categories({"a": 500, "b": 20}, cfg)
+    except AmoeError as e:
+        assert "clipart_min_per_category" in str(e) and "lower it" in str(e)
+    else:
+        raise AssertionError("expected AmoeError")
 
 
 def test_rerun_is_noop(demo_pool_small):

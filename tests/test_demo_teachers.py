@@ -61,6 +61,7 @@ def params_for(folders, out, **extra):
 def test_demo_trains_saves_reports_and_skips(folders, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "teachers"
+    threads = torch.get_num_threads()
     report = demo.run(params_for(folders, out))
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     sig = report["siglip2"]
@@ -68,6 +69,11 @@ def test_demo_trains_saves_reports_and_skips(folders, tmp_path, monkeypatch):
     # the trained SigLIP2 expert clearly beats the same architecture with random weights on its own domain
     assert sig["knn"]["trained"] > sig["knn"]["random"] + 0.15, sig["knn"]
     assert report["dinov3"]["model"] == "DINOv3ViTModel" and 0 <= report["dinov3"]["knn"]["trained"] <= 1
+    # here both teachers share one domain, so the "other domain" evaluation must reproduce the own-domain numbers
+    for entry in report.values():
+        other = entry["knn_other_domain"]
+        assert (other["trained"], other["random"]) == (entry["knn"]["trained"], entry["knn"]["random"])
+    assert torch.get_num_threads() == threads  # demo_teachers.threads applies only while the stage runs
 
     # the saved backbones load as teachers (no classifier head), with sizes read from the checkpoint
     dino = load_teacher(TeacherSpec(name="d", kind="dinov3", path=str(out / "dinov3")))
@@ -121,3 +127,11 @@ def test_bad_folders(tmp_path, folders):
     p = params_for(folders, tmp_path / "t", **{"demo_teachers.dinov3.train": str(tmp_path / "missing")})
     with pytest.raises(AmoeError, match="demo_teachers.dinov3.train"):
         demo.run(p)
+
+
+def test_cosine_head_is_scaled_cosine_similarity():
+    head = demo.CosineHead(8, 3, scale=16.0)
+    x = torch.randn(5, 8)
+    ref = 16.0 * torch.nn.functional.cosine_similarity(x[:, None], head.weight[None], dim=-1)
+    assert torch.allclose(head(x), ref, atol=1e-5)
+    assert torch.allclose(head(7.5 * x), head(x), atol=1e-5)  # only the angle of a feature matters

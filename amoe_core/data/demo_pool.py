@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import subprocess
+import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -175,21 +176,23 @@ def _clipart(src: Path, tmp: Path, cfg: DemoPoolConfig, rng: random.Random, summ
     by_cat: dict[str, list[Path]] = defaultdict(list)
     for real, rels in groups.items():
         by_cat[min(rels).parts[0]].append(real)
-    train_jobs, test_jobs, pool_files = [], [], []
+    shuffled, fits = {}, {}
     for cat in sorted(by_cat):
         reals = sorted(by_cat[cat])
         rng.shuffle(reals)
-        if cfg.max_per_category:
-            reals = reals[: cfg.max_per_category]
-        labelled = len(reals) >= cfg.clipart_min_per_category
-        n_test = max(1, round(cfg.clipart_heldout_fraction * len(reals))) if labelled else 0
-        for k, real in enumerate(reals):
-            rel = min(groups[real])
-            name = _flat_name(rel)
-            if k < n_test:
+        shuffled[cat] = reals[: cfg.max_per_category] if cfg.max_per_category else reals
+        fits[cat] = [r for r in shuffled[cat] if _fits_split(r)]  # too large to decode: raw pool only
+    labelled = balanced_categories({c: len(r) for c, r in fits.items()}, cfg)
+    train_jobs, test_jobs, pool_files = [], [], []
+    for cat, reals in shuffled.items():
+        n_test, n_train = labelled.get(cat, (0, 0))
+        test, train = set(fits[cat][:n_test]), set(fits[cat][n_test : n_test + n_train])
+        for real in reals:
+            name = _flat_name(min(groups[real]))
+            if real in test:  # held out: never in the unlabelled pool
                 test_jobs.append((real, tmp / "splits" / "clipart_test" / cat / name))
                 continue
-            if labelled:
+            if real in train:
                 train_jobs.append((real, tmp / "splits" / "clipart_train" / cat / name))
             pool_files += [(real, tmp / "pool" / "openclipart" / r.parts[0] / _flat_name(r)) for r in groups[real]]
     for real, dst in pool_files:  # the raw files, duplicates (symlinked copies) included, as a crawl would have them
@@ -200,6 +203,27 @@ def _clipart(src: Path, tmp: Path, cfg: DemoPoolConfig, rng: random.Random, summ
     summary["skipped"]["clipart_splits"] = {str(Path(k).relative_to(tmp)): v for k, v in sorted(skipped.items())}
     for split, jobs in (("clipart_train", train_jobs), ("clipart_test", test_jobs)):
         summary["splits"][split] = _count(dst for _, dst in jobs if str(dst) not in skipped)
+
+
+def balanced_categories(counts: dict[str, int], cfg: DemoPoolConfig) -> dict[str, tuple[int, int]]:
+    """Category -> (test, train) image counts of the labelled clip-art splits.
+
+    openclipart is very unbalanced (computer 1796 pictures, buttons 3): with proportional splits a majority vote
+    scores well above chance and random features look good. So only categories with at least
+    `clipart_min_per_category` pictures (after `max_per_category`) that are not excluded are labelled, each holds out
+    the same number for test (`clipart_test_per_category`, lowered to half the smallest kept category if that is
+    smaller) and keeps at most `clipart_train_per_category` for train: chance is 1 / n_classes.
+    """
+    if cfg.max_per_category:
+        counts = {c: min(n, cfg.max_per_category) for c, n in counts.items()}
+    kept = {c: n for c, n in counts.items() if n >= cfg.clipart_min_per_category and c not in cfg.clipart_exclude}
+    if len(kept) < 2:
+        raise AmoeError(
+            f"only {len(kept)} clip-art categories have >= demo_pool.clipart_min_per_category = "
+            f"{cfg.clipart_min_per_category} pictures (largest: {max(counts.values(), default=0)}); lower it"
+        )
+    n_test = min(cfg.clipart_test_per_category, min(kept.values()) // 2)
+    return {c: (n_test, min(cfg.clipart_train_per_category, n - n_test)) for c, n in kept.items()}
 
 
 def _tuxpaint(src: Path, tmp: Path, max_per_category: int, summary: dict) -> None:
@@ -231,6 +255,17 @@ def _write_split_images(jobs: list[tuple[Path, Path]]) -> dict[str, str]:
     with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
         results = pool.map(_split_image, jobs, chunksize=64)
         return {str(dst): r for (_, dst), r in zip(jobs, results) if r}
+
+
+def _fits_split(path: Path) -> bool:
+    """Header only: can this picture be decoded for the splits (<= SPLIT_MAX_PIXELS, a readable image)?"""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.width * im.height <= SPLIT_MAX_PIXELS
+    except Exception:  # Image.DecompressionBombError (> 2x PIL's limit) or not an image
+        return False
 
 
 def _split_image(job: tuple[Path, Path]) -> str:
