@@ -93,25 +93,6 @@ def test_demo_trains_saves_reports_and_skips(folders, tmp_path, monkeypatch):
     assert load_teacher(TeacherSpec(name="s", kind="siglip2", path=str(out / "siglip2"))).dim == 32  # kept intact
 
 
-def test_knn_matches_brute_force_reference():
-    g = torch.Generator().manual_seed(0)
-    train, test = torch.randn(60, 8, generator=g), torch.randn(25, 8, generator=g)
-    ytr, yte = torch.randint(0, 4, (60,), generator=g), torch.randint(0, 4, (25,), generator=g)
-    k, temp = 7, 0.1
-    a, b = train.numpy() / np.linalg.norm(train.numpy(), axis=1, keepdims=True), test.numpy()
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    correct = 0
-    for i in range(len(b)):
-        sims = a @ b[i]
-        nearest = np.argsort(-sims)[:k]
-        votes = np.zeros(4)
-        for j in nearest:
-            votes[ytr[j]] += np.exp(sims[j] / temp)
-        correct += int(votes.argmax() == yte[i])
-    assert demo.knn_accuracy(train, ytr, test, yte, k, temp) == pytest.approx(correct / len(b))
-    assert demo.knn_accuracy(train, ytr, train, ytr, 1, temp) == 1.0  # each point is its own nearest neighbour
-
-
 def test_stratified_subset_keeps_class_proportions():
     labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
     idx = demo.stratified_subset(labels, 100, seed=0)

@@ -29,9 +29,8 @@ import faiss
 import numpy as np
 
 from amoe_core.config import ClusterConfig, Params
-from amoe_core.curation.report import atomic_dir
 from amoe_core.errors import AmoeError, require_path
-from amoe_core.io import atomic_write_json
+from amoe_core.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 

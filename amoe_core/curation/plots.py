@@ -20,8 +20,11 @@ import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from amoe_core.config import SampleConfig  # noqa: E402
-from amoe_core.curation.report import atomic_dir, cluster_sizes, source_shares  # noqa: E402
-from amoe_core.io import atomic_write_json  # noqa: E402
+from amoe_core.curation.report import cluster_sizes, source_shares  # noqa: E402
+from amoe_core.io import (
+    atomic_dir,  # noqa: E402
+    atomic_write_json,  # noqa: E402
+)
 
 THUMB = 64
 

@@ -1,42 +1,11 @@
-"""The curation report (report.json) and the all-or-nothing output directories the curation stages write."""
+"""The curation report (report.json): cluster sizes and source shares before and after sampling."""
 
 from __future__ import annotations
-
-import contextlib
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from amoe_core.config import SampleConfig
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temporary directory next to `path`; on success it replaces `path` as a whole.
-
-    On an exception the temporary directory is removed and `path` keeps its previous content, so a killed or failed
-    stage never leaves a directory that mixes old and new files.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def size_stats(sizes: np.ndarray) -> dict[str, float]:

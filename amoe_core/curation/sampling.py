@@ -135,7 +135,8 @@ def selection_frame(rows: pd.DataFrame, paths: np.ndarray, idx: np.ndarray) -> p
 def run(params: Params) -> Path:
     """`amoe curate sample`: balanced + random selections of `sample.target` images, report and plots."""
     from amoe_core.curation.plots import write_plots
-    from amoe_core.curation.report import atomic_dir, build_report
+    from amoe_core.curation.report import build_report
+    from amoe_core.io import atomic_dir
 
     cfg: SampleConfig = params.sample
     rows, paths, centroids, meta = load_pool(cfg)

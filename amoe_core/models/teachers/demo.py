@@ -25,8 +25,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,7 +38,8 @@ from torch import Tensor, nn
 
 from amoe_core.config import DemoTeacherConfig, DemoTeachersConfig, Params, TeacherSpec
 from amoe_core.errors import AmoeError, require_path
-from amoe_core.io import atomic_write_json
+from amoe_core.eval.knn import knn_accuracy
+from amoe_core.io import atomic_dir, atomic_write_json
 from amoe_core.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, Teacher, freeze
 from amoe_core.models.teachers.dinov3 import DINOv3Teacher
 from amoe_core.models.teachers.hf import quiet_transformers
@@ -249,21 +248,6 @@ def stratified_subset(labels: Tensor, max_n: int, seed: int) -> Tensor:
     return torch.cat(keep).sort().values
 
 
-def knn_accuracy(
-    train: Tensor, train_labels: Tensor, test: Tensor, test_labels: Tensor, k: int = 20, temperature: float = 0.07
-) -> float:
-    """Weighted kNN on cosine similarity (DINO protocol): votes exp(sim / T) of the k nearest train features."""
-    train, test = F.normalize(train.float(), dim=1), F.normalize(test.float(), dim=1)
-    n_classes = int(max(train_labels.max(), test_labels.max())) + 1
-    k = min(k, len(train))
-    correct = 0
-    for start in range(0, len(test), 1024):
-        sims, idx = (test[start : start + 1024] @ train.T).topk(k, dim=1)
-        votes = torch.zeros(len(sims), n_classes).scatter_add_(1, train_labels[idx], (sims / temperature).exp())
-        correct += int((votes.argmax(1) == test_labels[start : start + 1024]).sum())
-    return correct / len(test)
-
-
 @torch.no_grad()
 def embed(teacher: Teacher, images: Tensor, batch: int = 512) -> Tensor:
     """Teacher summaries of uint8 images [N, 3, S, S] (already at the evaluation resolution)."""
@@ -279,9 +263,15 @@ def knn_eval(
 ) -> float:
     bank = stratified_subset(train.labels, top.knn_train_max, seed)
     feats = embed(teacher, train.images[bank])
-    return knn_accuracy(
-        feats, train.labels[bank], embed(teacher, test.images), test.labels, top.knn_k, top.knn_temperature
+    accs = knn_accuracy(
+        feats.numpy(),
+        train.labels[bank].numpy(),
+        embed(teacher, test.images).numpy(),
+        test.labels.numpy(),
+        [top.knn_k],
+        top.knn_temperature,
     )
+    return accs[top.knn_k]
 
 
 # ---------------------------------------------------------------------------------------------------------- saving
@@ -289,9 +279,7 @@ def save_teacher(kind: str, backbone: nn.Module, cfg: DemoTeacherConfig, out: Pa
     """save_pretrained into a temporary sibling directory, then swap it in: `out` is never half written."""
     from transformers import DINOv3ViTImageProcessor, Siglip2ImageProcessor
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         with quiet_transformers():
             backbone.save_pretrained(tmp)
             if kind == "dinov3":
@@ -302,16 +290,6 @@ def save_teacher(kind: str, backbone: nn.Module, cfg: DemoTeacherConfig, out: Pa
                 proc = Siglip2ImageProcessor(patch_size=cfg.patch_size, max_num_patches=side * side)
             proc.save_pretrained(tmp)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- stage
