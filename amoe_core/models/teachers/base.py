@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +43,9 @@ class Teacher(nn.Module):
     student_patch_size: int = 16
     summary_head: nn.Module | None  # set in __init__ (a class default would shadow the registered submodule)
 
-    def forward(self, images: list[Tensor], grid: Tensor | None = None) -> TeacherOutput:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, images: list[Tensor], grid: Tensor | None = None) -> TeacherOutput:
+        """Summary, patch tokens (canonical packed order) and registers of `images`."""
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)  # frozen: always eval mode
