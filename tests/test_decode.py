@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from amoe_core.data.decode import Decoded, DecodeSettings, Skip, decode_image
+from amoe_core.data.decode import _DCT8, Decoded, DecodeSettings, Skip, decode_image, phash64, to_rgb
 
 S = DecodeSettings(max_side=64, min_side=16, max_pixels=1_000_000, background=(255, 255, 255), jpeg_quality=92,
                    store_format="auto", skip_extension_mismatch=True)  # fmt: skip
@@ -90,8 +91,6 @@ def test_bad_files_are_skipped_with_reason(reason):
 
 
 def test_extension_mismatch_can_be_decoded():
-    from dataclasses import replace
-
     data, name = bad_files()["extension_mismatch"]
     assert isinstance(decode_image(data, name, replace(S, skip_extension_mismatch=False)), Decoded)
 
@@ -103,3 +102,46 @@ def test_same_picture_hashes_close_distinct_far():
     c = decode_image(encode(photo(300, 400).transpose(Image.Transpose.ROTATE_90), "PNG"), "c.png", S)
     ham = lambda x, y: bin((x.phash ^ y.phash) & (2**64 - 1)).count("1")  # noqa: E731
     assert ham(a, b) <= 4 < ham(a, c)
+
+
+def _composite_reference(im: Image.Image, bg: tuple[int, int, int]) -> np.ndarray:
+    """PIL's own per-pixel composite: RGBA conversion + alpha_composite over an opaque canvas."""
+    rgba = im.convert("RGBA")
+    return np.asarray(Image.alpha_composite(Image.new("RGBA", im.size, (*bg, 255)), rgba).convert("RGB"), np.int16)
+
+
+@pytest.mark.parametrize("bg", [(255, 255, 255), (30, 200, 90)])
+def test_composite_matches_pil_alpha_composite(bg):
+    rng = np.random.default_rng(0)
+    idx = Image.fromarray(rng.integers(0, 200, (40, 50), dtype=np.uint8), "P")
+    idx.putpalette(rng.integers(0, 256, 200 * 3, dtype=np.uint8).tobytes())
+    idx.info["transparency"] = bytes(rng.integers(0, 256, 200, dtype=np.uint8))  # per-entry alpha (tRNS)
+    single = idx.copy()
+    single.info["transparency"] = 7  # one fully transparent index
+    rgba = Image.fromarray(rng.integers(0, 256, (40, 50, 4), dtype=np.uint8), "RGBA")
+    la = Image.fromarray(rng.integers(0, 256, (40, 50, 2), dtype=np.uint8), "LA")
+    for im in (idx, single, rgba, la):
+        ours = np.asarray(to_rgb(im, bg), np.int16)
+        # Palettes blend 256 entries with PIL's rounding (exact); pixel pastes round within one level.
+        assert np.abs(ours - _composite_reference(im, bg)).max() <= (0 if im.mode == "P" else 1), im.mode
+    # Through decode_image too (50 px: no resize under max_side 64): a transparent palette PNG is stored composited.
+    d = decode_image(encode(idx, "PNG", transparency=idx.info["transparency"]), "p.png", replace(S, background=bg))
+    assert (stored(d) == _composite_reference(idx, bg)).all()
+
+
+def test_phash_equals_imagehash_on_real_images(demo_pool_small):
+    """Our matrix DCT against imagehash's scipy DCT on real demo images (skipping exact median ties, see phash64)."""
+    import imagehash
+
+    files = sorted((demo_pool_small / "pool").rglob("*.png"))[::3][:60]
+    compared = 0
+    for f in files:
+        im = to_rgb(Image.open(f), (255, 255, 255))
+        small = im.convert("L").resize((32, 32), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        dct = np.round(_DCT8 @ np.asarray(small, np.float64) @ _DCT8.T, 6).ravel()
+        if np.sort(dct)[31] == np.sort(dct)[32]:  # a tie at the median: imagehash's bit is rounding noise there
+            continue
+        ref = int(np.packbits(imagehash.phash(small).hash.flatten()).view(">i8")[0])
+        assert phash64(im) == ref, f
+        compared += 1
+    assert compared >= 30

@@ -1,12 +1,14 @@
 """`amoe data ingest`: image sources -> validated, deduplicated WebDataset shards + manifest.parquet.
 
 Every image is decoded exactly once. Three phases, each resumable:
-1. stage: a process pool decodes, validates, bounds, re-encodes and hashes chunks of files; each chunk lands
-   atomically in `OUT/.staging/chunk-XXXXXX.parquet` (encoded bytes + metadata, or the skip reason).
-   A re-run skips staged chunks.
+1. stage: a process pool decodes, validates, bounds, re-encodes and hashes chunks of files. Each chunk lands
+   atomically as `OUT/.staging/chunk-XXXXXX.bin` (every image already laid out as its shard's tar records) and then
+   `chunk-XXXXXX.parquet` (metadata, skip reasons, byte ranges in the .bin); the parquet marks the chunk done, so a
+   re-run skips it. Workers hand the metadata back to the main process, which never re-reads what it just staged.
 2. dedup: exact (sha256 of the file) and near (pHash) duplicates are decided on metadata alone (`dedup.py`).
-3. assemble: kept images are copied from the staged bytes into `shard-XXXXXX.tar` files, each written under a
-   temporary name and renamed; existing shards are skipped. Then manifest.parquet and ingest_report.json.
+3. assemble: each shard not on disk yet is the kept images' records copied as byte ranges from the staged .bin
+   files (no per-image work left in the serial phase), written under a temporary name and renamed. Then
+   manifest.parquet and ingest_report.json.
 `OUT/.ingest_state.json` holds a fingerprint of the inputs (files, sizes, mtimes) and settings: a run with the same
 fingerprint resumes (or does nothing when complete); anything else starts over.
 """
@@ -22,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,12 +32,11 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import webdataset as wds
 
 from amoe_core.config import IngestConfig, Params
-from amoe_core.data.decode import SKIP_REASONS, Decoded, DecodeSettings, decode_image
+from amoe_core.data.decode import SKIP_REASONS, Decoded, DecodeSettings, Skip, decode_image
 from amoe_core.data.dedup import deduplicate
-from amoe_core.data.shards import MANIFEST, REPORT, shard_name
+from amoe_core.data.shards import MANIFEST, REPORT, shard_name, tar_end, tar_sample
 from amoe_core.data.sources import Item, list_items, parse_source, read_item
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_json
@@ -47,7 +48,7 @@ STATE = ".ingest_state.json"
 STAGING = ".staging"
 META_COLUMNS = [
     "key", "source", "label", "path", "status", "detail", "orig_width", "orig_height", "width", "height",
-    "orig_format", "format", "sha256", "phash", "bytes",
+    "orig_format", "format", "sha256", "phash", "bytes", "offset", "length",
 ]  # fmt: skip
 MANIFEST_COLUMNS = [
     "key", "shard", "source", "label", "path", "orig_width", "orig_height", "width", "height", "orig_format",
@@ -96,8 +97,7 @@ def ingest(items: list[Item], sources: list[str], out: Path, cfg: IngestConfig) 
         stale.unlink()
 
     chunks = [items[i : i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
-    n_staged = _stage(chunks, staging, settings, cfg.workers)
-    meta = _read_staged_meta(staging, len(chunks))
+    meta, n_staged = _stage(chunks, staging, settings, cfg.workers)
     ok = meta[meta["status"] == "ok"].reset_index(drop=True)
     dd = deduplicate(ok, cfg.phash_distance, cfg.phash_min_side)
     kept = ok[dd.keep].reset_index(drop=True)
@@ -124,117 +124,147 @@ def ingest(items: list[Item], sources: list[str], out: Path, cfg: IngestConfig) 
 
 
 # ---------------------------------------------------------------------------------------------------------- stage
-def _chunk_path(staging: Path, c: int) -> Path:
-    return staging / f"chunk-{c:06d}.parquet"
+def _chunk_path(staging: Path, c: int, suffix: str = ".parquet") -> Path:
+    return staging / f"chunk-{c:06d}{suffix}"
 
 
-def _stage(chunks: list[list[Item]], staging: Path, s: DecodeSettings, workers: int) -> int:
-    """Decode every chunk not staged yet; returns how many images were decoded in this run."""
-    todo = [c for c in range(len(chunks)) if not _chunk_path(staging, c).exists()]
-    done = sum(len(chunks[c]) for c in range(len(chunks)) if c not in set(todo))
+def _stage(chunks: list[list[Item]], staging: Path, s: DecodeSettings, workers: int) -> tuple[pd.DataFrame, int]:
+    """Decode every chunk not staged yet. Returns the metadata of all chunks (in chunk order) and how many files were
+    decoded in this run."""
+    metas: dict[int, dict[str, list]] = {}
+    todo = []
+    for c in range(len(chunks)):
+        meta = _read_staged(staging, c)
+        if meta is not None and len(meta["key"]) == len(chunks[c]):
+            metas[c] = meta
+        else:
+            todo.append(c)
+    # Largest chunks first (bytes on disk predict decode time well: one huge clip-art costs as much as a thousand
+    # fashion-mnist digits): the pool's last chunk is then a short one and no core idles long at the end.
+    todo.sort(key=lambda c: (-sum(it.size for it in chunks[c]), c))
     n_workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
-    bar = progress(total=sum(len(ch) for ch in chunks), initial=done, unit="img", desc="ingest", smoothing=0.1)
+    bar = progress(total=sum(map(len, chunks)), initial=sum(len(chunks[c]) for c in metas), unit="img", desc="ingest")
     with bar:
         if n_workers <= 1:
             for c in todo:
-                bar.update(stage_chunk(c, chunks[c], s, staging))
+                metas[c] = stage_chunk(c, chunks[c], s, staging)
+                bar.update(len(chunks[c]))
         else:
             # fork: workers start in milliseconds and inherit the imports; spawn elsewhere (macOS, Windows).
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
                 # At most 2 chunks in flight per worker keeps memory flat on huge pools.
-                pending, queue = set(), list(reversed(todo))
+                pending: dict[Future, int] = {}
+                queue = list(reversed(todo))
                 while queue or pending:
                     while queue and len(pending) < 2 * n_workers:
                         c = queue.pop()
-                        pending.add(pool.submit(stage_chunk, c, chunks[c], s, staging))
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        pending[pool.submit(stage_chunk, c, chunks[c], s, staging)] = c
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for f in finished:
-                        bar.update(f.result())
-    return sum(len(chunks[c]) for c in todo)
+                        c = pending.pop(f)
+                        metas[c] = f.result()
+                        bar.update(len(chunks[c]))
+    frames = []
+    for c in range(len(chunks)):
+        df = pa.table(metas[c], schema=_STAGE_SCHEMA).to_pandas()  # the staged dtypes, however the chunk arrived
+        df["chunk"] = c
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True), sum(len(chunks[c]) for c in todo)
 
 
-def stage_chunk(c: int, items: list[Item], s: DecodeSettings, staging: Path) -> int:
-    """Worker: decode one chunk of files and stage the result atomically. Returns the number of files."""
-    rows: dict[str, list] = {k: [] for k in [*META_COLUMNS, "data"]}
+def stage_chunk(c: int, items: list[Item], s: DecodeSettings, staging: Path) -> dict[str, list]:
+    """Worker: decode one chunk of files, stage it atomically (.bin of tar records, then the .parquet that marks the
+    chunk done) and return its metadata columns."""
+    rows: dict[str, list] = {k: [] for k in META_COLUMNS}
+    records: list[bytes] = []
+    offset = 0
     for it in items:
         try:
             data = read_item(it)
         except OSError as e:
-            res: Any = None
-            detail = f"unreadable: {e}"
+            res: Decoded | Skip = Skip("corrupt", f"unreadable: {e}")
         else:
             res = decode_image(data, it.name, s)
-            detail = "" if isinstance(res, Decoded) else res.detail
         d = res if isinstance(res, Decoded) else None
+        record = b""
+        if d is not None:
+            meta = {"source": it.source, "label": it.label, "width": d.width, "height": d.height}
+            record = tar_sample(it.key, {d.format: d.data, "json": json.dumps(meta).encode()})
+            records.append(record)
         row = {
             "key": it.key, "source": it.source, "label": it.label, "path": it.path if it.offset < 0 else
-            f"{it.path}:{it.name}", "status": "ok" if d else (res.reason if res is not None else "corrupt"),
-            "detail": detail, "orig_width": d.orig_width if d else 0, "orig_height": d.orig_height if d else 0,
+            f"{it.path}:{it.name}", "status": "ok" if d else res.reason, "detail": "" if d else res.detail,
+            "orig_width": d.orig_width if d else 0, "orig_height": d.orig_height if d else 0,
             "width": d.width if d else 0, "height": d.height if d else 0, "orig_format": d.orig_format if d else "",
             "format": d.format if d else "", "sha256": d.sha256 if d else "", "phash": d.phash if d else 0,
-            "bytes": len(d.data) if d else 0, "data": d.data if d else b"",
+            "bytes": len(d.data) if d else 0, "offset": offset, "length": len(record),
         }  # fmt: skip
+        offset += len(record)
         for k, v in row.items():
             rows[k].append(v)
-    table = pa.table(rows, schema=_STAGE_SCHEMA)
-    with atomic_path(_chunk_path(staging, c), suffix=".parquet") as tmp:
-        pq.write_table(table, tmp, compression="none")  # encoded images do not compress further
-    return len(items)
+    # Temporary name + rename, without fsync: a killed run never leaves a partial chunk, and staging is a cache that
+    # `_read_staged` checks on resume (a chunk damaged by a system crash is decoded again). The shards, manifest and
+    # report, which are the results, are fsynced.
+    bin_path, meta_path = _chunk_path(staging, c, ".bin"), _chunk_path(staging, c)
+    tmp = staging / f".{bin_path.name}.{os.getpid()}.tmp"
+    tmp.write_bytes(b"".join(records))
+    os.replace(tmp, bin_path)
+    pq.write_table(pa.table(rows, schema=_STAGE_SCHEMA), tmp)
+    os.replace(tmp, meta_path)  # last: the parquet marks the chunk done
+    return rows
+
+
+def _read_staged(staging: Path, c: int) -> dict[str, list] | None:
+    """A staged chunk's metadata, or None when it is missing or damaged (then it is staged again)."""
+    try:
+        meta = pq.read_table(_chunk_path(staging, c)).to_pydict()
+        size = _chunk_path(staging, c, ".bin").stat().st_size
+    except (OSError, pa.ArrowException):
+        return None
+    if list(meta) != META_COLUMNS or size != sum(meta["length"]):
+        return None
+    return meta
 
 
 _STAGE_SCHEMA = pa.schema(
     [("key", pa.string()), ("source", pa.string()), ("label", pa.string()), ("path", pa.string()),
      ("status", pa.string()), ("detail", pa.string()), ("orig_width", pa.int32()), ("orig_height", pa.int32()),
      ("width", pa.int32()), ("height", pa.int32()), ("orig_format", pa.string()), ("format", pa.string()),
-     ("sha256", pa.string()), ("phash", pa.int64()), ("bytes", pa.int64()), ("data", pa.binary())]
+     ("sha256", pa.string()), ("phash", pa.int64()), ("bytes", pa.int64()), ("offset", pa.int64()),
+     ("length", pa.int64())]
 )  # fmt: skip
-
-
-def _read_staged_meta(staging: Path, n_chunks: int) -> pd.DataFrame:
-    frames = []
-    for c in range(n_chunks):
-        df = pq.read_table(_chunk_path(staging, c), columns=META_COLUMNS).to_pandas()
-        df["chunk"], df["row"] = c, range(len(df))
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- assemble
 def _assemble(kept: pd.DataFrame, staging: Path, out: Path) -> list[str]:
-    """Write every shard that does not exist yet from the staged bytes; returns the shards written now."""
-    missing = {s for s in kept["shard"].unique() if not (out / s).exists()}
+    """Write every shard that does not exist yet from the staged records; returns the shards written now."""
+    missing = sorted(s for s in kept["shard"].unique() if not (out / s).exists())
     todo = kept[kept["shard"].isin(missing)]
-    writer: _ShardWriter | None = None
-    for c, rows in todo.groupby("chunk", sort=True):
-        data = pq.read_table(_chunk_path(staging, int(c)), columns=["data"]).column("data")
-        for r in rows.itertuples(index=False):
-            if writer is None or writer.name != r.shard:
-                if writer is not None:
-                    writer.commit()
-                writer = _ShardWriter(out, r.shard)
-            meta = {"source": r.source, "label": r.label, "width": int(r.width), "height": int(r.height)}
-            writer.tar.write({"__key__": r.key, r.format: data[int(r.row)].as_py(), "json": json.dumps(meta).encode()})
-    if writer is not None:
-        writer.commit()
-    return sorted(missing)
+    for shard, rows in todo.groupby("shard", sort=True):
+        tmp, size = out / f".{shard}.tmp", 0
+        with open(tmp, "wb") as f:
+            for c, lo, hi in _byte_runs(rows):
+                with open(_chunk_path(staging, c, ".bin"), "rb") as src:
+                    src.seek(lo)
+                    f.write(src.read(hi - lo))
+                size += hi - lo
+            f.write(tar_end(size))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / shard)
+    return missing
 
 
-class _ShardWriter:
-    """A WebDataset tar written under a hidden temporary name and renamed when complete."""
-
-    def __init__(self, out: Path, name: str) -> None:
-        self.name, self.final, self.tmp = name, out / name, out / f".{name}.tmp"
-        self.file = open(self.tmp, "wb")
-        # mtime=0: identical inputs give byte-identical shards (a resumed run can be checked against a fresh one).
-        self.tar = wds.TarWriter(self.file, mtime=0)
-
-    def commit(self) -> None:
-        self.tar.close()  # closes the tar stream; the file object stays ours
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.final)
+def _byte_runs(rows: pd.DataFrame) -> list[tuple[int, int, int]]:
+    """Rows (in shard order) -> (chunk, start, end) byte ranges, merging rows that sit back to back in one chunk."""
+    runs: list[list[int]] = []
+    for c, off, n in zip(rows["chunk"].tolist(), rows["offset"].tolist(), rows["length"].tolist()):
+        if runs and runs[-1][0] == c and runs[-1][2] == off:
+            runs[-1][2] = off + n
+        else:
+            runs.append([c, off, off + n])
+    return [(c, lo, hi) for c, lo, hi in runs]
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -280,7 +310,7 @@ def _report(
 def _fingerprint(items: list[Item], s: DecodeSettings, cfg: IngestConfig) -> str:
     h = hashlib.sha256()
     settings = {**asdict(s), "phash_distance": cfg.phash_distance, "phash_min_side": cfg.phash_min_side,
-                "shard_size": cfg.shard_size, "chunk_size": cfg.chunk_size, "version": 1}  # fmt: skip
+                "shard_size": cfg.shard_size, "chunk_size": cfg.chunk_size, "version": 2}  # fmt: skip
     h.update(json.dumps(settings, sort_keys=True).encode())
     buf = io.StringIO()
     for it in items:
