@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from amoe_core.config import Params, dump_params, load_params
+from amoe_core.config import dump_params, load_params
 from amoe_core.errors import AmoeError
 from amoe_core.eval.report import build_report, group_variants
 from amoe_core.tracking.runs import RunDir, list_runs
@@ -39,8 +39,7 @@ def runs(tmp_path: Path) -> Path:
     for seed, (fm, ca) in enumerate([(0.80, 0.40), (0.82, 0.44)]):
         _make_run(root, f"arkd-s{seed}", [f"seed={seed}"], _eval(fm, ca), 1000.0)
         _make_run(root, f"none-s{seed}", [f"seed={seed}", "loss.relational=none"], _eval(fm - 0.1, ca - 0.1), 900.0)
-    teachers = RunDir.create(root, "_teachers")
-    teachers.write_params(dump_params(Params()))
+    teachers = RunDir.create(root, "_teachers")  # `amoe evaluate --teachers` writes eval.json only
     teachers.write_eval(
         {
             "knn": {
@@ -70,6 +69,7 @@ def test_report_numbers_and_regeneration_is_identical(runs: Path, tmp_path: Path
     assert "fmnist: 95% of expert `dino` (ok)" in line and "clipart: 93% of expert `siglip` (ok)" in line
     assert "beats every single teacher" in line
     assert "relational=arkd: 61.5" in text  # findings: loss ablation ranked with mean over seeds
+    assert "| relational=arkd | dino | 90.0 ± 0.0 | 80.0 ± 0.0 | 70.0 ± 0.0 | 60.0 ± 0.0 |" in text
     png = out.parent / "results_resolution.png"
     first = (out.read_bytes(), png.read_bytes())
     build_report(runs, out)

@@ -112,17 +112,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ensemble", k: str = "k20") -> str:
     """Write `out` (markdown) and its plots next to it; return the markdown."""
-    all_runs = list_runs(runs_dir)
-    teacher_run = next((r for r in all_runs if r.id == TEACHERS_RUN), None)
-    runs = [r for r in all_runs if r.id != TEACHERS_RUN and r.eval_file.exists()]
+    teacher_eval = RunDir(Path(runs_dir) / TEACHERS_RUN).eval()  # written by `amoe evaluate --teachers`
+    runs = [r for r in list_runs(runs_dir) if r.id != TEACHERS_RUN and r.eval_file.exists()]
     if not runs:
         raise AmoeError(f"no evaluated runs under {runs_dir}: run `amoe distill` and `amoe evaluate RUN` first")
     variants = group_variants(runs)
     first_eval = runs[0].eval()
     datasets = sorted(first_eval.get("knn", {}))
     res = _main_resolution(first_eval)
-    teacher_eval = teacher_run.eval() if teacher_run else {}
     teachers = sorted({f.split(":", 1)[1] for d in datasets for f in _get(teacher_eval, "knn", d) or {}})
+    fidelity_teachers = sorted({t for r in runs for t in r.eval().get("fidelity", {})})
 
     parts = [
         "# Results",
@@ -163,13 +162,10 @@ def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ense
     parts += ["## Fidelity to the teachers (student vs teacher features)", ""]
     fid_rows = []
     for v in variants:
-        for t in teachers:
+        for t in fidelity_teachers:
             fid_rows.append(
                 [v.label, t]
-                + [
-                    mean_std([x / 1.0 for x in _values(v, "fidelity", t, m)])
-                    for m in ("summary_cos", "patch_cos", "cka", "spearman")
-                ]
+                + [mean_std(_values(v, "fidelity", t, m)) for m in ("summary_cos", "patch_cos", "cka", "spearman")]
             )
     parts += [_table(["variant", "teacher", "summary cos", "patch cos", "CKA", "Spearman"], fid_rows), ""]
     parts += ["## Throughput", "", _throughput_table(variants), ""]
