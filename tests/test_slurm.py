@@ -130,7 +130,8 @@ def test_preempted_job_requeues_and_resumes_from_checkpoint(slurm_cluster: DevCl
     from amoe_core.train.checkpoint import latest_checkpoint, read_state
 
     root, teachers, shards = train_inputs
-    params = tiny_params(root, teachers, shards, run="preempt", steps=8, checkpoint_every=2)
+    # enough steps that the signal lands mid-run even when tiny steps take a few milliseconds
+    params = tiny_params(root, teachers, shards, run="preempt", steps=200, checkpoint_every=4)
     params.launch.executor = "slurm"
     (job,) = submit_stage(params, "distill", wait=False)
     run = RunDir(root / "runs" / "preempt")
@@ -138,7 +139,7 @@ def test_preempted_job_requeues_and_resumes_from_checkpoint(slurm_cluster: DevCl
     while latest_checkpoint(run.checkpoints) is None:
         assert time.time() < deadline, "no checkpoint before the deadline"
         assert job.state not in ("FAILED", "CANCELLED"), job.stderr()
-        time.sleep(0.5)
+        time.sleep(0.1)
     first = read_state(latest_checkpoint(run.checkpoints))["step"]
     assert first < params.distill.steps
     # what SLURM sends before preempting or at the time limit (--signal=USR2@delay): submitit checkpoints + requeues

@@ -54,8 +54,9 @@ def grid_for(height: int, width: int, budget: int, min_tokens: int, max_tokens: 
     """(rows, cols) in patches: aspect kept as well as integers allow, rows * cols <= budget, >= min_tokens."""
     # Work on a copy pre-scaled to ~budget patches of size 1 so timm's ratio search stays inside its (0, 100) range.
     scale = math.sqrt(budget / (height * width))
-    _, (rows, cols) = get_image_size_for_seq((height * scale, width * scale), patch_size=1, max_seq_len=budget)
+    _, best = get_image_size_for_seq((height * scale, width * scale), patch_size=1, max_seq_len=budget)
     aspect = math.log(height / width)
+    rows, cols = _keep_aspect((int(best[0]), int(best[1])), height, width, budget, aspect)
     while rows * cols < min_tokens:  # rare: odd aspect ratios at tiny budgets; grow the side that keeps aspect best
         options = [(r, c) for r, c in ((rows + 1, cols), (rows, cols + 1)) if r * c <= max_tokens]
         if not options:
@@ -64,6 +65,28 @@ def grid_for(height: int, width: int, budget: int, min_tokens: int, max_tokens: 
     if rows * cols < min_tokens:  # only a 1-wide strip fits the range
         rows, cols = (min_tokens, 1) if height >= width else (1, min_tokens)
     return int(rows), int(cols)
+
+
+def _keep_aspect(timm_pick: tuple[int, int], height: int, width: int, budget: int, aspect: float) -> tuple[int, int]:
+    """The grid closest to the image's aspect among full ones (one more row and column would not fit).
+
+    Candidates: timm's pick and the roundings of either ideal side. timm maximises tokens under the budget and may
+    trade aspect for them (133 x 1795 px at 270 tokens -> 5 x 54, 2.4:1 off; 4 x 54 is exact and full).
+    """
+    r_star, c_star = math.sqrt(budget * height / width), math.sqrt(budget * width / height)
+    cands = {timm_pick}
+    for r in {math.floor(r_star), math.ceil(r_star)}:
+        if 1 <= r <= budget:
+            cands.add((r, max(1, min(budget // r, round(r * width / height)))))
+    for c in {math.floor(c_star), math.ceil(c_star)}:
+        if 1 <= c <= budget:
+            cands.add((max(1, min(budget // c, round(c * height / width))), c))
+
+    def err(rc: tuple[int, int]) -> float:
+        return abs(math.log(rc[0] / rc[1]) - aspect)
+
+    full = [rc for rc in cands if (rc[0] + 1) * (rc[1] + 1) > budget]
+    return min(full or cands, key=lambda rc: (round(err(rc), 9), -rc[0] * rc[1]))
 
 
 def plan_grids(
