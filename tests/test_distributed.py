@@ -76,7 +76,10 @@ def _worker(rank: int, world: int, port: int, params, init: Path, batches: list[
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     params = tiny_params(root, make_teachers(root / "teachers"), make_shards(root / "shards", n=40))
-    batches = list(build_loader(params.packing, params.distill.shards, None, 0, 0, 1))[:4]
+    batches = [b for e in (0, 1) for b in build_loader(params.packing, params.distill.shards, None, 0, 0, 1, epoch=e)][
+        :4
+    ]
+    assert len(batches) == 4  # two global steps of two ranks each
     # images per rank differ (packing), which is what the global per-image averaging must handle
     assert len({b.n_images for b in batches}) > 1
     teachers = components.load_teachers(params, torch.device("cpu"))
@@ -96,6 +99,7 @@ def test_two_gloo_processes_equal_one_process(setup) -> None:
     got = json.loads((out / "records.json").read_text())
     weights = load_file(str(out / "weights.safetensors"))
 
+    assert len(got) == len(ref) == 2
     for a, b in zip(ref, got):
         assert set(a) == set(b)
         for key, value in a.items():
