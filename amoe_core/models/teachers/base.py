@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +95,37 @@ class Teacher(nn.Module):
         mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
         return ((x - mean) / std).to(self.dtype)
+
+    def forward_by_size(
+        self,
+        images: list[Tensor],
+        grid: Tensor | None,
+        max_tokens: int,
+        encode: Callable[[Tensor, int, int], tuple[Tensor, Tensor, int]],
+    ) -> TeacherOutput:
+        """Run equal-grid images as dense batches of at most `max_tokens` tokens and reassemble canonical order.
+
+        `encode(x [b, 3, rows*P, cols*P], rows, cols) -> (summary [b, D], tokens [b, prefix + rows*cols, D], prefix)`
+        where the last `num_registers` prefix tokens are the registers.
+        """
+        grids = self.grids(images, grid)
+        n, r_ = len(images), self.num_registers
+        summary: list[Tensor | None] = [None] * n
+        patches: list[Tensor | None] = [None] * n
+        registers: list[Tensor | None] = [None] * n
+        for (rows, cols), idx in group_by_size(grids).items():
+            for chunk in token_chunks(idx, rows * cols, max_tokens):
+                x = torch.stack([self.to_teacher_input(images[i], rows, cols) for i in chunk])
+                pooled, tokens, prefix = encode(x, rows, cols)
+                for j, i in enumerate(chunk):
+                    summary[i] = pooled[j]
+                    patches[i] = tokens[j, prefix:]
+                    registers[i] = tokens[j, prefix - r_ : prefix] if r_ else None
+        return TeacherOutput(
+            summary=torch.stack(summary),  # type: ignore[arg-type]
+            patches=torch.cat(patches),  # type: ignore[arg-type]
+            registers=torch.stack(registers) if r_ else None,  # type: ignore[arg-type]
+        )
 
 
 def freeze(module: nn.Module) -> nn.Module:

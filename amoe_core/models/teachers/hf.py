@@ -21,8 +21,6 @@ from amoe_core.models.teachers.base import (
     Teacher,
     TeacherOutput,
     freeze,
-    group_by_size,
-    token_chunks,
 )
 
 # org/name (at most one slash): anything else that is not an existing directory is a typo'd local path.
@@ -160,35 +158,22 @@ class HFTeacher(Teacher):
 
     @torch.no_grad()
     def forward(self, images: list[Tensor], grid: Tensor | None = None) -> TeacherOutput:
-        grids = self.grids(images, grid)
-        n, r_ = len(images), self.num_registers
-        summary: list[Tensor | None] = [None] * n
-        patches: list[Tensor | None] = [None] * n
-        registers: list[Tensor | None] = [None] * n
-        for (rows, cols), idx in group_by_size(grids).items():
-            for chunk in token_chunks(idx, rows * cols, self.max_tokens):
-                x = torch.stack([self.to_teacher_input(images[i], rows, cols) for i in chunk])
-                out = self.model(pixel_values=x, **self._extra)
-                hidden = out.last_hidden_state.float()
-                prefix = hidden.shape[1] - rows * cols
-                if hidden.ndim != 3 or prefix < r_:
-                    raise AmoeError(
-                        f"teacher {self.name!r}: {type(self.model).__name__} returned {list(hidden.shape)} tokens "
-                        f"for a {rows}x{cols} patch grid; only encoders with one output token per patch are supported"
-                    )
-                pooled = getattr(out, "pooler_output", None)
-                pooled = pooled.float() if pooled is not None and pooled.ndim == 2 else None
-                if pooled is None:
-                    pooled = hidden[:, 0] if prefix > 0 else hidden[:, prefix:].mean(1)
-                for j, i in enumerate(chunk):
-                    summary[i] = pooled[j]
-                    patches[i] = hidden[j, prefix:]
-                    registers[i] = hidden[j, prefix - r_ : prefix] if r_ else None
-        return TeacherOutput(
-            summary=torch.stack(summary),  # type: ignore[arg-type]
-            patches=torch.cat(patches),  # type: ignore[arg-type]
-            registers=torch.stack(registers) if r_ else None,  # type: ignore[arg-type]
-        )
+        return self.forward_by_size(images, grid, self.max_tokens, self._encode)
+
+    def _encode(self, x: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor, int]:
+        out = self.model(pixel_values=x, **self._extra)
+        hidden = out.last_hidden_state.float()
+        prefix = hidden.shape[1] - rows * cols
+        if hidden.ndim != 3 or prefix < self.num_registers:
+            raise AmoeError(
+                f"teacher {self.name!r}: {type(self.model).__name__} returned {list(hidden.shape)} tokens "
+                f"for a {rows}x{cols} patch grid; only encoders with one output token per patch are supported"
+            )
+        pooled = getattr(out, "pooler_output", None)
+        pooled = pooled.float() if pooled is not None and pooled.ndim == 2 else None
+        if pooled is None:
+            pooled = hidden[:, 0] if prefix > 0 else hidden[:, prefix:].mean(1)
+        return pooled, hidden, prefix
 
 
 def load(spec: Any, device: torch.device | str = "cpu") -> Teacher:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from amoe_core.errors import AmoeError
-from amoe_core.models.teachers.base import Teacher, TeacherOutput, freeze, group_by_size, token_chunks
+from amoe_core.models.teachers.base import Teacher, TeacherOutput, freeze
 from amoe_core.models.teachers.hf import HUB_ID, compute_dtype
 
 
@@ -81,34 +81,20 @@ class TimmTeacher(Teacher):
 
     @torch.no_grad()
     def forward(self, images: list[Tensor], grid: Tensor | None = None) -> TeacherOutput:
-        grids = self.grids(images, grid)
-        n, r_ = len(images), self.num_registers
-        summary: list[Tensor | None] = [None] * n
-        patches: list[Tensor | None] = [None] * n
-        registers: list[Tensor | None] = [None] * n
-        for (rows, cols), idx in group_by_size(grids).items():
-            for chunk in token_chunks(idx, rows * cols, self.max_tokens):
-                x = torch.stack([self.to_teacher_input(images[i], rows, cols) for i in chunk])
-                feats = self.model.forward_features(x)
-                pooled = self.model.forward_head(feats, pre_logits=True).float()
-                if feats.ndim == 4:  # CNN feature map [B, C, r, c] -> row-major tokens
-                    feats = feats.flatten(2).transpose(1, 2)
-                feats = feats.float()
-                if feats.shape[1] != self.num_prefix + rows * cols:
-                    raise AmoeError(
-                        f"teacher {self.name!r}: {type(self.model).__name__} returned {feats.shape[1]} tokens for a "
-                        f"{rows}x{cols} grid (+{self.num_prefix} prefix); it does not give one token per patch"
-                    )
-                p0 = self.num_prefix
-                for j, i in enumerate(chunk):
-                    summary[i] = pooled[j]
-                    patches[i] = feats[j, p0:]
-                    registers[i] = feats[j, p0 - r_ : p0] if r_ else None
-        return TeacherOutput(
-            summary=torch.stack(summary),  # type: ignore[arg-type]
-            patches=torch.cat(patches),  # type: ignore[arg-type]
-            registers=torch.stack(registers) if r_ else None,  # type: ignore[arg-type]
-        )
+        return self.forward_by_size(images, grid, self.max_tokens, self._encode)
+
+    def _encode(self, x: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor, int]:
+        feats = self.model.forward_features(x)
+        pooled = self.model.forward_head(feats, pre_logits=True).float()
+        if feats.ndim == 4:  # CNN feature map [B, C, r, c] -> row-major tokens
+            feats = feats.flatten(2).transpose(1, 2)
+        feats = feats.float()
+        if feats.shape[1] != self.num_prefix + rows * cols:
+            raise AmoeError(
+                f"teacher {self.name!r}: {type(self.model).__name__} returned {feats.shape[1]} tokens for a "
+                f"{rows}x{cols} grid (+{self.num_prefix} prefix); it does not give one token per patch"
+            )
+        return pooled, feats, self.num_prefix
 
 
 def load(spec: Any, device: torch.device | str = "cpu") -> Teacher:
