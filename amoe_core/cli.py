@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teachers", action="store_true", help="evaluate the teachers' own features (baselines)")
 
     command(groups, "sweep", _stage("sweep"), "Optuna search over batching and loss settings")
+    p = command(
+        groups,
+        "ablate",
+        _stage("ablate", collect_only=lambda a: a.collect_only or None),
+        "queue and run the loss, data and batching ablations as DVC experiments, then collect their runs",
+    )
+    p.add_argument("--collect-only", action="store_true", help="only copy finished experiments' runs to ablate.out")
     command(groups, "report", _stage("report"), "generate docs/RESULTS.md from the runs")
     return root
 

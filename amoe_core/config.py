@@ -217,7 +217,8 @@ class PackingConfig(Section):
     shuffle_buffer: int = Field(512, ge=1)
     shard_interleave: int = Field(16, ge=1)  # shards whose samples are interleaved in the stream (mixes sources)
     mode: Literal["packed", "fixed"] = "packed"  # fixed = a fixed number of images per step (ablation baseline)
-    images_per_step: int = Field(64, ge=1)  # only for mode=fixed
+    # mode=fixed only; None = as many images as packed mode fits on average (seqs_per_step * c_max / mean tokens)
+    images_per_step: int | None = Field(None, ge=1)
     workers: int = Field(1, ge=0)
 
     @model_validator(mode="after")
@@ -250,6 +251,9 @@ class DistillConfig(Section):
     """`amoe distill`: the distillation run."""
 
     run: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    # The training seed (student init, data order, per-image token budgets). The top-level `seed` fixes the data:
+    # demo pool, teachers, curation and evaluation splits, so seed repeats of an ablation share all of those.
+    seed: int = 0
     runs_dir: Path = Path("runs")
     shards: Path = Path("data/shards")
     selection: Path | None = Path("data/curation/selection/balanced.parquet")  # None = every image of the shards
@@ -343,6 +347,15 @@ class SweepConfig(Section):
     best_out: Path = Path("runs/sweep_best.yaml")  # best trial as `-S` overrides for `dvc exp run` / load_params
 
 
+class AblateConfig(Section):
+    """`amoe ablate`: the paper's ablations as queued DVC experiments (amoe_core/experiments/ablations.py)."""
+
+    seeds: int = Field(3, ge=1)  # distill.seed = 0 .. seeds-1 per variant
+    jobs: int = Field(2, ge=1)  # DVC queue workers running experiments side by side
+    variants: list[str] = Field(default_factory=list)  # empty = all: ref, loss-none, loss-rkd, batching-fixed
+    out: Path = Path("results/ablations")  # the collected run records (versioned; `amoe report` reads them)
+
+
 class ReportConfig(Section):
     runs_dir: Path = Path("runs")
     out: Path = Path("docs/RESULTS.md")
@@ -372,6 +385,7 @@ class Params(Section):
     launch: LaunchConfig = LaunchConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     sweep: SweepConfig = SweepConfig()
+    ablate: AblateConfig = AblateConfig()
     report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")

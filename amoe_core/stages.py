@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "distill": "amoe_core.train.distill:run",
     "evaluate": "amoe_core.eval.evaluate:run",
     "sweep": "amoe_core.sweep.search:run",
+    "ablate": "amoe_core.experiments.ablations:run",
     "report": "amoe_core.eval.report:run",
 }
 

@@ -37,7 +37,7 @@ def test_overrides_parse_yaml_values_and_reach_nested_lists(tmp_path: Path) -> N
         ("ingest.max_side=-3", "invalid ingest.max_side = -3: Input should be greater than or equal to 16"),
         ("ingest.max_side=abc", "invalid ingest.max_side = 'abc'"),
         ("ingest.nope=1", "unknown key ingest.nope; allowed keys here: background,"),
-        ("nope=1", "unknown key nope; allowed keys here: cluster, demo_pool,"),
+        ("nope=1", "unknown key nope; allowed keys here: ablate, cluster, demo_pool,"),
         ("teachers.0.kind=vit", "invalid teachers.0.kind = 'vit': Input should be 'siglip2', 'dinov3', 'hf' or 'timm'"),
         ("cluster.k=[3, 5]", "resample_steps needs one value per level (2 levels in k)"),
         ("loss.relational=kd", "invalid loss.relational = 'kd'"),

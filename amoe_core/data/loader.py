@@ -94,9 +94,17 @@ def plan_epoch(
     keys = rows["key"].astype(str).tolist()
     grids = plan_grids(cfg, keys, rows["height"].to_numpy(), rows["width"].to_numpy(), seed, epoch)
     if cfg.mode == "fixed":
-        return rows, grids, balance_batches([[i] for i in range(len(rows))], cfg.images_per_step, n_parts)
+        per_step = cfg.images_per_step or matched_images_per_step(cfg, grids)
+        return rows, grids, balance_batches([[i] for i in range(len(rows))], per_step, n_parts)
     seqs = stream_pack(grids[:, 0] * grids[:, 1], cfg.c_max, cfg.max_images_per_seq, cfg.shuffle_buffer)
     return rows, grids, balance_batches(seqs, cfg.seqs_per_step, n_parts)
+
+
+def matched_images_per_step(cfg: PackingConfig, grids: np.ndarray) -> int:
+    """Images per step that carry, on average, the patch tokens of a packed step (seqs_per_step full sequences), so
+    the fixed-batch baseline sees the same token budget per step."""
+    mean_tokens = float((grids[:, 0] * grids[:, 1]).mean())
+    return max(1, round(cfg.seqs_per_step * cfg.c_max / mean_tokens))
 
 
 def _shard_url(shards_dir: Path, shard: object) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +21,28 @@ from amoe_core.tracking.runs import RunDir, list_runs
 log = logging.getLogger(__name__)
 
 # Keys that identify a run but not an experimental condition.
-IDENTITY_KEYS = {"seed", "distill.run", "distill.runs_dir", "sweep.seed"}
+IDENTITY_KEYS = {"distill.seed", "distill.run", "distill.runs_dir", "sweep.seed"}
 TEACHERS_RUN = "_teachers"
 
 # The paper's findings (AMoE / SigLino, arXiv 2512.20157), compared by direction of effect at demo scale.
+# name: (the param ablated, the value the paper finds best, the paper's claim)
 PAPER_FINDINGS = {
-    "loss": "ARKD >= symmetric RKD and plain matching on kNN (83.63 vs 82.61 vs 83.54 kNN avg)",
-    "data": "balanced curated data beats random data of the same size (85.08 vs 82.66 kNN)",
-    "batching": "token-balanced packing is faster (20k vs 7.5k tokens/s) and does not forget low resolutions",
+    "loss": (
+        "loss.relational",
+        "arkd",
+        "ARKD beats plain matching and symmetric RKD, 83.63 vs 83.54 vs 82.61 kNN avg (80.21 / 77.62 / 79.49 "
+        "image-text)",
+    ),
+    "data": (
+        "distill.selection",
+        "balanced",
+        "curated balanced data beats random data of the same size, 85.08 vs 82.66 kNN",
+    ),
+    "batching": (
+        "packing.mode",
+        "packed",
+        "token-balanced packing trains faster (20k vs 7.5k tokens/s) and does not forget low resolutions",
+    ),
 }
 
 
@@ -52,24 +65,29 @@ class Variant:
 
     @property
     def seeds(self) -> list[int]:
-        return sorted(int(r.params().get("seed", 0)) for r in self.runs)
+        return sorted(int(r.params().get("distill", {}).get("seed", 0)) for r in self.runs)
 
 
-def group_variants(runs: Iterable[RunDir]) -> list[Variant]:
-    """Group runs by their params minus identity keys; label each group by the keys that differ between groups."""
+def group_variants(runs: list[RunDir]) -> list[Variant]:
+    """Group runs by their params minus identity keys. The reference variant takes, for every key that differs
+    between groups, its most common value (ties: the first in sorted order); every other variant is labelled by the
+    settings where it departs from the reference."""
     flat = {r.id: {k: repr(v) for k, v in flatten(r.params()).items() if k not in IDENTITY_KEYS} for r in runs}
-    runs = [r for r in runs if r.id in flat]
     all_keys = sorted({k for f in flat.values() for k in f})
     differing = [k for k in all_keys if len({f.get(k) for f in flat.values()}) > 1]
     groups: dict[tuple, Variant] = {}
     for r in sorted(runs, key=lambda r: r.id):
         settings = {k: flat[r.id].get(k, "-") for k in differing}
-        key = tuple(settings.items())
-        if key not in groups:
-            label = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in settings.items()) or "all runs"
-            groups[key] = Variant(label=label, settings=settings)
-        groups[key].runs.append(r)
-    return sorted(groups.values(), key=lambda v: v.label)
+        groups.setdefault(tuple(settings.items()), Variant(label="", settings=settings)).runs.append(r)
+    reference = {k: _modal([v.settings[k] for v in groups.values()]) for k in differing}
+    for v in groups.values():
+        departs = [f"{k.split('.')[-1]}={_short(x)}" for k, x in v.settings.items() if x != reference[k]]
+        v.label = ", ".join(departs) or ("reference" if differing else "all runs")
+    return sorted(groups.values(), key=lambda v: (v.label != "reference", v.label))
+
+
+def _modal(values: list[str]) -> str:
+    return sorted(set(values), key=lambda x: (-values.count(x), x))[0]
 
 
 def _short(v: str) -> str:
@@ -97,11 +115,6 @@ def _get(tree: dict[str, Any], *path: str) -> Any:
 def _values(variant: Variant, *path: str) -> list[float]:
     vals = [_get(r.eval(), *path) for r in variant.runs]
     return [float(v) for v in vals if isinstance(v, int | float)]
-
-
-def _throughput(run: RunDir) -> float | None:
-    recs = [m["tokens_per_s"] for m in run.metrics() if isinstance(m.get("tokens_per_s"), int | float)]
-    return statistics.median(recs[len(recs) // 5 :]) if recs else None  # skip warm-up steps
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -132,8 +145,16 @@ def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ense
         "## Variants",
         "",
         _table(
-            ["variant", "runs", "seeds"],
-            [[v.label, ", ".join(r.id for r in v.runs), ", ".join(map(str, v.seeds))] for v in variants],
+            ["variant", *(k for k in variants[0].settings), "seeds", "runs"],
+            [
+                [
+                    v.label,
+                    *(_short(x) for x in v.settings.values()),
+                    ", ".join(map(str, v.seeds)),
+                    ", ".join(r.id for r in v.runs),
+                ]
+                for v in variants
+            ],
         ),
         "",
         "## kNN and linear probe per domain",
@@ -170,8 +191,14 @@ def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ense
     parts += [_table(["variant", "teacher", "summary cos", "patch cos", "CKA", "Spearman"], fid_rows), ""]
     parts += ["## Throughput", "", _throughput_table(variants), ""]
     plot = _resolution_plot(variants, datasets, k, student_feature, out.parent / "results_resolution.png")
+    parts += [
+        f"## Accuracy across resolutions (kNN {k})",
+        "",
+        _resolution_table(variants, datasets, k, student_feature),
+        "",
+    ]
     if plot:
-        parts += ["## Accuracy across resolutions", "", f"![kNN vs resolution]({plot.name})", ""]
+        parts += [f"![kNN vs resolution]({plot.name})", ""]
     parts += ["## The paper's findings at this scale", "", *_findings(variants, datasets, res, k, student_feature), ""]
     text = "\n".join(parts)
     atomic_write_text(out, text)
@@ -212,11 +239,36 @@ def _expert_check(
 
 
 def _throughput_table(variants: list[Variant]) -> str:
+    """Median throughput after warm-up per run (train.json), mean ± std over seeds."""
     rows = []
     for v in variants:
-        tps = [t for r in v.runs if (t := _throughput(r)) is not None]
-        rows.append([v.label, f"{statistics.fmean(tps):,.0f}" if tps else "-"])
-    return _table(["variant", "tokens/s (median per run, mean over seeds)"], rows)
+        cells = []
+        for key in ("tokens_per_s", "images_per_s"):
+            vals = [float(x) for r in v.runs if isinstance(x := r.train_summary().get(key), int | float)]
+            sd = f" ± {statistics.stdev(vals):,.0f}" if len(vals) > 1 else ""
+            cells.append(f"{statistics.fmean(vals):,.0f}{sd}" if vals else "-")
+        rows.append([v.label, *cells])
+    return _table(["variant", "tokens/s", "images/s"], rows)
+
+
+def _resolution_table(variants: list[Variant], datasets: list[str], k: str, feat: str) -> str:
+    """kNN at every evaluated resolution: the batching finding is about the low and high ends."""
+    resolutions = sorted(
+        {
+            r
+            for v in variants
+            for e in (x.eval() for x in v.runs)
+            for d in datasets
+            for r in _get(e, "knn", d, feat) or {}
+        },
+        key=lambda s: int(s.rstrip("px")),
+    )
+    header = ["variant"] + [f"{d} {r}" for d in datasets for r in resolutions]
+    rows = [
+        [v.label] + [mean_std(_values(v, "knn", d, feat, r, k)) for d in datasets for r in resolutions]
+        for v in variants
+    ]
+    return _table(header, rows)
 
 
 def _resolution_plot(variants: list[Variant], datasets: list[str], k: str, feat: str, path: Path) -> Path | None:
@@ -253,26 +305,94 @@ def _resolution_plot(variants: list[Variant], datasets: list[str], k: str, feat:
     return path
 
 
+def _per_seed_knn_avg(v: Variant, datasets: list[str], res: str, k: str, feat: str) -> list[float]:
+    """Per run: the kNN accuracy averaged over the datasets (runs missing a dataset are left out)."""
+    out = []
+    for r in v.runs:
+        accs = [_get(r.eval(), "knn", d, feat, res, k) for d in datasets]
+        if all(isinstance(a, int | float) for a in accs):
+            out.append(statistics.fmean(accs))
+    return out
+
+
+def _verdict(ours: list[float], theirs: list[float]) -> str:
+    """'holds' when `ours` has the larger mean; flagged when the gap is under two standard errors of the seeds."""
+    diff = statistics.fmean(ours) - statistics.fmean(theirs)
+    se = 0.0
+    if len(ours) > 1 and len(theirs) > 1:
+        se = (statistics.variance(ours) / len(ours) + statistics.variance(theirs) / len(theirs)) ** 0.5
+    if se == 0:
+        noise = " (one seed per side: no noise estimate)"
+    elif abs(diff) < 2 * se:
+        noise = " (within seed noise: the gap is under 2 standard errors)"
+    else:
+        noise = ""
+    return ("holds" if diff > 0 else "does not hold") + f", {100 * diff:+.1f} points{noise}"
+
+
+def _ablation_pair(variants: list[Variant], key: str, expected: str) -> tuple[Variant, list[Variant]] | None:
+    """The variant with `key` = the paper's winner (the reference if it qualifies) and the variants that differ from
+    it in `key` alone."""
+    candidates = [v for v in variants if key in v.settings and _short(v.settings[key]) == expected]
+    for base in sorted(candidates, key=lambda v: v.label != "reference"):
+        others = [
+            v
+            for v in variants
+            if v.settings[key] != base.settings[key]
+            and all(v.settings[x] == base.settings[x] for x in base.settings if x != key)
+        ]
+        if others:
+            return base, others
+    return None
+
+
 def _findings(variants: list[Variant], datasets: list[str], res: str, k: str, feat: str) -> list[str]:
-    """Compare variants that differ in exactly one setting, for the settings the paper ablates."""
-
-    def score(v: Variant) -> tuple[float, float]:
-        per_seed = [statistics.fmean(x) for x in zip(*[_values(v, "knn", d, feat, res, k) for d in datasets])]
-        if not per_seed:
-            return float("nan"), float("nan")
-        return statistics.fmean(per_seed), statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
-
+    """Each paper finding: the winner variant against those that differ from it in the ablated setting only."""
     lines = []
-    for name, key in (("loss", "loss.relational"), ("data", "distill.selection"), ("batching", "packing.mode")):
-        pair = [v for v in variants if key in v.settings]
-        values = sorted({v.settings[key] for v in pair})
-        if len(values) < 2:
-            lines.append(f"- **{name}** ({PAPER_FINDINGS[name]}): not ablated in these runs.")
+    for name, (key, expected, claim) in PAPER_FINDINGS.items():
+        pair = _ablation_pair(variants, key, expected)
+        if pair is None:
+            lines.append(f"- **{name}** (paper: {claim}): not ablated in these runs.")
             continue
-        scored = sorted(((score(v), v) for v in pair), key=lambda x: -x[0][0])
-        desc = ", ".join(f"{v.label}: {100 * m:.1f} ± {100 * s:.1f}" for (m, s), v in scored)
-        lines.append(f"- **{name}** ({PAPER_FINDINGS[name]}): at this scale {desc}.")
+        base, others = pair
+        ours = _per_seed_knn_avg(base, datasets, res, k, feat)
+        parts = []
+        for o in others:
+            theirs = _per_seed_knn_avg(o, datasets, res, k, feat)
+            if ours and theirs:
+                parts.append(
+                    f"{expected} {100 * statistics.fmean(ours):.1f} vs {_short(o.settings[key])} "
+                    f"{100 * statistics.fmean(theirs):.1f} kNN avg at {res}: {_verdict(ours, theirs)}"
+                )
+        if name == "batching":
+            parts += _batching_details(base, others, datasets, k, feat)
+        lines.append(f"- **{name}** (paper: {claim}): " + "; ".join(parts) + ".")
     return lines
+
+
+def _batching_details(base: Variant, others: list[Variant], datasets: list[str], k: str, feat: str) -> list[str]:
+    """Throughput, and accuracy at the lowest and highest evaluated resolution (the forgetting question)."""
+    out = []
+    resolutions = sorted(
+        {r for run in base.runs for d in datasets for r in _get(run.eval(), "knn", d, feat) or {}},
+        key=lambda s: int(s.rstrip("px")),
+    )
+    for o in others:
+        tput = [
+            [float(x) for r in v.runs if isinstance(x := r.train_summary().get("tokens_per_s"), int | float)]
+            for v in (base, o)
+        ]
+        if all(tput):
+            ratio = statistics.fmean(tput[0]) / statistics.fmean(tput[1])
+            out.append(f"throughput {ratio:.2f}x in tokens/s ({'holds' if ratio > 1 else 'does not hold'})")
+        for r in (resolutions[0], resolutions[-1]) if resolutions else ():
+            ours = _per_seed_knn_avg(base, datasets, r, k, feat)
+            theirs = _per_seed_knn_avg(o, datasets, r, k, feat)
+            if ours and theirs:
+                out.append(
+                    f"kNN avg at {r}: {100 * statistics.fmean(ours):.1f} vs {100 * statistics.fmean(theirs):.1f} ({_verdict(ours, theirs)})"
+                )
+    return out
 
 
 def run(params: Params) -> Path:

@@ -3,6 +3,7 @@
 Layout of `runs/<run_id>/`:
   params.yaml     the resolved params the run was started with
   metrics.jsonl   one JSON record per logged step (loss terms, lr, grad norm, tokens/s, expert load, ...)
+  train.json      training summary: median throughput after warm-up, final losses (DVC metrics)
   eval.json       evaluation results (DVC metrics)
   checkpoints/    safetensors weights + a small state file per checkpoint
   events.log      human-readable lifecycle events (start, resume, checkpoint, requeue, finish)
@@ -11,6 +12,7 @@ Layout of `runs/<run_id>/`:
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,10 @@ class RunDir:
         return self.path / "eval.json"
 
     @property
+    def train_file(self) -> Path:
+        return self.path / "train.json"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -68,6 +74,11 @@ class RunDir:
     def write_eval(self, results: dict[str, Any]) -> None:
         atomic_write_json(self.eval_file, results)
 
+    def write_train_summary(self) -> dict[str, Any]:
+        summary = summarize_training(self.metrics())
+        atomic_write_json(self.train_file, summary)
+        return summary
+
     def event(self, message: str) -> None:
         with open(self.events_file, "a", encoding="utf-8") as f:
             f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
@@ -81,6 +92,27 @@ class RunDir:
 
     def eval(self) -> dict[str, Any]:
         return json.loads(self.eval_file.read_text()) if self.eval_file.exists() else {}
+
+    def train_summary(self) -> dict[str, Any]:
+        """train.json, or the same summary computed from metrics.jsonl for runs written before it existed."""
+        if self.train_file.exists():
+            return json.loads(self.train_file.read_text())
+        return summarize_training(self.metrics()) if self.metrics_file.exists() else {}
+
+
+def summarize_training(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median tokens/s and images/s over the steps after the first fifth (compile, caches and allocator warm-up),
+    and the last step's losses."""
+    if not records:
+        return {}
+    steady = records[len(records) // 5 :]
+    out: dict[str, Any] = {"steps": int(records[-1]["step"])}
+    for key in ("tokens_per_s", "images_per_s"):
+        values = [r[key] for r in steady if isinstance(r.get(key), int | float)]
+        if values:
+            out[key] = float(statistics.median(values))
+    out["loss"] = {k[5:]: v for k, v in records[-1].items() if k.startswith("loss/")}
+    return out
 
 
 def list_runs(runs_dir: str | Path) -> list[RunDir]:

@@ -41,9 +41,9 @@ def teacher_dims(teachers: dict[str, Teacher]) -> dict[str, TeacherDims]:
 
 
 def build(params: Params, teachers: dict[str, Teacher], device: torch.device) -> Student:
-    """The student with one head per teacher; initialised from params.seed on every rank (DDP broadcasts anyway)."""
+    """The student with one head per teacher; initialised from distill.seed on every rank (DDP broadcasts anyway)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
+        torch.manual_seed(params.distill.seed)
         student = build_student(params.student, teacher_dims(teachers), params.packing.max_images_per_seq)
     return student.to(device)
 
@@ -133,7 +133,7 @@ def loader(params: Params, info: DistInfo, epoch: int, start_step: int) -> Any:
         params.packing,
         params.distill.shards,
         params.distill.selection,
-        params.seed,
+        params.distill.seed,
         info.rank,
         info.world_size,
         epoch=epoch,

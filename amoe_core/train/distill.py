@@ -85,11 +85,13 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
     set_deterministic(cfg.deterministic)
     if info.device.type == "cpu":
         set_cpu_threads(params.packing.workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    seed_everything(params.seed + info.rank)
+    seed_everything(params.distill.seed + info.rank)
     if info.is_main:
-        if resume and ckpt is None and run_dir.exists():
-            log.warning("no complete checkpoint in %s: starting the run from step 0", run_dir.checkpoints)
+        if ckpt is None:  # from step 0: drop records an earlier run here left (`dvc repro` removes only its outs)
+            if resume and run_dir.exists():
+                log.warning("no complete checkpoint in %s: starting the run from step 0", run_dir.checkpoints)
             trim_records(run_dir.metrics_file, 0)
+            run_dir.train_file.unlink(missing_ok=True)
         run_dir = RunDir.create(cfg.runs_dir, cfg.run)
         if not run_dir.exists():
             run_dir.write_params(dump_params(params))
@@ -190,6 +192,8 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
             bar.close()
         if live is not None:
             live.close()
+    if info.is_main and step >= cfg.steps:
+        run_dir.write_train_summary()
     # every rank reports its own share, so the run directory shows all ranks' work
     run_dir.event(f"rank {info.rank}/{info.world_size} done at step {step}: {seen['images']} images this rank")
     return {

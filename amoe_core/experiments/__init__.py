@@ -1,0 +1,1 @@
+"""The paper's ablations as queued DVC experiments, and their collection into run directories for `amoe report`."""

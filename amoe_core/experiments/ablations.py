@@ -1,0 +1,181 @@
+"""`amoe ablate`: the paper's three ablations as DVC experiments on the demo pipeline, one per variant and seed.
+
+Each experiment is `dvc exp run --queue -n NAME -S KEY=VALUE ... [TARGET]` on the current commit, so no file is
+edited by hand between variants and `dvc exp show` lists them all with their params and metrics:
+- `ref-sN`: the reference settings (ARKD, packed batching), the whole pipeline: students on both the balanced and the
+  random selection, which is the data ablation;
+- `loss-none-sN`, `loss-rkd-sN`: the relational term off / symmetric RKD, balanced selection only;
+- `batching-fixed-sN`: a fixed number of images per step carrying packed mode's token budget on average.
+Only `distill.seed` changes between seeds: data, teachers and curation are shared (and cached by DVC).
+
+Queued experiments run in DVC's temporary workspaces (`dvc queue start -j ablate.jobs`). Finished experiments are
+skipped on a re-run, so an interrupted ablation resumes. `collect` then copies every run's small records out of its
+experiment commit into `ablate.out` (which is versioned, so a fresh clone can regenerate the report).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from amoe_core.config import Params
+from amoe_core.errors import AmoeError
+from amoe_core.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+# variant name -> (overrides, stage to reproduce; None = the whole pipeline)
+VARIANTS: dict[str, tuple[dict[str, str], str | None]] = {
+    "ref": ({}, None),
+    "loss-none": ({"loss.relational": "none"}, "evaluate@balanced"),
+    "loss-rkd": ({"loss.relational": "rkd"}, "evaluate@balanced"),
+    "batching-fixed": ({"packing.mode": "fixed"}, "evaluate@balanced"),
+}
+RECORDS = ("params.yaml", "train.json", "eval.json", "resolution.csv")  # what `amoe report` reads from a run
+TEACHERS_RUN = "_teachers"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    overrides: dict[str, str]
+    target: str | None
+
+    def queue_command(self) -> list[str]:
+        cmd = ["dvc", "exp", "run", "--queue", "-n", self.name]
+        for key, value in self.overrides.items():
+            cmd += ["-S", f"{key}={value}"]
+        return cmd + ([self.target] if self.target else [])
+
+
+def plan(seeds: int, variants: list[str] | None = None) -> list[Experiment]:
+    """Every (variant, seed) experiment, seed-major so concurrent workers run different variants side by side."""
+    names = variants or list(VARIANTS)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise AmoeError(f"unknown ablation variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    return [
+        Experiment(f"{v}-s{s}", {**VARIANTS[v][0], "distill.seed": str(s)}, VARIANTS[v][1])
+        for s in range(seeds)
+        for v in names
+    ]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+
+
+def experiment_refs() -> dict[str, str]:
+    """Experiment name -> commit, for every DVC experiment in this repository (refs/exps/<baseline>/<name>)."""
+    out = _git("for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/")
+    refs = {}
+    for line in out.splitlines():
+        ref, sha = line.split()
+        if ref.count("/") >= 4 and not ref.startswith("refs/exps/celery") and not ref.startswith("refs/exps/exec"):
+            refs[ref.rsplit("/", 1)[1]] = sha
+    return refs
+
+
+def _dvc(*args: str) -> str:
+    proc = subprocess.run(["dvc", *args], capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise AmoeError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def queue(experiments: list[Experiment]) -> list[Experiment]:
+    """Queue the experiments that have no finished (or already queued) experiment of the same name."""
+    if _git("status", "--porcelain", "--untracked-files=no", "--", "params.yaml", "dvc.yaml", "dvc.lock").strip():
+        raise AmoeError(
+            "params.yaml, dvc.yaml or dvc.lock has uncommitted changes: commit them first, experiments "
+            "are based on the last commit"
+        )
+    done = set(experiment_refs()) | _queued_names()
+    todo = [e for e in experiments if e.name not in done]
+    for e in todo:
+        log.info("queue %s", " ".join(e.queue_command()))
+        subprocess.run(e.queue_command(), check=True, capture_output=True)
+    return todo
+
+
+def _queue_status() -> list[tuple[str, str]]:
+    """(name, status) of the experiments DVC's queue knows about."""
+    rows = []
+    for line in _dvc("queue", "status").splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[-1] in {"Queued", "Running", "Success", "Failed"}:
+            rows.append((fields[1], fields[-1]))
+    return rows
+
+
+def _queued_names() -> set[str]:
+    return {name for name, status in _queue_status() if status in {"Queued", "Running"}}
+
+
+def run_queue(jobs: int, poll_s: float = 30.0) -> None:
+    """Start `jobs` queue workers and wait until nothing is queued or running; fail naming the failed experiments."""
+    # stage commands import amoe_core from the experiment's own workspace, not from this (editable) checkout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [".", os.environ.get("PYTHONPATH")]))}
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], check=True, capture_output=True, env=env)
+    while True:
+        status = _queue_status()
+        active = [n for n, s in status if s in {"Queued", "Running"}]
+        if not active:
+            break
+        log.info("%d experiment(s) queued or running: %s", len(active), ", ".join(active))
+        time.sleep(poll_s)
+    failed = [n for n, s in status if s == "Failed"]
+    if failed:
+        raise AmoeError(
+            f"experiment(s) failed: {', '.join(failed)}; see `dvc queue logs NAME`, then `dvc queue "
+            "remove --failed` and run `amoe ablate` again"
+        )
+
+
+def collect(names: list[str], out: Path) -> list[Path]:
+    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} of each named experiment into
+    out/<experiment>-<run>/, and the teachers' evaluation into out/_teachers/. Replaces `out` atomically."""
+    refs = experiment_refs()
+    missing = [n for n in names if n not in refs]
+    if missing:
+        raise AmoeError(f"no finished experiment named {', '.join(missing)}: run `amoe ablate` first")
+    written: list[Path] = []
+    with atomic_dir(out) as tmp:
+        for name in names:
+            files = _git("ls-tree", "-r", "--name-only", refs[name], "runs/").splitlines()
+            for f in files:
+                parts = Path(f).parts
+                if len(parts) != 3 or parts[2] not in RECORDS:
+                    continue
+                run = parts[1]
+                dest = tmp / (TEACHERS_RUN if run == TEACHERS_RUN else f"{name}-{run}") / parts[2]
+                if run == TEACHERS_RUN and dest.exists():
+                    continue  # every experiment shares the same teachers' evaluation
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(
+                    subprocess.run(["git", "show", f"{refs[name]}:{f}"], check=True, capture_output=True).stdout
+                )
+                if run != TEACHERS_RUN and parts[2] == "params.yaml":
+                    written.append(out / dest.parent.name)
+    return sorted(written)
+
+
+def run(params: Params, collect_only: bool = False) -> list[Path]:
+    cfg = params.ablate
+    experiments = plan(cfg.seeds, cfg.variants or None)
+    if shutil.which("dvc") is None:
+        raise AmoeError("`dvc` is not on PATH: activate the project's virtualenv (make install)")
+    if not collect_only:
+        queued = queue(experiments)
+        log.info("queued %d experiment(s), %d already done", len(queued), len(experiments) - len(queued))
+        run_queue(cfg.jobs)
+    runs = collect([e.name for e in experiments], cfg.out)
+    log.info(
+        "collected %d runs into %s; `amoe report -S report.runs_dir=%s` writes the results", len(runs), cfg.out, cfg.out
+    )
+    return runs
