@@ -148,6 +148,23 @@ def test_labels_from_manifest_and_fixed_mode(shards):
         assert lab == (-1 if pd.isna(want) else ds.label_names.index(want))
 
 
+def test_fixed_mode_defaults_to_the_packed_token_budget(shards):
+    packed = list(PackedShardDataset(cfg(), shards, None, seed=0))
+    fixed_ds = PackedShardDataset(cfg(mode="fixed"), shards, None, seed=0)
+    fixed = list(fixed_ds)
+    tokens = fixed_ds.grids[:, 0] * fixed_ds.grids[:, 1]
+    per_step = round(cfg().seqs_per_step * cfg().c_max / tokens.mean())
+    assert 1 < per_step < len(tokens)
+    assert [b.n_images for b in fixed[:-1]] == [per_step] * (len(fixed) - 1)
+
+    def real_tokens(batches) -> float:  # patch tokens of images, padding excluded, per full step
+        return float(np.mean([int(b.image_sizes.prod(1).sum()) for b in batches[:-1]]))
+
+    # the same epoch in about as many steps: each fixed step carries a packed step's tokens on average
+    assert real_tokens(fixed) == pytest.approx(real_tokens(packed), rel=0.15)
+    assert abs(len(fixed) - len(packed)) <= 1
+
+
 def test_bad_inputs_are_one_line_errors(shards, tmp_path):
     with pytest.raises(AmoeError, match="does not exist"):
         build_loader(cfg(), tmp_path, None, 0, 0, 1)

@@ -81,3 +81,25 @@ def test_resume_equals_uninterrupted_run(setup, monkeypatch) -> None:
     tsv = (crashed.path / "dvclive" / "plots" / "metrics" / "loss" / "total.tsv").read_text().split()
     assert tsv[:2] == ["step", "total"] and [int(x) for x in tsv[2::2]] == [1, 2, 3, 4]
     assert [float(x) for x in tsv[3::2]] == pytest.approx([r["loss/total"] for r in reference], abs=1e-6)
+
+
+def test_rerun_after_dvc_removed_the_outs_starts_clean(setup) -> None:
+    """`dvc repro` deletes a changed stage's outs (params.yaml, checkpoints) but not the other records in the run
+    directory; the new run must not append to the old run's curves."""
+    import shutil
+
+    root, teachers, shards = setup
+    run(tiny_params(root, teachers, shards, run="again", steps=2))
+    again = RunDir(root / "runs" / "again")
+    first = again.metrics()
+    again.params_file.unlink()
+    shutil.rmtree(again.checkpoints)
+    run(tiny_params(root, teachers, shards, run="again", steps=3, seed=1))
+    records = again.metrics()
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert records[0]["loss/total"] != pytest.approx(first[0]["loss/total"], abs=1e-9)  # distill.seed=1 took effect
+    tsv = (again.path / "dvclive" / "plots" / "metrics" / "loss" / "total.tsv").read_text().split()
+    assert [int(x) for x in tsv[2::2]] == [1, 2, 3]
+    summary = again.train_summary()
+    assert summary["steps"] == 3 and summary["loss"]["total"] == records[-1]["loss/total"]
+    assert summary["tokens_per_s"] == pytest.approx(sorted(r["tokens_per_s"] for r in records)[1])  # median

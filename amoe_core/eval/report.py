@@ -315,19 +315,22 @@ def _per_seed_knn_avg(v: Variant, datasets: list[str], res: str, k: str, feat: s
     return out
 
 
-def _verdict(ours: list[float], theirs: list[float]) -> str:
-    """'holds' when `ours` has the larger mean; flagged when the gap is under two standard errors of the seeds."""
-    diff = statistics.fmean(ours) - statistics.fmean(theirs)
+def _verdict(ours: list[float], theirs: list[float], not_worse: bool = False) -> str:
+    """Does `ours` (the paper's winner) come out ahead (or, with `not_worse`, no worse)? Gaps under two standard
+    errors of the seeds count as noise."""
+    diff = round(100 * (statistics.fmean(ours) - statistics.fmean(theirs)), 1)
     se = 0.0
     if len(ours) > 1 and len(theirs) > 1:
-        se = (statistics.variance(ours) / len(ours) + statistics.variance(theirs) / len(theirs)) ** 0.5
-    if se == 0:
-        noise = " (one seed per side: no noise estimate)"
-    elif abs(diff) < 2 * se:
-        noise = " (within seed noise: the gap is under 2 standard errors)"
-    else:
-        noise = ""
-    return ("holds" if diff > 0 else "does not hold") + f", {100 * diff:+.1f} points{noise}"
+        se = 100 * (statistics.variance(ours) / len(ours) + statistics.variance(theirs) / len(theirs)) ** 0.5
+    gap = f"{diff:+.1f} points, " + (f"2 s.e. = {2 * se:.1f}" if se else "one seed, no noise estimate")
+    if not_worse:
+        ok = diff >= -2 * se
+        return f"{'holds' if ok else 'does not hold'}: {'no loss beyond seed noise' if ok else 'worse'} ({gap})"
+    if diff > 2 * se:
+        return f"holds ({gap})"
+    if diff < -2 * se:
+        return f"does not hold: reversed ({gap})"
+    return f"does not hold: within seed noise ({gap})"
 
 
 def _ablation_pair(variants: list[Variant], key: str, expected: str) -> tuple[Variant, list[Variant]] | None:
@@ -350,48 +353,48 @@ def _findings(variants: list[Variant], datasets: list[str], res: str, k: str, fe
     """Each paper finding: the winner variant against those that differ from it in the ablated setting only."""
     lines = []
     for name, (key, expected, claim) in PAPER_FINDINGS.items():
+        lines.append(f"- **{name}**. Paper: {claim}.")
         pair = _ablation_pair(variants, key, expected)
         if pair is None:
-            lines.append(f"- **{name}** (paper: {claim}): not ablated in these runs.")
+            lines.append("  - not ablated in these runs.")
             continue
         base, others = pair
         ours = _per_seed_knn_avg(base, datasets, res, k, feat)
-        parts = []
         for o in others:
             theirs = _per_seed_knn_avg(o, datasets, res, k, feat)
             if ours and theirs:
-                parts.append(
-                    f"{expected} {100 * statistics.fmean(ours):.1f} vs {_short(o.settings[key])} "
-                    f"{100 * statistics.fmean(theirs):.1f} kNN avg at {res}: {_verdict(ours, theirs)}"
+                lines.append(
+                    f"  - kNN avg at {res}, {expected} {100 * statistics.fmean(ours):.1f} vs {_short(o.settings[key])} "
+                    f"{100 * statistics.fmean(theirs):.1f}: {_verdict(ours, theirs, not_worse=name == 'batching')}"
                 )
-        if name == "batching":
-            parts += _batching_details(base, others, datasets, k, feat)
-        lines.append(f"- **{name}** (paper: {claim}): " + "; ".join(parts) + ".")
+            if name == "batching":
+                lines += [f"  - {x}" for x in _batching_details(base, o, datasets, k, feat)]
     return lines
 
 
-def _batching_details(base: Variant, others: list[Variant], datasets: list[str], k: str, feat: str) -> list[str]:
+def _batching_details(base: Variant, other: Variant, datasets: list[str], k: str, feat: str) -> list[str]:
     """Throughput, and accuracy at the lowest and highest evaluated resolution (the forgetting question)."""
     out = []
+    tput = [
+        [float(x) for r in v.runs if isinstance(x := r.train_summary().get("tokens_per_s"), int | float)]
+        for v in (base, other)
+    ]
+    if all(tput):
+        ratio = statistics.fmean(tput[0]) / statistics.fmean(tput[1])
+        out.append(
+            f"tokens/s, packed / {_short(other.settings['packing.mode'])}: {ratio:.2f}x: {'holds' if ratio > 1 else 'does not hold'}"
+        )
     resolutions = sorted(
         {r for run in base.runs for d in datasets for r in _get(run.eval(), "knn", d, feat) or {}},
         key=lambda s: int(s.rstrip("px")),
     )
-    for o in others:
-        tput = [
-            [float(x) for r in v.runs if isinstance(x := r.train_summary().get("tokens_per_s"), int | float)]
-            for v in (base, o)
-        ]
-        if all(tput):
-            ratio = statistics.fmean(tput[0]) / statistics.fmean(tput[1])
-            out.append(f"throughput {ratio:.2f}x in tokens/s ({'holds' if ratio > 1 else 'does not hold'})")
-        for r in (resolutions[0], resolutions[-1]) if resolutions else ():
-            ours = _per_seed_knn_avg(base, datasets, r, k, feat)
-            theirs = _per_seed_knn_avg(o, datasets, r, k, feat)
-            if ours and theirs:
-                out.append(
-                    f"kNN avg at {r}: {100 * statistics.fmean(ours):.1f} vs {100 * statistics.fmean(theirs):.1f} ({_verdict(ours, theirs)})"
-                )
+    for r in dict.fromkeys([resolutions[0], resolutions[-1]] if resolutions else []):  # low and high ends
+        ours, theirs = (_per_seed_knn_avg(v, datasets, r, k, feat) for v in (base, other))
+        if ours and theirs:
+            out.append(
+                f"kNN avg at {r}, packed {100 * statistics.fmean(ours):.1f} vs {_short(other.settings['packing.mode'])} "
+                f"{100 * statistics.fmean(theirs):.1f}: {_verdict(ours, theirs, not_worse=True)}"
+            )
     return out
 
 

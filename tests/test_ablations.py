@@ -1,0 +1,127 @@
+"""`amoe ablate`: the experiment plan, and collecting run records out of real DVC experiment commits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from amoe_core.errors import AmoeError
+from amoe_core.experiments import ablations
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A one-stage pipeline that writes a run directory like `amoe distill` + `amoe evaluate` do.
+STAGE = """
+import json, pathlib, yaml
+p = yaml.safe_load(open("params.yaml"))
+run = pathlib.Path("runs/balanced"); (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+(run / "params.yaml").write_text(yaml.safe_dump(p))
+(run / "eval.json").write_text(json.dumps({"knn": p["a"] / 10}))
+(run / "train.json").write_text(json.dumps({"tokens_per_s": 100.0}))
+(run / "metrics.jsonl").write_text("{}\\n")  # not a record the report needs: stays out of git
+(run / "checkpoints" / "w.bin").write_bytes(b"x")
+teachers = pathlib.Path("runs/_teachers"); teachers.mkdir(parents=True, exist_ok=True)
+(teachers / "eval.json").write_text(json.dumps({"knn": 1}))
+"""
+DVC_YAML = """
+stages:
+  train:
+    cmd: python stage.py
+    deps: [stage.py]
+    params: [a]
+    outs:
+      - runs/balanced/checkpoints
+      - runs/balanced/params.yaml:
+          cache: false
+    metrics:
+      - runs/balanced/eval.json:
+          cache: false
+      - runs/balanced/train.json:
+          cache: false
+      - runs/_teachers/eval.json:
+          cache: false
+"""
+
+
+def _sh(*cmd: str, cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    return subprocess.run(cmd, cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "repo"
+    root.mkdir()
+    shutil.copy(REPO / ".gitignore", root / ".gitignore")  # the project's rules for what of runs/ is versioned
+    (root / "stage.py").write_text(STAGE)
+    (root / "dvc.yaml").write_text(DVC_YAML)
+    (root / "params.yaml").write_text("a: 1\n")
+    _sh("git", "init", "-q", "-b", "main", cwd=root)
+    _sh("git", "config", "user.email", "t@example.com", cwd=root)
+    _sh("git", "config", "user.name", "t", cwd=root)
+    _sh("dvc", "init", "-q", cwd=root)
+    _sh("dvc", "repro", "-q", cwd=root)
+    _sh("git", "add", "-A", cwd=root)
+    _sh("git", "commit", "-qm", "baseline", cwd=root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return root
+
+
+def test_plan_is_seed_major_and_only_the_seed_changes_between_repeats() -> None:
+    exps = ablations.plan(3)
+    assert [e.name for e in exps[:4]] == ["ref-s0", "loss-none-s0", "loss-rkd-s0", "batching-fixed-s0"]
+    assert len(exps) == 12 and len({e.name for e in exps}) == 12
+    by_name = {e.name: e for e in exps}
+    assert by_name["loss-rkd-s2"].queue_command() == [
+        "dvc", "exp", "run", "--queue", "-n", "loss-rkd-s2",
+        "-S", "loss.relational=rkd", "-S", "distill.seed=2", "evaluate@balanced",
+    ]  # fmt: skip
+    # the reference experiment reproduces the whole pipeline: students on both selections (the data ablation)
+    assert by_name["ref-s1"].target is None and by_name["ref-s1"].overrides == {"distill.seed": "1"}
+    with pytest.raises(AmoeError, match="unknown ablation variant.*'loss-l2'.*known: ref, loss-none"):
+        ablations.plan(1, ["loss-l2"])
+
+
+def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> None:
+    _sh("dvc", "exp", "run", "-q", "-n", "e2", "-S", "a=2", cwd=repo)
+    _sh("dvc", "exp", "run", "-q", "-n", "e3", "-S", "a=3", cwd=repo)
+    assert set(ablations.experiment_refs()) == {"e2", "e3"}
+    out = repo / "results"
+    runs = ablations.collect(["e2", "e3"], out)
+    assert runs == [out / "e2-balanced", out / "e3-balanced"]
+    for name, a in (("e2", 2), ("e3", 3)):  # each experiment's own records, not the workspace's
+        run = out / f"{name}-balanced"
+        assert json.loads((run / "eval.json").read_text()) == {"knn": a / 10}
+        assert yaml.safe_load((run / "params.yaml").read_text()) == {"a": a}
+        assert json.loads((run / "train.json").read_text()) == {"tokens_per_s": 100.0}
+        assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
+    assert json.loads((out / "_teachers" / "eval.json").read_text()) == {"knn": 1}
+    with pytest.raises(AmoeError, match="no finished experiment named e9: run `amoe ablate` first"):
+        ablations.collect(["e2", "e9"], out)
+    assert (out / "e2-balanced" / "eval.json").exists()  # a failed collect leaves the previous one intact
+
+
+def test_queue_refuses_uncommitted_params_and_skips_queued_names(repo: Path) -> None:
+    (repo / "params.yaml").write_text("a: 5\n")
+    with pytest.raises(AmoeError, match="params.yaml, dvc.yaml or dvc.lock has uncommitted changes: commit them"):
+        ablations.queue(ablations.plan(1, ["ref"]))
+    _sh("git", "checkout", "params.yaml", cwd=repo)
+    exp = ablations.Experiment("q1", {"a": "4"}, None)
+    assert ablations.queue([exp]) == [exp]
+    try:
+        assert ablations._queue_status() == [("q1", "Queued")]  # parsed from the real `dvc queue status`
+        assert ablations.queue([exp]) == []  # already queued: not queued twice
+    finally:
+        _sh("dvc", "queue", "remove", "--all", cwd=repo)
