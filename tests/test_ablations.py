@@ -113,15 +113,16 @@ def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> 
     assert (out / "e2-balanced" / "eval.json").exists()  # a failed collect leaves the previous one intact
 
 
-def test_queue_refuses_uncommitted_params_and_skips_queued_names(repo: Path) -> None:
+def test_queue_runs_experiments_once_and_refuses_uncommitted_params(repo: Path) -> None:
     (repo / "params.yaml").write_text("a: 5\n")
     with pytest.raises(AmoeError, match="params.yaml, dvc.yaml or dvc.lock has uncommitted changes: commit them"):
         ablations.queue(ablations.plan(1, ["ref"]))
     _sh("git", "checkout", "params.yaml", cwd=repo)
     exp = ablations.Experiment("q1", {"a": "4"}, None)
     assert ablations.queue([exp]) == [exp]
-    try:
-        assert ablations._queue_status() == [("q1", "Queued")]  # parsed from the real `dvc queue status`
-        assert ablations.queue([exp]) == []  # already queued: not queued twice
-    finally:
-        _sh("dvc", "queue", "remove", "--all", cwd=repo)
+    assert ablations._queue_status() == [("q1", "Queued")]  # parsed from the real `dvc queue status`
+    assert ablations.queue([exp]) == []  # already queued: not queued twice
+    ablations.run_queue(jobs=1, poll_s=1)  # a real DVC queue worker runs it in a temporary workspace
+    assert "q1" in ablations.experiment_refs() and ablations.queue([exp]) == []  # finished: skipped on a re-run
+    ablations.collect(["q1"], repo / "results")
+    assert json.loads((repo / "results" / "q1-balanced" / "eval.json").read_text()) == {"knn": 0.4}

@@ -121,7 +121,12 @@ def run_queue(jobs: int, poll_s: float = 30.0) -> None:
     """Start `jobs` queue workers and wait until nothing is queued or running; fail naming the failed experiments."""
     # stage commands import amoe_core from the experiment's own workspace, not from this (editable) checkout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [".", os.environ.get("PYTHONPATH")]))}
-    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], check=True, capture_output=True, env=env)
+    # the workers are daemons that inherit stdout/stderr: capturing them would block until the queue is empty
+    log_file = Path(".dvc/tmp/amoe-ablate-queue.log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as f:
+        if subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], stdout=f, stderr=f, env=env).returncode != 0:
+            raise AmoeError(f"`dvc queue start` failed: see {log_file}")
     while True:
         status = _queue_status()
         active = [n for n, s in status if s in {"Queued", "Running"}]
