@@ -357,7 +357,10 @@ class AblateConfig(Section):
 
 
 class ReportConfig(Section):
-    runs_dir: Path = Path("runs")
+    """`amoe report`. The defaults regenerate the committed docs/RESULTS.md from the collected ablation runs; point
+    `runs_dir` at `runs` (and `out` elsewhere) for a report on your own runs."""
+
+    runs_dir: Path = Path("results/ablations")
     out: Path = Path("docs/RESULTS.md")
 
 

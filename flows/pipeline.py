@@ -71,7 +71,9 @@ def pipeline_flow(
     results += curation_flow(overrides, params_file, use_dvc)
     results.append(distillation_flow(overrides, params_file, use_dvc))
     results.append(evaluation_flow(None, False, overrides, params_file, use_dvc))
-    results.append(tasks.run_stage("report", overrides, params_file, use_dvc=use_dvc))
+    # the pipeline's own runs, beside them: docs/RESULTS.md is the committed ablation report (`amoe ablate`)
+    own = ["report.runs_dir=runs", "report.out=runs/RESULTS.md"]
+    results.append(tasks.run_stage("report", own + (overrides or []), params_file, use_dvc=use_dvc))
     return results
 
 

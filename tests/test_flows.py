@@ -24,6 +24,9 @@ def harness():
         yield
 
 
+LAST_PARAMS: dict = {}  # stage -> the params its stand-in was last called with
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """Stand-in stages: each records (stage, params seen, kwargs) instead of doing work; no retry delay."""
@@ -31,6 +34,7 @@ def calls(monkeypatch):
 
     def stage_function(name):
         def fn(params, **kwargs):
+            LAST_PARAMS[name] = params
             record.append((name, params.distill.run, params.ingest.max_side, kwargs))
             return {"stage": name}
 
@@ -62,6 +66,7 @@ def test_pipeline_chains_every_stage_in_order_with_overrides(calls, tmp_path, mo
         "report",
     ]
     assert all(c[1] == "exp1" and c[2] == 128 for c in calls)  # every stage saw the same resolved params
+    assert LAST_PARAMS["report"].report.runs_dir == Path("runs")  # the pipeline reports on its own runs
     assert [r["via"] for r in results] == ["direct"] * 6 + ["submit", "direct", "direct"]
 
 
