@@ -99,7 +99,7 @@ def queue(experiments: list[Experiment]) -> list[Experiment]:
     todo = [e for e in experiments if e.name not in done]
     for e in todo:
         log.info("queue %s", " ".join(e.queue_command()))
-        subprocess.run(e.queue_command(), check=True, capture_output=True)
+        _dvc(*e.queue_command()[1:])
     return todo
 
 
