@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from amoe_core.tracking.runs import RunDir, list_runs
+from amoe_core.tracking.runs import RunDir, flatten, list_runs
 
 TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: the teachers' own features (baselines)
 MAIN_K = "k20"  # the DINO protocol's k (k=20, T=0.07) is the headline kNN number
@@ -43,21 +43,6 @@ def runs_fingerprint(runs_dir: str | Path) -> tuple[tuple[str, float], ...]:
     for r in list_runs(runs_dir):
         files += [r.params_file, r.metrics_file, r.eval_file]
     return fingerprint(files)
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts/lists -> {"a.b.0.c": value} (DVC's `-S` spelling)."""
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
-        out = {}
-        for i, v in enumerate(tree):
-            out.update(flatten(v, f"{prefix}{i}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def differing_params(params_by_run: dict[str, dict[str, Any]]) -> list[str]:

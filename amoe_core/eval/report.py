@@ -16,7 +16,7 @@ from typing import Any
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_text
-from amoe_core.tracking.runs import RunDir, list_runs
+from amoe_core.tracking.runs import RunDir, flatten, list_runs
 
 log = logging.getLogger(__name__)
 
@@ -44,17 +44,6 @@ PAPER_FINDINGS = {
         "token-balanced packing trains faster (20k vs 7.5k tokens/s) and does not forget low resolutions",
     ),
 }
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 @dataclass

@@ -121,3 +121,18 @@ def list_runs(runs_dir: str | Path) -> list[RunDir]:
     if not root.is_dir():
         return []
     return [RunDir(p.parent) for p in sorted(root.glob("*/params.yaml"))]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/lists -> {"a.b.0.c": value} (DVC's `-S` spelling)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(tree, list) and tree and all(isinstance(v, dict) for v in tree):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: tree}
