@@ -324,7 +324,9 @@ def _verdict(ours: list[float], theirs: list[float], not_worse: bool = False) ->
     gap = f"{diff:+.1f} points, " + (f"2 s.e. = {2 * se:.1f}" if se else "one seed, no noise estimate")
     if not_worse:
         ok = diff >= -2 * se
-        return f"{'holds' if ok else 'does not hold'}: {'no loss beyond seed noise' if ok else 'worse'} ({gap})"
+        if not ok:
+            return f"does not hold: worse ({gap})"
+        return f"holds: {'no loss beyond seed noise' if se else 'not worse'} ({gap})"
     if diff > 2 * se:
         return f"holds ({gap})"
     if diff < -2 * se:
