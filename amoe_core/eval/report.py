@@ -8,6 +8,7 @@ the same runs always give a byte-identical report.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +220,8 @@ def _expert_check(
         for d in datasets:
             expert = max(teacher_scores, key=lambda t: teacher_scores[t].get(d) or 0)
             ratio = student[d] / max(teacher_scores[expert][d] or 1e-9, 1e-9)
-            checks.append(f"{d}: {100 * ratio:.1f}% of expert `{expert}` ({'ok' if ratio >= 0.9 else 'below 90%'})")
+            shown = math.floor(1000 * ratio) / 10  # rounded down: 89.96% must not print as 90.0% below the bar
+            checks.append(f"{d}: {shown:.1f}% of expert `{expert}` ({'ok' if ratio >= 0.9 else 'below 90%'})")
         s_avg = statistics.fmean(student.values())
         beats = all(s_avg > statistics.fmean(v2 or 0 for v2 in s.values()) for s in teacher_scores.values())
         checks.append(f"average {100 * s_avg:.1f}: {'beats' if beats else 'does not beat'} every single teacher")
@@ -326,7 +328,9 @@ def _verdict(ours: list[float], theirs: list[float], not_worse: bool = False) ->
         ok = diff >= -2 * se
         if not ok:
             return f"does not hold: worse ({gap})"
-        return f"holds: {'no loss beyond seed noise' if se else 'not worse'} ({gap})"
+        if diff > 2 * se:
+            return f"holds: better ({gap})"
+        return f"holds: no loss beyond seed noise ({gap})"
     if diff > 2 * se:
         return f"holds ({gap})"
     if diff < -2 * se:

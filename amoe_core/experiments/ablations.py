@@ -181,6 +181,6 @@ def run(params: Params, collect_only: bool = False) -> list[Path]:
         run_queue(cfg.jobs)
     runs = collect([e.name for e in experiments], cfg.out)
     log.info(
-        "collected %d runs into %s; `amoe report -S report.runs_dir=%s` writes the results", len(runs), cfg.out, cfg.out
+        "collected %d runs into %s; `amoe report -S report.runs_dir=%s` writes the report", len(runs), cfg.out, cfg.out
     )
     return runs
