@@ -352,7 +352,7 @@ class AblateConfig(Section):
 
     seeds: int = Field(3, ge=1)  # distill.seed = 0 .. seeds-1 per variant
     jobs: int = Field(2, ge=1)  # DVC queue workers running experiments side by side
-    variants: list[str] = Field(default_factory=list)  # empty = all: ref, loss-none, loss-rkd, batching-fixed
+    variants: list[str] = Field(default_factory=list)  # empty = all: ref, loss-none, loss-rkd, batching-fixed, long
     out: Path = Path("results/ablations")  # the collected run records (versioned; `amoe report` reads them)
 
 

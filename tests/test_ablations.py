@@ -81,8 +81,9 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_plan_is_seed_major_and_only_the_seed_changes_between_repeats() -> None:
     exps = ablations.plan(3)
-    assert [e.name for e in exps[:4]] == ["ref-s0", "loss-none-s0", "loss-rkd-s0", "batching-fixed-s0"]
-    assert len(exps) == 12 and len({e.name for e in exps}) == 12
+    assert [e.name for e in exps[:5]] == ["ref-s0", "loss-none-s0", "loss-rkd-s0", "batching-fixed-s0", "long-s0"]
+    assert len(exps) == 13 and len({e.name for e in exps}) == 13
+    assert [e.name for e in exps if e.name.startswith("long")] == ["long-s0"]  # one seed: a check, not an ablation
     by_name = {e.name: e for e in exps}
     assert by_name["loss-rkd-s2"].queue_command() == [
         "dvc", "exp", "run", "--queue", "-n", "loss-rkd-s2",

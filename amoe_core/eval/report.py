@@ -22,7 +22,9 @@ from amoe_core.tracking.runs import RunDir, flatten, list_runs
 log = logging.getLogger(__name__)
 
 # Keys that identify a run but not an experimental condition.
-IDENTITY_KEYS = {"distill.seed", "distill.run", "distill.runs_dir", "sweep.seed"}
+IDENTITY_KEYS = {"distill.seed", "distill.run", "distill.runs_dir"}
+# Sections that configure other commands (the report itself, the ablation queue, sweeps), never a run's result.
+OTHER_COMMANDS = ("report.", "ablate.", "sweep.")
 TEACHERS_RUN = "_teachers"
 
 # The paper's findings (AMoE / SigLino, arXiv 2512.20157), compared by direction of effect at demo scale.
@@ -62,7 +64,14 @@ def group_variants(runs: list[RunDir]) -> list[Variant]:
     """Group runs by their params minus identity keys. The reference variant takes, for every key that differs
     between groups, its most common value (ties: the first in sorted order); every other variant is labelled by the
     settings where it departs from the reference."""
-    flat = {r.id: {k: repr(v) for k, v in flatten(r.params()).items() if k not in IDENTITY_KEYS} for r in runs}
+    flat = {
+        r.id: {
+            k: repr(v)
+            for k, v in flatten(r.params()).items()
+            if k not in IDENTITY_KEYS and not k.startswith(OTHER_COMMANDS)
+        }
+        for r in runs
+    }
     all_keys = sorted({k for f in flat.values() for k in f})
     differing = [k for k in all_keys if len({f.get(k) for f in flat.values()}) > 1]
     groups: dict[tuple, Variant] = {}
