@@ -125,5 +125,9 @@ def test_queue_runs_experiments_once_and_refuses_uncommitted_params(repo: Path) 
     assert ablations.queue([exp]) == []  # already queued: not queued twice
     ablations.run_queue(jobs=1, poll_s=1)  # a real DVC queue worker runs it in a temporary workspace
     assert "q1" in ablations.experiment_refs() and ablations.queue([exp]) == []  # finished: skipped on a re-run
+    (repo / "stage.py").write_text(STAGE + "# changed\n")
+    _sh("git", "commit", "-qam", "new baseline", cwd=repo)
+    assert ablations.queue([exp]) == [exp]  # a new commit is a new baseline: the experiment runs again
+    _sh("dvc", "queue", "remove", "--all", cwd=repo)
     ablations.collect(["q1"], repo / "results")
     assert json.loads((repo / "results" / "q1-balanced" / "eval.json").read_text()) == {"knn": 0.4}

@@ -9,8 +9,8 @@ edited by hand between variants and `dvc exp show` lists them all with their par
 - `long-s0`: 3x the steps, one seed: whether the student falls short of the expert teachers for lack of training.
 Only `distill.seed` changes between seeds: data, teachers and curation are shared (and cached by DVC).
 
-Queued experiments run in DVC's temporary workspaces (`dvc queue start -j ablate.jobs`). Finished experiments are
-skipped on a re-run, so an interrupted ablation resumes. `collect` then copies every run's small records out of its
+Queued experiments run in DVC's temporary workspaces (`dvc queue start -j ablate.jobs`). Experiments already finished
+on the current commit are skipped, so an interrupted ablation resumes; after a new commit everything runs again. `collect` then copies every run's small records out of its
 experiment commit into `ablate.out` (which is versioned, so a fresh clone can regenerate the report).
 """
 
@@ -81,15 +81,19 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
 
 
-def experiment_refs() -> dict[str, str]:
-    """Experiment name -> commit, for every DVC experiment in this repository (refs/exps/<baseline>/<name>)."""
-    out = _git("for-each-ref", "--format=%(refname) %(objectname)", "refs/exps/")
-    refs = {}
+def experiment_refs(baseline: str | None = None) -> dict[str, str]:
+    """Experiment name -> commit for the DVC experiments of this repository (refs/exps/<baseline>/<name>): those of
+    `baseline` only, or else the newest experiment of each name."""
+    out = _git("for-each-ref", "--format=%(refname) %(objectname) %(committerdate:unix)", "refs/exps/")
+    newest: dict[str, tuple[int, str]] = {}
     for line in out.splitlines():
-        ref, sha = line.split()
-        if ref.count("/") >= 4 and not ref.startswith("refs/exps/celery") and not ref.startswith("refs/exps/exec"):
-            refs[ref.rsplit("/", 1)[1]] = sha
-    return refs
+        ref, sha, when = line.split()
+        parts = ref.split("/")  # refs, exps, baseline[:2], baseline[2:], name
+        if len(parts) != 5 or (baseline is not None and parts[2] + parts[3] != baseline):
+            continue
+        if parts[4] not in newest or int(when) > newest[parts[4]][0]:
+            newest[parts[4]] = (int(when), sha)
+    return {name: sha for name, (_, sha) in newest.items()}
 
 
 def _dvc(*args: str) -> str:
@@ -106,7 +110,8 @@ def queue(experiments: list[Experiment]) -> list[Experiment]:
             "params.yaml, dvc.yaml or dvc.lock has uncommitted changes: commit them first, experiments "
             "are based on the last commit"
         )
-    done = set(experiment_refs()) | _queued_names()
+    # finished on this commit: a new baseline (changed code or params) runs every experiment again
+    done = set(experiment_refs(baseline=_git("rev-parse", "HEAD").strip())) | _queued_names()
     todo = [e for e in experiments if e.name not in done]
     for e in todo:
         log.info("queue %s", " ".join(e.queue_command()))
@@ -154,7 +159,8 @@ def run_queue(jobs: int, poll_s: float = 30.0) -> None:
 
 
 def collect(names: list[str], out: Path) -> list[Path]:
-    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} of each named experiment into
+    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} of each named experiment (its newest run,
+    whatever the baseline) into
     out/<experiment>-<run>/, and the teachers' evaluation into out/_teachers/. Replaces `out` atomically."""
     refs = experiment_refs()
     missing = [n for n in names if n not in refs]
