@@ -251,18 +251,15 @@ def _throughput_table(variants: list[Variant]) -> str:
     return _table(["variant", "tokens/s", "images/s"], rows)
 
 
+def _resolutions(runs: list[RunDir], datasets: list[str], feat: str) -> list[str]:
+    """Every evaluated resolution of `feat` in these runs, lowest first ("32px", "64px", ...)."""
+    found = {r for run in runs for d in datasets for r in _get(run.eval(), "knn", d, feat) or {}}
+    return sorted(found, key=lambda s: int(s.rstrip("px")))
+
+
 def _resolution_table(variants: list[Variant], datasets: list[str], k: str, feat: str) -> str:
     """kNN at every evaluated resolution: the batching finding is about the low and high ends."""
-    resolutions = sorted(
-        {
-            r
-            for v in variants
-            for e in (x.eval() for x in v.runs)
-            for d in datasets
-            for r in _get(e, "knn", d, feat) or {}
-        },
-        key=lambda s: int(s.rstrip("px")),
-    )
+    resolutions = _resolutions([r for v in variants for r in v.runs], datasets, feat)
     header = ["variant"] + [f"{d} {r}" for d in datasets for r in resolutions]
     rows = [
         [v.label] + [mean_std(_values(v, "knn", d, feat, r, k)) for d in datasets for r in resolutions]
@@ -399,10 +396,7 @@ def _batching_details(base: Variant, other: Variant, datasets: list[str], k: str
         out.append(
             f"tokens/s, packed / {_short(other.settings['packing.mode'])}: {ratio:.2f}x: {'holds' if ratio > 1 else 'does not hold'}"
         )
-    resolutions = sorted(
-        {r for run in base.runs for d in datasets for r in _get(run.eval(), "knn", d, feat) or {}},
-        key=lambda s: int(s.rstrip("px")),
-    )
+    resolutions = _resolutions(base.runs, datasets, feat)
     for r in dict.fromkeys([resolutions[0], resolutions[-1]] if resolutions else []):  # low and high ends
         ours, theirs = (_per_seed_knn_avg(v, datasets, r, k, feat) for v in (base, other))
         if ours and theirs:
