@@ -23,7 +23,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # amoe_core whe
 import charts  # noqa: E402
 import loaders  # noqa: E402
 
-from amoe_core.tracking.runs import RunDir  # noqa: E402
+from amoe_core.tracking.runs import TEACHERS_RUN, RunDir  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------------- roots
@@ -47,7 +47,7 @@ def load_runs(runs_dir: str, fingerprint_key: tuple) -> dict[str, Any]:
     """Every frame the run views need; `fingerprint_key` (file mtimes) invalidates the cache when a file changes."""
     runs = loaders.student_runs(runs_dir)
     evals = {r.id: r.eval() for r in runs}
-    teachers = RunDir(Path(runs_dir) / loaders.TEACHERS_RUN).eval()
+    teachers = RunDir(Path(runs_dir) / TEACHERS_RUN).eval()
     empty_knn = loaders.knn_rows("", {})
     return {
         "ids": [r.id for r in runs],
@@ -59,7 +59,7 @@ def load_runs(runs_dir: str, fingerprint_key: tuple) -> dict[str, Any]:
         "fidelity": pd.concat(
             [loaders.fidelity_rows(i, e) for i, e in evals.items()] or [loaders.fidelity_rows("", {})]
         ),
-        "teachers_knn": loaders.knn_rows(loaders.TEACHERS_RUN, teachers),
+        "teachers_knn": loaders.knn_rows(TEACHERS_RUN, teachers),
         "pca": {
             r.id: str(r.path / evals[r.id].get("pca_maps", "pca_maps.png"))
             for r in runs

@@ -17,7 +17,6 @@ import pandas as pd
 
 from amoe_core.tracking.runs import RunDir, flatten, list_runs
 
-TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: the teachers' own features (baselines)
 MAIN_K = "k20"  # the DINO protocol's k (k=20, T=0.07) is the headline kNN number
 
 

@@ -32,11 +32,10 @@ from amoe_core.eval.knn import knn_accuracy
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
-from amoe_core.tracking.runs import RunDir
+from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 
 log = logging.getLogger(__name__)
 
-TEACHERS_RUN = "_teachers"
 PCA_FILE = "pca_maps.png"
 RESOLUTION_CSV = "resolution.csv"
 RESOLUTION_PNG = "resolution.png"

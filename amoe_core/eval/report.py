@@ -17,7 +17,7 @@ from typing import Any
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_text
-from amoe_core.tracking.runs import RunDir, flatten, list_runs
+from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, flatten, list_runs
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 IDENTITY_KEYS = {"distill.seed", "distill.run", "distill.runs_dir"}
 # Sections that configure other commands (the report itself, the ablation queue, sweeps), never a run's result.
 OTHER_COMMANDS = ("report.", "ablate.", "sweep.")
-TEACHERS_RUN = "_teachers"
 
 # The paper's findings (AMoE / SigLino, arXiv 2512.20157), compared by direction of effect at demo scale.
 # name: (the param ablated, the value the paper finds best, the paper's claim)

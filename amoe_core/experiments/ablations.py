@@ -27,6 +27,7 @@ from pathlib import Path
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_dir
+from amoe_core.tracking.runs import TEACHERS_RUN
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ VARIANTS: dict[str, VariantSpec] = {
     "long": VariantSpec({"distill.steps": "900"}, max_seeds=1),
 }
 RECORDS = ("params.yaml", "train.json", "eval.json", "resolution.csv")  # what `amoe report` reads from a run
-TEACHERS_RUN = "_teachers"
 
 
 @dataclass(frozen=True)
@@ -159,9 +159,9 @@ def run_queue(jobs: int, poll_s: float = 30.0) -> None:
 
 
 def collect(names: list[str], out: Path) -> list[Path]:
-    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} of each named experiment (its newest run,
-    whatever the baseline) into
-    out/<experiment>-<run>/, and the teachers' evaluation into out/_teachers/. Replaces `out` atomically."""
+    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} of each named experiment (its newest one,
+    whatever the baseline) into out/<experiment>-<run>/, and the teachers' evaluation into out/_teachers/. Replaces
+    `out` atomically."""
     refs = experiment_refs()
     missing = [n for n in names if n not in refs]
     if missing:

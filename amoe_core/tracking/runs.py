@@ -22,6 +22,8 @@ import yaml
 
 from amoe_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
+TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: `amoe evaluate --teachers`, the teachers' own baselines
+
 
 @dataclass(frozen=True)
 class RunDir:
