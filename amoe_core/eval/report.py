@@ -168,7 +168,7 @@ def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ense
     for v in variants:
         knn = [_values(v, "knn", d, student_feature, res, k) for d in datasets]
         lin = [_values(v, "linear", d, student_feature, res) for d in datasets]
-        avgs = [statistics.fmean(x) for x in zip(*knn)] if knn and all(knn) else []
+        avgs = _per_seed_knn_avg(v, datasets, res, k, student_feature)
         rows.append([f"student ({v.label})"] + [mean_std(x) for x in knn + lin] + [mean_std(avgs)])
     parts += [_table(header, rows), ""]
 
