@@ -278,7 +278,7 @@ def _resolution_plot(variants: list[Variant], datasets: list[str], k: str, feat:
     for ax, d in zip(axes[0], datasets):
         for v in variants:
             evs = [r.eval() for r in v.runs]
-            resolutions = sorted({r for e in evs for r in (_get(e, "knn", d, feat) or {})}, key=lambda s: int(s[:-2]))
+            resolutions = _resolutions(v.runs, [d], feat)
             means = []
             for r in resolutions:
                 vals = [x for e in evs if (x := _get(e, "knn", d, feat, r, k)) is not None]
