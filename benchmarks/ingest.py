@@ -25,6 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
+from _smoke import SMOKE_HELP, sample_pool
 from PIL import Image
 
 from amoe_core.config import IngestConfig, load_params
@@ -84,7 +85,15 @@ def main() -> None:
     ap.add_argument("--pool", default="data/demo/pool", help="a folder of images (default: the demo pool)")
     ap.add_argument("--limit", type=int, default=0, help="a seeded random subset of this many files (0 = all)")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved (loop, ingest) pairs; the median ratio counts")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " (a sample pool of real photos, not --pool)")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            args.pool, args.repeat = str(sample_pool(Path(tmp) / "pool", 40)), 1
+        compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
     cfg = load_params().ingest
     items = list_items([parse_source(f"folder:{args.pool}", "--pool")])
     if args.limit:

@@ -14,6 +14,7 @@ import argparse
 import time
 
 import numpy as np
+from _smoke import SMOKE_HELP
 
 
 def make_data(n_train: int, n_test: int, dim: int, classes: int, seed: int = 0):
@@ -43,7 +44,10 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--temperature", type=float, default=0.07)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:
+        args.train, args.test, args.dim, args.repeats = 2000, 300, 32, 1
 
     from sklearn.neighbors import KNeighborsClassifier
 

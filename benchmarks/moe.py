@@ -10,6 +10,7 @@ import argparse
 import time
 
 import torch
+from _smoke import SMOKE_HELP
 from timm.layers import SwiGLU
 
 from amoe_core.models.moe import MoEFFN
@@ -49,7 +50,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
+    if args.smoke:
+        args.tokens, args.dim, args.experts, args.hidden, args.iters, args.warmup = 256, 64, 6, 32, 2, 1
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

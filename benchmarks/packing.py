@@ -19,6 +19,7 @@ The last line is the utilisation ratio ours / NaFlex bucketing.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,13 +28,14 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from _smoke import SMOKE_HELP
 from timm.data.naflex_dataset import calculate_naflex_batch_size
 from timm.data.naflex_transforms import get_image_size_for_seq
 from timm.layers import Mlp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amoe_core.config import Params, load_params  # noqa: E402
-from amoe_core.data.loader import stream_order  # noqa: E402
+from amoe_core.data.loader import matched_images_per_step, stream_order  # noqa: E402
 from amoe_core.data.packing import balance_batches, ffd_pack, split_for, stream_pack, utilisation  # noqa: E402
 from amoe_core.data.resolution import plan_grids  # noqa: E402
 from amoe_core.models.packed_attention import packed_attention  # noqa: E402
@@ -131,12 +133,18 @@ def padded_steps(tokens: list[int], budget: int) -> list[list[int]]:
     return steps + ([cur] if cur else [])
 
 
+def fixed_images_per_step(tokens: np.ndarray, cfg) -> int:
+    """The fixed baseline's images per step: the param, or (null) as many as carry a packed step's tokens, as the
+    loader's fixed mode does."""
+    return cfg.images_per_step or matched_images_per_step(cfg, np.stack([tokens, np.ones_like(tokens)], 1))
+
+
 def imbalance(tokens: np.ndarray, plan: list, cfg) -> tuple[float, float, float]:
     """Max/min tokens over RANKS ranks: ours computed (worst step), ours real and fixed images/rank (median step)."""
     shares = [split_for(plan, r, RANKS, 0, 1) for r in range(RANKS)]
     computed = np.array([[len(b) * cfg.c_max for b in sh] for sh in shares])  # [ranks, steps]
     real = np.array([[sum(int(tokens[i]) for s in b for i in s) for b in sh] for sh in shares])
-    per_rank = cfg.images_per_step
+    per_rank = fixed_images_per_step(tokens, cfg)
     n = len(tokens) - len(tokens) % (per_rank * RANKS)
     fixed = tokens[:n].reshape(-1, RANKS, per_rank).sum(-1)  # [steps, ranks]
     ratio = lambda a: a.max(0) / np.maximum(a.min(0), 1)  # noqa: E731 - a: [ranks, steps]
@@ -204,11 +212,11 @@ def train_step(model, opt, inp, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def throughput(tokens: np.ndarray, plan: list, cfg, device: str) -> tuple[float, float, float]:
-    """(packed, padded real tokens/s, padded utilisation) on the images of the first TIMED_STEPS packed steps."""
+def throughput(tokens: np.ndarray, plan: list, cfg, device: str, n_steps: int) -> tuple[float, float, float]:
+    """(packed, padded real tokens/s, padded utilisation) on the images of the first `n_steps` packed steps."""
     torch.manual_seed(0)
     pdim, budget = 3 * cfg.patch_size**2, cfg.seqs_per_step * cfg.c_max
-    steps = plan[:TIMED_STEPS]
+    steps = plan[:n_steps]
     packed = [step_inputs([[int(tokens[i]) for i in s] for s in b], cfg.c_max, pdim, device) for b in steps]
     flat = sorted(i for b in steps for s in b for i in s)  # the same images, in stream order
     rows = padded_steps([int(tokens[i]) for i in flat], budget)
@@ -228,6 +236,13 @@ def throughput(tokens: np.ndarray, plan: list, cfg, device: str) -> tuple[float,
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--synthetic", type=int, default=20000, help="images in the synthetic distribution")
+    ap.add_argument("--timed-steps", type=int, default=TIMED_STEPS, help="packed steps timed for throughput")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; the demo pool is not read")
+    args = ap.parse_args()
+    if args.smoke:
+        args.synthetic, args.timed_steps = 1500, 1
     params = load_params() if Path("params.yaml").exists() else Params()
     cfg = params.packing
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -235,10 +250,10 @@ def main() -> None:
         f"packing: c_max={cfg.c_max} S={cfg.seqs_per_step} tokens [{cfg.min_tokens}, {cfg.max_tokens}] "
         f"<= {cfg.max_images_per_seq} images/seq, buffer {cfg.shuffle_buffer}, patch {cfg.patch_size}; {RANKS} ranks"
     )
-    demo, where = demo_pool_rows(params)
+    demo, where = (pd.DataFrame(), "not read (--smoke)") if args.smoke else demo_pool_rows(params)
     print(f"(a) demo pool: {where}")
     dists = {"(a) demo pool": demo} if len(demo) else {}
-    dists["(b) synthetic log-uniform 64-1024 px"] = synthetic_rows(20000, np.random.default_rng(0))
+    dists["(b) synthetic log-uniform 64-1024 px"] = synthetic_rows(args.synthetic, np.random.default_rng(0))
     ratios = []
     for name, rows in dists.items():
         u_nf = util_naflex(rows, cfg, np.random.default_rng(1))
@@ -260,9 +275,9 @@ def main() -> None:
             c_comp, c_real, c_fixed = imbalance(tokens, plan, cfg)
             print(
                 f"  rank imbalance max/min tokens  ours computed {c_comp:.3f} (worst step), ours real {c_real:.3f} | "
-                f"{cfg.images_per_step} images/rank {c_fixed:.3f} (median step)"
+                f"{fixed_images_per_step(tokens, cfg)} images/rank {c_fixed:.3f} (median step)"
             )
-            tp_packed, tp_padded, u_rows = throughput(tokens, plan, cfg, device)
+            tp_packed, tp_padded, u_rows = throughput(tokens, plan, cfg, device, args.timed_steps)
             print(
                 f"  throughput ({device}, fwd+bwd small ViT, {cfg.seqs_per_step * cfg.c_max} computed tokens/step) "
                 f"packed {tp_packed:.0f} real tokens/s vs one image per row padded {tp_padded:.0f} "

@@ -25,6 +25,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _smoke import SMOKE_HELP, sample_shards  # noqa: E402
+
 from amoe_core.config import LossConfig, PackingConfig, StudentConfig, TeacherSpec  # noqa: E402
 from amoe_core.data.loader import build_loader  # noqa: E402
 from amoe_core.data.packed import PackedBatch  # noqa: E402
@@ -90,7 +92,23 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1500, help="random subset of the shard set")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per mode")
     ap.add_argument("--workers", type=int, default=2, help="loader workers for the throughput comparison")
+    ap.add_argument("--c-max", type=int, default=256, help="tokens per packed sequence")
+    ap.add_argument("--seqs", type=int, default=8, help="packed sequences per step")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " (sample shards of real photos, not --shards)")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            args.shards, args.steps, args.workers, args.c_max, args.seqs = (
+                str(sample_shards(Path(tmp), 48)),
+                1,
+                1,
+                64,
+                2,
+            )
+        compare(args)
+
+
+def compare(args: argparse.Namespace) -> None:
     shards = Path(args.shards)
     if not (shards / "manifest.parquet").exists():
         sys.exit(f"{shards}/manifest.parquet not found: run `make demo` (or `amoe data ingest`) first")
@@ -99,7 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         selection = Path(tmp) / "subset.parquet"
         manifest.sample(n=min(args.images, len(manifest)), random_state=0).to_parquet(selection)
-        c_max, seqs, max_tokens = 256, 8, 64
+        c_max, seqs, max_tokens = args.c_max, args.seqs, 64
         packed_cfg = PackingConfig(c_max=c_max, seqs_per_step=seqs, max_tokens=max_tokens, workers=0)
         padded_cfg = PackingConfig(
             c_max=c_max, max_tokens=max_tokens, mode="fixed", images_per_step=seqs * c_max // max_tokens, workers=0
@@ -107,6 +125,8 @@ def main() -> None:
         n = args.steps + 2
         packed = take(build_loader(packed_cfg, shards, selection, 0, 0, 1), n)
         padded = take(build_loader(padded_cfg, shards, selection, 0, 0, 1), n)
+        if min(len(packed), len(padded)) < n:
+            sys.exit(f"{args.images} images give fewer than {n} steps of {seqs} x {c_max} tokens: use more --images")
         util = lambda bs: sum(b.n_tokens for b in bs) / sum(b.image_id.numel() for b in bs)  # noqa: E731
         print(
             f"patch-token budget per step: {seqs * c_max} (packed {seqs} x {c_max}; padded "

@@ -19,7 +19,7 @@ from amoe_core.launch.cluster import free_port_pair
 from amoe_core.launch.distributed import DistInfo
 from amoe_core.train import components
 from amoe_core.train.checkpoint import model_tensors
-from amoe_core.train.loop import DistillStep
+from amoe_core.train.loop import DistillStep, moe_layers
 
 
 def merge(batches: list[PackedBatch]) -> PackedBatch:
@@ -39,22 +39,43 @@ def merge(batches: list[PackedBatch]) -> PackedBatch:
     )
 
 
-def _steps(params, info: DistInfo, init: Path | None, per_step: list[PackedBatch]) -> tuple[list[dict], dict]:
+def _steps(
+    params, info: DistInfo, init: Path | None, per_step: list[PackedBatch]
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Run the real DistillStep; return its records, plus what each step saw before and after its optimizer step:
+    `"{step}/grad/{param}"` (the synchronised, clipped gradients AdamW receives) and `"{step}/bias/{layer}"` (the MoE
+    selection biases after the balancing update)."""
     teachers = components.load_teachers(params, info.device)
     student = components.build(params, teachers, info.device)
     if init is not None:
         student.load_state_dict(load_file(str(init)))
     model = components.wrap(student, info)
+    optimizer = components.optimizer(params, student)
+    names = {id(p): n for n, p in student.named_parameters()}
+    seen: dict[str, torch.Tensor] = {}
+
+    def capture_grads(opt, args, kwargs) -> None:
+        step = sum(k.endswith("/bias/0") for k in seen)
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    seen[f"{step}/grad/{names[id(p)]}"] = p.grad.detach().clone()
+
+    optimizer.register_step_pre_hook(capture_grads)
     step = DistillStep(
         model,
         components.targets_fn(student, teachers),
         components.loss(params, info.device),
-        components.optimizer(params, student),
+        optimizer,
         params.distill,
         info,
     )
-    records = [step([b], i).as_metrics() for i, b in enumerate(per_step)]
-    return records, model_tensors(student)
+    records = []
+    for i, b in enumerate(per_step):
+        records.append(step([b], i).as_metrics())
+        for j, layer in enumerate(moe_layers(student)):
+            seen[f"{i}/bias/{j}"] = layer.expert_bias.detach().clone()
+    return records, seen
 
 
 def _worker(rank: int, world: int, port: int, params, init: Path, batches: list[PackedBatch], out: Path) -> None:
@@ -65,10 +86,10 @@ def _worker(rank: int, world: int, port: int, params, init: Path, batches: list[
     assert info.world_size == world and torch.distributed.get_backend() == "gloo"
     mine = [batches[s * world + rank] for s in range(len(batches) // world)]
     # as in distill.run, only rank 0 has fitted PHI-S; wrapping must give every rank rank 0's buffers
-    records, weights = _steps(params, info, init if rank == 0 else None, mine)
+    records, seen = _steps(params, info, init if rank == 0 else None, mine)
     if rank == 0:
         (out / "records.json").write_text(json.dumps(records))
-        save_file(weights, str(out / "weights.safetensors"))
+        save_file(seen, str(out / "seen.safetensors"))
     distributed.cleanup_distributed()
 
 
@@ -90,26 +111,52 @@ def setup(tmp_path_factory):
 
 
 def test_two_gloo_processes_equal_one_process(setup) -> None:
+    """What is deterministic up to float summation order must agree; weights after AdamW are NOT compared: Adam
+    divides by sqrt(v), so on entries whose gradient is ~0 a rounding difference becomes an lr-sized step (7.5e-5
+    seen on an AMD EPYC), and every later quantity inherits that machine-dependent noise."""
     root, params, batches = setup
     # one process: steps over the merged global batches (0+1), (2+3)
-    ref, ref_weights = _steps(params, DistInfo(), root / "init.safetensors", [merge(batches[:2]), merge(batches[2:])])
+    ref, ref_seen = _steps(params, DistInfo(), root / "init.safetensors", [merge(batches[:2]), merge(batches[2:])])
     out = root / "ddp"
     out.mkdir()
     mp.spawn(_worker, args=(2, free_port_pair(), params, root / "init.safetensors", batches, out), nprocs=2)
     got = json.loads((out / "records.json").read_text())
-    weights = load_file(str(out / "weights.safetensors"))
+    seen = load_file(str(out / "seen.safetensors"))
+    assert len(got) == len(ref) == 2 and set(seen) == set(ref_seen)
 
-    assert len(got) == len(ref) == 2
-    for a, b in zip(ref, got):
-        assert set(a) == set(b)
-        for key, value in a.items():
-            if key.startswith("loss/") or key in ("lr", "grad_norm"):
-                assert b[key] == pytest.approx(value, abs=1e-5, rel=1e-5), key
-        torch.testing.assert_close(torch.tensor(b["expert_load"]), torch.tensor(a["expert_load"]), atol=1e-6, rtol=0)
+    # Step 0 starts from identical weights. Its losses and gradients differ only in summation order (two partial
+    # sums all-reduced instead of one sum): float32 rounding of ~1e4-term sums is ~1e-6 relative; 1e-4 leaves 100x.
+    # Gradients get an absolute floor of 1e-4 of the tensor's largest entry, for entries that cancel to ~0.
+    a, b = ref[0], got[0]
+    assert set(a) == set(b)
+    for key, value in a.items():
+        if key.startswith("loss/") or key in ("lr", "grad_norm"):
+            assert b[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+    grads = [k for k in ref_seen if k.startswith("0/grad/")]
+    assert len(grads) > 10
+    for k in grads:
+        scale = float(ref_seen[k].abs().max())
+        torch.testing.assert_close(seen[k], ref_seen[k], rtol=1e-4, atol=1e-4 * scale + 1e-12, msg=k)
+    # Routing is a top-k over scores: identical unless a token's top-k margin is below float rounding (measure zero),
+    # so step 0's expert loads and the balancing biases updated from them are equal exactly.
+    assert torch.equal(torch.tensor(b["expert_load"]), torch.tensor(a["expert_load"]))
+    for k in [k for k in ref_seen if k.startswith("0/bias/")]:
+        assert torch.equal(seen[k], ref_seen[k]), k
+    assert any(float(ref_seen[k].abs().max()) > 0 for k in ref_seen if k.startswith("0/bias/"))  # it did move
+
+    # Step 1 starts from weights that differ by Adam's amplified rounding (<= lr per entry, and only where the
+    # gradient is ~0, so the loss moves by ~grad . delta ~ 0): its losses still agree to 1e-4 relative (the AMD run
+    # that broke the old weight check agreed to 1e-5). A route can flip where a token's top-k margin is below that
+    # perturbation: allow one flipped token per layer. Loads are fractions of routed slots (top_k per token, prefix
+    # tokens included), so one slot is at most 1 / (real patch tokens of the global batch).
+    for key, value in ref[1].items():
+        if key.startswith("loss/"):
+            assert got[1][key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+    slot = 1.0 / sum(x.n_tokens for x in batches[2:])
+    torch.testing.assert_close(
+        torch.tensor(got[1]["expert_load"]), torch.tensor(ref[1]["expert_load"]), atol=slot, rtol=0
+    )
     assert ref[1]["loss/relational"] > 0  # the ARKD term spanned the global batch (gathered over ranks)
-    for k, v in ref_weights.items():
-        torch.testing.assert_close(weights[k], v, atol=1e-5, rtol=1e-5, msg=k)  # incl. MoE biases, PHI-S buffers
-    assert any(not torch.equal(ref_weights[k], load_file(str(root / "init.safetensors"))[k]) for k in ref_weights)
 
 
 # ---------------------------------------------------------------------------------------------------------- launch
