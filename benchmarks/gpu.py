@@ -452,8 +452,10 @@ def compiled(
     sync(device)
     tps = n / (time.perf_counter() - t0)
     graphs = int(counters["stats"]["unique_graphs"])
+    breaks = sorted(counters["graph_break"].items(), key=lambda kv: -kv[1])
+    why = "; ".join(f"{n}x {reason.splitlines()[0][:80]}" for reason, n in breaks[:2]) or "no graph breaks"
     rep.add("torch.compile first step", "ok", first, "s", f"backend {backend}")
-    rep.add("torch.compile graphs over 21 steps", "ok", graphs, "graphs", "varying image mixes, static [S, c_max]")
+    rep.add("torch.compile graphs over 21 steps", "ok", graphs, "graphs", f"static [S, c_max]; {why}")
     rep.add("torch.compile speed-up", "ok", tps / eager_tps, "x", f"{tps:.0f} vs eager {eager_tps:.0f} tokens/s")
 
 
