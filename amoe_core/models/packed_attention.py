@@ -3,6 +3,10 @@
 `image_id [S, N]` (-1 = padding) decides who may attend to whom: a token attends only to tokens of its own image,
 so a packed forward equals each image's forward alone (AMoE / SigLino, arXiv 2512.20157, token-balanced batching).
 One entry point: a boolean-mask SDPA everywhere, FlexAttention with a block mask on CUDA when available.
+
+Attention sinks (the released SigLino student): a learned logit s_h per head joins every softmax as one more "key"
+with a zero value, i.e. the output is scaled by sigmoid(lse - s_h) with lse the log-sum-exp of the real logits. On
+the CPU this is an explicit softmax with the sink as an extra column; on CUDA FlexAttention returns the lse.
 """
 
 from __future__ import annotations
@@ -31,14 +35,21 @@ def _use_flex(q: Tensor) -> bool:
     return True
 
 
-def packed_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor) -> Tensor:
-    """Scaled dot-product attention restricted to tokens of the same image.
+def packed_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor, sinks: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention restricted to tokens of the same image, with optional per-head sinks [H].
 
     q, k, v: [S, H, N, Dh]; image_id: [S, N] long. Returns [S, H, N, Dh].
     """
     if _use_flex(q):
-        return _flex_attention(q, k, v, image_id)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=packed_mask(image_id))
+        return _flex_attention(q, k, v, image_id, sinks)
+    mask = packed_mask(image_id)
+    if sinks is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    logits = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    logits = logits.masked_fill(~mask, float("-inf"))
+    sink = sinks.float().view(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
+    probs = torch.softmax(torch.cat([logits, sink], -1), -1)[..., :-1]
+    return (probs @ v.float()).to(q.dtype)
 
 
 @functools.cache
@@ -48,7 +59,7 @@ def _compiled_flex():  # noqa: ANN202 - uncompiled flex_attention falls back to 
     return torch.compile(flex_attention, dynamic=True)
 
 
-def _flex_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor) -> Tensor:
+def _flex_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor, sinks: Tensor | None) -> Tensor:
     from torch.nn.attention.flex_attention import create_block_mask
 
     def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001 - signature fixed by FlexAttention
@@ -57,7 +68,11 @@ def _flex_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor) -> Tensor
 
     s, _, n, _ = q.shape
     block_mask = create_block_mask(mask_mod, B=s, H=None, Q_LEN=n, KV_LEN=n, device=q.device)
-    return _compiled_flex()(q, k, v, block_mask=block_mask)
+    if sinks is None:
+        return _compiled_flex()(q, k, v, block_mask=block_mask)
+    out, lse = _compiled_flex()(q, k, v, block_mask=block_mask, return_lse=True)
+    scale = torch.sigmoid(lse.float() - sinks.float().view(1, -1, 1))
+    return (out.float() * scale.unsqueeze(-1)).to(q.dtype)
 
 
 def segment_sum(x: Tensor, segment: Tensor, n: int) -> Tensor:
