@@ -47,8 +47,8 @@ def _steps(params, info: DistInfo, init: Path | None, per_step: list[PackedBatch
     model = components.wrap(student, info)
     step = DistillStep(
         model,
-        components.targets_fn(student, teachers),
-        components.loss(params, info.device),
+        components.targets_fn(teachers),
+        components.loss(params, info.device, student),
         components.optimizer(params, student),
         params.distill,
         info,

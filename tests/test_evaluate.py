@@ -199,7 +199,7 @@ def _all_numbers(tree) -> list[float]:
 
 def test_real_student_features_through_packed_batches(setup) -> None:
     """An untrained tiny student (models.student) evaluated through pack_equal_images: every feature name appears,
-    patches come back per image, and the student's denormalised outputs are what fidelity compares."""
+    patches come back per image, and the student's raw-space adapter outputs are what fidelity compares."""
     from amoe_core.eval.features import student_extractor
     from amoe_core.models.heads import TeacherDims
     from amoe_core.models.student import build_student
@@ -211,8 +211,7 @@ def test_real_student_features_through_packed_batches(setup) -> None:
     torch.manual_seed(0)
     student = build_student(params.student, dims, params.packing.max_images_per_seq).eval()
     pk = params.packing
-    extract = student_extractor(student, {t: student.heads[t].denormalize for t in dims}, pk.patch_size, pk.c_max,
-                                pk.max_images_per_seq)  # fmt: skip
+    extract = student_extractor(student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
     images = torch.rand(5, 3, 32, 32)
     feats = extract(images)
     assert feats["student:dino"].summary.shape == (5, dims["dino"].dim)

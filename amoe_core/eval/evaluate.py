@@ -175,13 +175,13 @@ def _write_pca(params: Params, out: RunDir, samples: list[list[torch.Tensor]], e
 
 
 def load_student_extractor(params: Params, run_dir: Path, device: torch.device) -> Extractor:
-    """The trained student of a run as an Extractor (adapted features mapped back through inverse PHI-S)."""
+    """The trained student of a run as an Extractor (its adapters predict each teacher's raw features)."""
     try:
         from amoe_core.train.checkpoint import load_student
     except ImportError as e:
         raise AmoeError(f"this installation cannot load student checkpoints ({e})") from None
     try:
-        student, teacher_dims, phis = load_student(run_dir, device=device)
+        student, _, _ = load_student(run_dir, device=device)
     except AmoeError:
         raise
     except (RuntimeError, KeyError, ValueError) as e:
@@ -191,20 +191,8 @@ def load_student_extractor(params: Params, run_dir: Path, device: torch.device) 
             "evaluate it with the params (student.name / overrides) it was trained with"
         ) from None
     student.eval()
-    denormalise = {name: _denormaliser(student, phis, name) for name in teacher_dims}
     pk = params.packing
-    return student_extractor(student, denormalise, pk.patch_size, pk.c_max, pk.max_images_per_seq)
-
-
-def _denormaliser(student: torch.nn.Module, phis: Any, name: str):  # noqa: ANN202
-    """TeacherOutput (PHI-S space) -> raw teacher space: the run's fitted PHI-S for `name`, inverted."""
-    cand = phis.get(name) if isinstance(phis, dict) else None
-    if cand is not None and hasattr(cand, "denormalize"):
-        return cand.denormalize
-    heads = getattr(student, "heads", None)
-    if heads is not None and name in heads and hasattr(heads[name], "denormalize"):
-        return heads[name].denormalize
-    raise AmoeError(f"student checkpoint has no PHI-S normaliser for teacher {name!r}; cannot map its features back")
+    return student_extractor(student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
 
 
 def run(params: Params, run: str | None = None, teachers: bool | None = False) -> dict[str, Any]:

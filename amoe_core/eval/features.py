@@ -1,7 +1,7 @@
 """Feature extraction for evaluation, by feature name (eval.json's keys):
 
 - "teacher:<t>"      the teacher's own summary (CLS or pooling head), raw teacher space;
-- "student:<t>"      the student's adapted summary for teacher t, mapped back to t's raw space (inverse PHI-S);
+- "student:<t>"      the student's adapted summary for teacher t (its adapters predict t's raw space);
 - "student:native"   the student's own summary (its CLS output);
 - "student:ensemble" the L2-normalised student:<t> summaries concatenated.
 
@@ -75,11 +75,9 @@ def pack_equal_images(images: Tensor, patch_size: int, c_max: int, max_images_pe
     return assemble(plan, items, seq_len=max(c_max, n_tok), n_seqs=None)
 
 
-def student_extractor(
-    student: torch.nn.Module, denormalise: dict[str, Callable], patch_size: int, c_max: int, max_images_per_seq: int
-) -> Extractor:
-    """ "student:<t>" (adapted features mapped back to raw teacher space by `denormalise[t]`, i.e. inverse PHI-S) and
-    "student:native" summaries and patches. `denormalise[t]`: TeacherOutput -> TeacherOutput."""
+def student_extractor(student: torch.nn.Module, patch_size: int, c_max: int, max_images_per_seq: int) -> Extractor:
+    """ "student:<t>" (adapted features, teacher t's raw space) and "student:native" summaries and patches, through
+    packed batches as in training."""
     device = next(student.parameters()).device
 
     @torch.no_grad()
@@ -92,8 +90,7 @@ def student_extractor(
                 out.summary.float().cpu(), out.patches.float().cpu().reshape(b, -1, out.patches.shape[-1])
             )
         }
-        for name, t_out in out.teachers.items():
-            raw = denormalise[name](t_out)
+        for name, raw in out.teachers.items():
             feats[f"student:{name}"] = Feats(
                 raw.summary.float().cpu(), raw.patches.float().cpu().reshape(b, -1, raw.patches.shape[-1])
             )
