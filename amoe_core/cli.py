@@ -60,9 +60,9 @@ def _submit(params: Params, args: argparse.Namespace) -> None:
 
 
 def _export(params: Params, args: argparse.Namespace) -> None:
-    from amoe_core.train.export import export_run
+    from amoe_core.train.export import export_run, export_siglino
 
-    export_run(params, args.run, args.out)
+    (export_siglino if args.format == "siglino" else export_run)(params, args.run, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(groups, "export", _export, "write a trained student as a standalone model directory")
     p.add_argument("run", help="run id under distill.runs_dir, or a run directory")
     p.add_argument("--out", default=None, help="output directory (default runs/<run>/export)")
+    p.add_argument(
+        "--format",
+        choices=("amoe", "siglino"),
+        default="amoe",
+        help="amoe: model.safetensors + config.json (load_pretrained); siglino: the released SigLino checkpoint.pt",
+    )
 
     p = command(
         groups,
