@@ -6,7 +6,7 @@ One entry point: a boolean-mask SDPA everywhere, FlexAttention with a block mask
 
 Attention sinks (the released SigLino student): a learned logit s_h per head joins every softmax as one more "key"
 with a zero value, i.e. the output is scaled by sigmoid(lse - s_h) with lse the log-sum-exp of the real logits. On
-the CPU this is an explicit softmax with the sink as an extra column; on CUDA FlexAttention returns the lse.
+the CPU the sink is one extra key (see packed_attention); on CUDA FlexAttention returns the lse.
 """
 
 from __future__ import annotations
@@ -45,11 +45,18 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor, sinks: T
     mask = packed_mask(image_id)
     if sinks is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    logits = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
-    logits = logits.masked_fill(~mask, float("-inf"))
-    sink = sinks.float().view(1, -1, 1, 1).expand(*logits.shape[:-1], 1)
-    probs = torch.softmax(torch.cat([logits, sink], -1), -1)[..., :-1]
-    return (probs @ v.float()).to(q.dtype)
+    # The sink as one more key whose logit is exactly s_h for every query: q gets a constant extra channel 1, real
+    # keys a 0 there, the sink key (s_h / scale) there and zeros elsewhere, its value is zero. The mask stays boolean,
+    # so the CPU's fused attention kernel runs (tiny student: 0.55 s per training step vs 1.3 s with an explicit softmax).
+    s, h, n, d = q.shape
+    scale = d**-0.5
+    col = q.new_zeros(s, h, n, 1)
+    sink_key = torch.cat([q.new_zeros(s, h, 1, d), (sinks.to(q.dtype) / scale).view(1, h, 1, 1).expand(s, h, 1, 1)], -1)
+    q = torch.cat([q, col + 1], -1)
+    k = torch.cat([torch.cat([k, col], -1), sink_key], 2)
+    v = torch.cat([torch.cat([v, col], -1), q.new_zeros(s, h, 1, d + 1)], 2)
+    mask = torch.cat([mask, mask.new_ones(*mask.shape[:-1], 1)], -1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)[..., :d]
 
 
 @functools.cache
