@@ -28,7 +28,7 @@ from amoe_core.eval.features import (
     teacher_extractor,
 )
 from amoe_core.eval.fidelity import fidelity
-from amoe_core.eval.knn import knn_accuracy
+from amoe_core.eval.knn import knn_accuracy, knn_ensemble_accuracy
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 PCA_FILE = "pca_maps.png"
 RESOLUTION_CSV = "resolution.csv"
 RESOLUTION_PNG = "resolution.png"
+ENSEMBLE = "student:ensemble"
 FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
 
 
@@ -88,7 +89,7 @@ def _split_features(
     feats = extract_summaries(student, data, res, cfg.batch_size, desc=f"student {dataset}/{split} {res}px")
     per_teacher = [feats[f"student:{t}"] for t in bank.specs if f"student:{t}" in feats]
     if len(per_teacher) > 1:
-        feats["student:ensemble"] = ensemble(per_teacher)
+        feats[ENSEMBLE] = ensemble(per_teacher)
     return feats
 
 
@@ -122,7 +123,14 @@ def evaluate(
             ftr = _split_features(params, bank, student, ds.name, "train", train, res)
             fte = _split_features(params, bank, student, ds.name, "test", test, res)
             for name in ftr:
-                accs = knn_accuracy(ftr[name], train.labels, fte[name], test.labels, cfg.ks, cfg.temperature)
+                if name == ENSEMBLE:  # the released protocol: per-teacher votes, entropy-weighted fusion
+                    parts = [f"student:{t}" for t in bank.specs if f"student:{t}" in ftr]
+                    accs = knn_ensemble_accuracy(
+                        [ftr[p] for p in parts], train.labels, [fte[p] for p in parts], test.labels, cfg.ks,
+                        cfg.temperature,
+                    )  # fmt: skip
+                else:
+                    accs = knn_accuracy(ftr[name], train.labels, fte[name], test.labels, cfg.ks, cfg.temperature)
                 knn_ds.setdefault(name, {})[f"{res}px"] = {f"k{k}": acc for k, acc in accs.items()}
                 if res == cfg.main_resolution:
                     probe = linear_probe(

@@ -3,7 +3,9 @@
 - "teacher:<t>"      the teacher's own summary (CLS or pooling head), raw teacher space;
 - "student:<t>"      the student's adapted summary for teacher t (its adapters predict t's raw space);
 - "student:native"   the student's own summary (its CLS output);
-- "student:ensemble" the L2-normalised student:<t> summaries concatenated.
+- "student:ensemble" all teachers' spaces together: kNN uses the released SigLino protocol (each student:<t> votes,
+                     fused with entropy weights, amoe_core.eval.knn.knn_ensemble_accuracy); the linear probe uses
+                     the L2-normalised student:<t> summaries concatenated.
 
 An *extractor* is a callable `images [B, 3, r, r] -> {name: Feats}`; the student and each teacher have one, so the
 evaluation code is the same for both. Teacher summaries are cached per dataset split, resolution and teacher
