@@ -125,11 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         groups,
         "evaluate",
-        _stage("evaluate", run=lambda a: a.run, teachers=lambda a: a.teachers or None),
+        _stage("evaluate", run=lambda a: a.run, teachers=lambda a: a.teachers or None, model=lambda a: a.model),
         "kNN, linear probe, cross-resolution, fidelity and PCA maps",
     )
     p.add_argument("run", nargs="?", default=None, help="run id (default distill.run)")
     p.add_argument("--teachers", action="store_true", help="evaluate the teachers' own features (baselines)")
+    p.add_argument(
+        "--model", default=None, help="a released model: siglino:CHECKPOINT[@CONFIG] (config.json beside it by default)"
+    )
 
     command(groups, "sweep", _stage("sweep"), "Optuna search over batching and loss settings")
     p = command(

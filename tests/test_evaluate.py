@@ -224,3 +224,18 @@ def test_real_student_features_through_packed_batches(setup) -> None:
     result = ev.evaluate(params, RunDir.create(root / "runs", "untrained"), extract, torch.device("cpu"))
     assert set(result["fidelity"]) == {"dino", "siglip"}
     assert set(result["linear"]["digits"]) == {"student:dino", "student:siglip", "student:native", "student:ensemble"}
+
+
+def test_released_siglino_model_is_evaluated_with_model_flag(setup) -> None:
+    """`amoe evaluate --model siglino:CKPT`: the fixture model's siglip2 / dinov3 outputs take the configured
+    teachers' names, kNN includes the ensemble protocol, fidelity runs where the widths match (siglip: 64)."""
+    fixture = Path("/work/shared/fixtures/siglino/moe-tiny")
+    if not fixture.is_dir():
+        pytest.skip("no SigLino fixture")
+    root, params = setup
+    p = str(_write(params, root))
+    assert main(["evaluate", "--model", f"siglino:{fixture / 'checkpoint.pt'}", "-q", "--params", p]) == 0
+    result = json.loads((root / "runs" / "siglino-checkpoint" / "eval.json").read_text())
+    assert set(result["knn"]["digits"]) == {"student:dino", "student:siglip", "student:native", "student:ensemble"}
+    assert set(result["fidelity"]) == {"siglip"}  # the fixture's dinov3 width (48) is not the demo teacher's (32)
+    assert main(["evaluate", "--model", "clip:/x.pt", "-q", "--params", p]) == 2

@@ -154,6 +154,9 @@ def evaluate(
         for t in bank.specs:
             if f"student:{t}" not in feats[0]:
                 continue
+            if feats[0][f"student:{t}"].summary.shape[1] != feats[0][f"teacher:{t}"].summary.shape[1]:
+                log.warning("fidelity: student:%s and teacher:%s differ in width; not compared", t, t)
+                continue
             s_sum = torch.cat([f[f"student:{t}"].summary for f in feats]).numpy()
             t_sum = torch.cat([f[f"teacher:{t}"].summary for f in feats]).numpy()
             s_pat = torch.cat([f[f"student:{t}"].patches.flatten(0, 1) for f in feats]).numpy()
@@ -203,11 +206,41 @@ def load_student_extractor(params: Params, run_dir: Path, device: torch.device) 
     return student_extractor(student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
 
 
-def run(params: Params, run: str | None = None, teachers: bool | None = False) -> dict[str, Any]:
-    """Stage entry point: `amoe evaluate [RUN]` or `amoe evaluate --teachers` (writes runs/_teachers/eval.json)."""
+def siglino_extractor(params: Params, spec: str, device: torch.device) -> tuple[str, Extractor]:
+    """`--model siglino:CHECKPOINT[@CONFIG]`: a released SigLino model (amoe_core.models.siglino.load) as an
+    Extractor, its siglip2 / dinov3 outputs named after the configured teacher of that kind (so fidelity and the
+    ensemble compare them with those teachers). Returns (run id for its results, extractor)."""
+    from amoe_core.models import siglino
+
+    path, _, config = spec.removeprefix("siglino:").partition("@")
+    model = siglino.load(path, config or None, device)
+    kinds = {s.kind: s.name for s in params.teachers}
+    rename = {role: kinds.get(role, role) for role in model.roles}
+    pk = params.packing
+    inner = student_extractor(model.student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
+
+    def extract(images: torch.Tensor) -> dict[str, Feats]:
+        feats = inner(images)
+        return {f"student:{rename.get(k[8:], k[8:])}": v for k, v in feats.items()}
+
+    return f"siglino-{Path(path).stem}", extract
+
+
+def run(
+    params: Params, run: str | None = None, teachers: bool | None = False, model: str | None = None
+) -> dict[str, Any]:
+    """Stage entry point: `amoe evaluate [RUN]`, `amoe evaluate --teachers` (writes runs/_teachers/eval.json) or
+    `amoe evaluate --model siglino:CHECKPOINT[@CONFIG]` (a released SigLino model; runs/siglino-<name>/eval.json)."""
     resolutions(params)  # config errors before any work
     device = _device()
     runs_dir = Path(params.distill.runs_dir)
+    if model is not None:
+        if not model.startswith("siglino:"):
+            raise ConfigError(f"--model {model!r}: expected siglino:CHECKPOINT[@CONFIG]")
+        run_id, extractor = siglino_extractor(params, model, device)
+        out = RunDir(runs_dir / run_id)
+        out.path.mkdir(parents=True, exist_ok=True)
+        return evaluate(params, out, extractor, device)
     if teachers:
         out = RunDir(runs_dir / TEACHERS_RUN)  # not a training run: no params.yaml, so list_runs skips it
         out.path.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ convention, and write our students in the release's format.
 - `load(checkpoint, config)`: a released `.pt` state dict (read with weights_only=True), a safetensors file with the
   same keys, or a directory written by `save`; `config` is a released config name (`siglino-0.3B`, ...), one of ours
   (`siglino-moe-0.3B`, ...) or a `config.json` with the release's `SigLinoArgs` fields (default: the `config.json`
-  beside the checkpoint). Returns a `SigLino` whose `forward(pixel_values, padding_mask=, spatial_shapes=)` returns
+  beside the checkpoint, else the released file name's config, e.g. amoe-0.3B.pt -> siglino-0.3B). Returns a `SigLino` whose `forward(pixel_values, padding_mask=, spatial_shapes=)` returns
   the release's dict {"patch_features": {...}, "summary_features": {...}} with keys dinov3 / siglip2 / siglino.
 - `save(student, dir)`: `checkpoint.pt` + `config.json` that the release's `SigLino(SigLinoArgs(**config))` loads
   with a strict `load_state_dict`.
@@ -45,6 +45,13 @@ RELEASE_NAMES = {  # the release's config names -> ours
     "dense-0.6B": "siglino-0.6B",
     "dense-70M": "siglino-70M",
     "dense-30M": "siglino-30M",
+}
+RELEASE_FILES = {  # the released checkpoint files -> their config names
+    "amoe-0.3B.pt": "siglino-0.3B",
+    "amoe-0.15B.pt": "siglino-0.15B",
+    "dense-0.6B.pt": "dense-0.6B",
+    "dense-70M.pt": "dense-70M",
+    "dense-30M.pt": "dense-30M",
 }
 RELEASE_TEACHER_DIMS = {"siglip2": 1152, "dinov3": 1024}  # SigLIP2 So400m, DINOv3 ViT-L
 MAP_HEADS, MAP_HIDDEN, MAP_EPS = 16, 4304, 1e-5  # the release's pooling head, whatever the SigLIP2 width
@@ -351,7 +358,9 @@ def load(checkpoint: str | Path, config: str | Path | None = None, device: str |
     path = Path(checkpoint)
     if config is None:
         config = (path if path.is_dir() else path.parent) / CONFIG_FILE
-        if not config.is_file():
+        if not config.is_file() and path.name in RELEASE_FILES:
+            config = RELEASE_FILES[path.name]
+        elif not config.is_file():
             raise AmoeError(f"SigLino checkpoint {path}: no {CONFIG_FILE} beside it; pass a config name or path")
     state = read_state(path)
     arch, dims = resolve_config(config)
