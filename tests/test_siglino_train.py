@@ -29,13 +29,26 @@ def _teachers(root: Path) -> list[dict]:
 
     torch.manual_seed(0)
     Siglip2VisionModel(
-        Siglip2VisionConfig(hidden_size=64, intermediate_size=4304, num_hidden_layers=1, num_attention_heads=16,
-                            patch_size=16, num_patches=64)  # fmt: skip
+        Siglip2VisionConfig(
+            hidden_size=64,
+            intermediate_size=4304,
+            num_hidden_layers=1,
+            num_attention_heads=16,
+            patch_size=16,
+            num_patches=64,
+        )  # fmt: skip
     ).save_pretrained(root / "siglip2")
     for name, width in (("dinov3", 48), ("extra", 32)):
         DINOv3ViTModel(
-            DINOv3ViTConfig(hidden_size=width, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                            patch_size=16, num_register_tokens=4, image_size=64)  # fmt: skip
+            DINOv3ViTConfig(
+                hidden_size=width,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                patch_size=16,
+                num_register_tokens=4,
+                image_size=64,
+            )  # fmt: skip
         ).save_pretrained(root / name)
     return [
         {"name": "siglip2", "kind": "siglip2", "path": str(root / "siglip2")},
@@ -76,7 +89,9 @@ def test_distillation_from_release_lowers_the_loss_and_exports_the_release_forma
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
     (tmp_path / "params.yaml").write_text(dump_params(params))
     out = tmp_path / "release"
-    assert main(["export", "t", "--format", "siglino", "--out", str(out), "--params", str(tmp_path / "params.yaml")]) == 0
+    assert (
+        main(["export", "t", "--format", "siglino", "--out", str(out), "--params", str(tmp_path / "params.yaml")]) == 0
+    )
     written = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     release = torch.load(FIXTURE / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert {k: v.shape for k, v in written.items()} == {k: v.shape for k, v in release.items()}  # "extra" left out

@@ -143,7 +143,9 @@ def knn_ensemble_accuracy(
     neighbours vote exp(sim / T) (unshifted: the fusion adds votes of different spaces, so their scales must be the
     release's; float64 keeps exp(1 / T) finite for T >= 0.0014), fused with `entropy_fused_votes`."""
     if len(trains) != len(tests) or not trains:
-        raise AmoeError(f"kNN ensemble: needs as many train as test feature spaces (>= 1), got {len(trains)}/{len(tests)}")
+        raise AmoeError(
+            f"kNN ensemble: needs as many train as test feature spaces (>= 1), got {len(trains)}/{len(tests)}"
+        )
     train_labels = np.asarray(train_labels, dtype=np.int64)
     test_labels = np.asarray(test_labels, dtype=np.int64)
     num_classes = int(max(train_labels.max(), test_labels.max()) + 1)

@@ -68,7 +68,12 @@ class MoEFFN(nn.Module):
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
         self.dim, self.hidden, self.num_experts, self.top_k = dim, hidden, num_experts, top_k
-        self.route_norm, self.route_scale, self.use_aux_loss, self.dispatch = route_norm, route_scale, aux_loss, dispatch
+        self.route_norm, self.route_scale, self.use_aux_loss, self.dispatch = (
+            route_norm,
+            route_scale,
+            aux_loss,
+            dispatch,
+        )
         self.router = Router(dim, num_experts)
         self.experts = nn.ModuleList(FeedForward(dim, hidden) for _ in range(num_experts))
         self.register_buffer("expert_bias", torch.zeros(num_experts))

@@ -55,7 +55,10 @@ RELEASE_FILES = {  # the released checkpoint files -> their config names
 }
 RELEASE_TEACHER_DIMS = {"siglip2": 1152, "dinov3": 1024}  # SigLIP2 So400m, DINOv3 ViT-L
 MAP_HEADS, MAP_HIDDEN, MAP_EPS = 16, 4304, 1e-5  # the release's pooling head, whatever the SigLIP2 width
-MAP_PREFIX, EXTRA_KEYS = "siglip2_multihead_attention_pooling_head.", ("layer_norm_dinov3.weight", "layer_norm_dinov3.bias")
+MAP_PREFIX, EXTRA_KEYS = (
+    "siglip2_multihead_attention_pooling_head.",
+    ("layer_norm_dinov3.weight", "layer_norm_dinov3.bias"),
+)
 _EXPERT = re.compile(r"^(layers\.\d+\.moe\.experts)\.(\d+)\.(w[123])\.weight$")
 
 
@@ -266,14 +269,18 @@ def from_release(state: dict[str, Tensor], student: Student, strict: bool = True
         else:
             mapped[key] = value
     mismatched = [
-        f"{k} {list(v.shape)} vs {list(ours[k].shape)}" for k, v in mapped.items() if k in ours and v.shape != ours[k].shape
+        f"{k} {list(v.shape)} vs {list(ours[k].shape)}"
+        for k, v in mapped.items()
+        if k in ours and v.shape != ours[k].shape
     ]
     if mismatched:
         raise AmoeError(f"SigLino checkpoint does not fit this student: {'; '.join(mismatched[:4])}")
     unknown = sorted(set(mapped) - set(ours))
     if unknown:
         raise AmoeError(f"SigLino checkpoint has keys this student lacks: {', '.join(unknown[:6])}")
-    missing = sorted(k for k in set(ours) - set(mapped) if not k.startswith("phis.") and not k.endswith(".pending_load"))
+    missing = sorted(
+        k for k in set(ours) - set(mapped) if not k.startswith("phis.") and not k.endswith(".pending_load")
+    )
     fresh = sorted({k.split(".")[1] for k in missing if k.startswith("adapters.")})
     other = [k for k in missing if not k.startswith(("adapters.", "summary_heads."))]
     if other or (strict and missing):
