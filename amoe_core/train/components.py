@@ -47,8 +47,10 @@ def build(params: Params, teachers: dict[str, Teacher], device: torch.device) ->
         torch.manual_seed(params.distill.seed)
         student = build_student(params.student, teacher_dims(teachers), params.packing.max_images_per_seq)
     if params.student.init is not None:
+        from amoe_core.errors import require_path
         from amoe_core.models.siglino import init_student
 
+        require_path("student.init", params.student.init, "SigLino checkpoint")
         init_student(student, params.student.init)
     return student.to(device)
 
