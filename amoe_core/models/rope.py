@@ -28,8 +28,9 @@ def _generalised_golden_ratio(dims: int, iterations: int = 10) -> float:
 def golden_directions(n: int, dims: int = 2) -> Tensor:
     """n unit vectors [n, dims] from the R_d sequence frac(i / phi_d^k), i = 1..n, k = 1..dims, Gaussianised."""
     phi = _generalised_golden_ratio(dims)
-    step = phi ** -torch.arange(1, dims + 1, dtype=torch.float64)
-    u = torch.remainder(torch.arange(1, n + 1, dtype=torch.float64)[:, None] * step, 1.0)
+    # on the CPU explicitly: a buffer computed once, also when the model is built under torch.device("meta")
+    step = phi ** -torch.arange(1, dims + 1, dtype=torch.float64, device="cpu")
+    u = torch.remainder(torch.arange(1, n + 1, dtype=torch.float64, device="cpu")[:, None] * step, 1.0)
     v = torch.special.erfinv(2.0 * u - 1.0)
     return (v / v.norm(dim=1, keepdim=True)).float()
 
@@ -37,7 +38,7 @@ def golden_directions(n: int, dims: int = 2) -> Tensor:
 def golden_frequencies(heads: int, head_dim: int, min_freq: float, max_freq: float) -> Tensor:
     """[heads, head_dim // 4, 2]: per head and rotated pair of the 2D half, the angular velocity along (row, col)."""
     n_freq = head_dim // 4
-    omega = min_freq * (max_freq / min_freq) ** torch.linspace(0, 1, n_freq)
+    omega = min_freq * (max_freq / min_freq) ** torch.linspace(0, 1, n_freq, device="cpu")
     return golden_directions(heads * n_freq).reshape(heads, n_freq, 2) * omega[:, None]
 
 
