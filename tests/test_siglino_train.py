@@ -85,7 +85,7 @@ def test_distillation_from_release_lowers_the_loss_and_exports_the_release_forma
     records = [json.loads(line) for line in (root / "runs" / "t" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss/total"] for r in records]
     # fresh adapters of a random-weight backbone fit their targets fast: the last steps are well below the first
-    # (measured: ~0.3x over 12 steps); a 10% margin leaves room for batch-to-batch noise
+    # (measured: 0.57x over 12 steps, falling at every step); the 0.9 bound leaves room for batch-to-batch noise
     assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses
     (tmp_path / "params.yaml").write_text(dump_params(params))
     out = tmp_path / "release"
