@@ -17,6 +17,7 @@ from amoe_core.models import siglino
 from amoe_core.train import components
 from amoe_core.train.checkpoint import load_student
 from amoe_core.train.distill import run
+from amoe_core.train.export import export_run
 
 FIXTURE = Path("/work/shared/fixtures/siglino/moe-tiny")
 FIXTURE_ARCH = {"depth": 2, "dim": 64, "heads": 4, "head_dim": 16, "num_experts": 6, "expert_hidden": 32, "top_k": 2}
@@ -103,8 +104,12 @@ def test_distillation_from_release_lowers_the_loss_and_exports_the_release_forma
     args = (inp["pixel_values"], inp["padding_mask"], inp["spatial_shapes"])
     with torch.no_grad():
         a, b = siglino.SigLino(trained_student)(*args), reloaded(*args)
+    ours = siglino.load(export_run(params, "t", tmp_path / "amoe-export"))  # our own safetensors export
+    with torch.no_grad():
+        c = ours(*args)
     for kind in b:
         for t in b[kind]:
+            assert torch.equal(c[kind][t], a[kind][t])  # the same student, rebuilt from its spec
             # same weights and graph; float32 summation order differs (the run's student reserves prefix slots for 8
             # images per sequence, the reloaded one for 1) and the release's pooling head has LayerNorm eps 1e-5
             # where the tiny SigLIP2 teacher's has 1e-6: measured max abs difference ~5e-7

@@ -2,7 +2,7 @@
 convention, and write our students in the release's format.
 
 - `load(checkpoint, config)`: a released `.pt` state dict (read with weights_only=True), a safetensors file with the
-  same keys, or a directory written by `save`; `config` is a released config name (`siglino-0.3B`, ...), one of ours
+  same keys, a directory written by `save`, or our own `amoe export` directory (its model.safetensors); `config` is a released config name (`siglino-0.3B`, ...), one of ours
   (`siglino-moe-0.3B`, ...) or a `config.json` with the release's `SigLinoArgs` fields (default: the `config.json`
   beside the checkpoint, else the released file name's config, e.g. amoe-0.3B.pt -> siglino-0.3B). Returns a `SigLino` whose `forward(pixel_values, padding_mask=, spatial_shapes=)` returns
   the release's dict {"patch_features": {...}, "summary_features": {...}} with keys dinov3 / siglip2 / siglino.
@@ -360,9 +360,25 @@ def release_student(arch: StudentArch, dims: dict[str, int]) -> Student:
     return Student(arch, teachers)
 
 
+def _is_amoe_export(path: Path) -> bool:
+    """A directory (or its model.safetensors) written by `amoe export` in our own format."""
+    directory = path if path.is_dir() else path.parent
+    config = directory / CONFIG_FILE
+    if not (directory / "model.safetensors").is_file() or not config.is_file():
+        return False
+    try:
+        return str(json.loads(config.read_text()).get("format", "")).startswith("amoe-student/")
+    except json.JSONDecodeError:
+        return False
+
+
 def load(checkpoint: str | Path, config: str | Path | None = None, device: str | torch.device = "cpu") -> SigLino:
     """A released SigLino checkpoint as our student (eval mode); see the module docstring."""
     path = Path(checkpoint)
+    if _is_amoe_export(path):  # our own export (`amoe export`): our key names, the architecture in its config
+        from amoe_core.train.export import load_pretrained
+
+        return SigLino(load_pretrained(path, device)).eval()
     if config is None:
         config = (path if path.is_dir() else path.parent) / CONFIG_FILE
         if not config.is_file() and path.name in RELEASE_FILES:
