@@ -228,7 +228,8 @@ def test_real_student_features_through_packed_batches(setup) -> None:
 
 def test_released_siglino_model_is_evaluated_with_model_flag(setup) -> None:
     """`amoe evaluate --model siglino:CKPT`: the fixture model's siglip2 / dinov3 outputs take the configured
-    teachers' names, kNN includes the ensemble protocol, fidelity runs where the widths match (siglip: 64)."""
+    teachers' names and kNN includes the ensemble protocol. The release's preprocessing upscales the 16 / 32 px test
+    images to its minimum area (128 x 128), so the patch grids differ from the teachers': no fidelity."""
     fixture = Path("/work/shared/fixtures/siglino/moe-tiny")
     if not fixture.is_dir():
         pytest.skip("no SigLino fixture")
@@ -237,5 +238,21 @@ def test_released_siglino_model_is_evaluated_with_model_flag(setup) -> None:
     assert main(["evaluate", "--model", f"siglino:{fixture / 'checkpoint.pt'}", "-q", "--params", p]) == 0
     result = json.loads((root / "runs" / "siglino-checkpoint" / "eval.json").read_text())
     assert set(result["knn"]["digits"]) == {"student:dino", "student:siglip", "student:native", "student:ensemble"}
-    assert set(result["fidelity"]) == {"siglip"}  # the fixture's dinov3 width (48) is not the demo teacher's (32)
+    assert result["fidelity"] == {}
     assert main(["evaluate", "--model", "clip:/x.pt", "-q", "--params", p]) == 2
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((224, 224), (224, 224)),  # inside the bounds: only rounded to the patch size
+        ((150, 250), (144, 256)),  # rounded to multiples of 16 (9.4 -> 9, 15.6 -> 16 patches)
+        ((230, 300), (224, 288)),  # rounded 224 x 304 exceeds 256^2: scale 1.026, floor to 14 x 18 patches
+        ((512, 512), (256, 256)),  # above max 256^2: sqrt(512*512 / 256^2) = 2, floor(512 / 2 / 16) * 16
+        ((32, 64), (96, 192)),  # below min 128^2: scale sqrt(16384 / 2048) = 2.83, ceil(90.5 / 16) * 16 = 96
+    ],
+)
+def test_smart_resize_follows_the_released_rule(size, expected) -> None:
+    from amoe_core.eval.features import smart_resize
+
+    assert smart_resize(*size, 16, 128 * 128, 256 * 256) == expected

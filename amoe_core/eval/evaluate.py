@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from amoe_core.config import ConfigError, Params, TeacherSpec
 from amoe_core.errors import AmoeError
@@ -24,6 +25,7 @@ from amoe_core.eval.features import (
     cached_teacher_summaries,
     ensemble,
     extract_summaries,
+    smart_resize,
     student_extractor,
     teacher_extractor,
 )
@@ -40,6 +42,7 @@ PCA_FILE = "pca_maps.png"
 RESOLUTION_CSV = "resolution.csv"
 RESOLUTION_PNG = "resolution.png"
 ENSEMBLE = "student:ensemble"
+SIGLINO_MIN_PIXELS = 128 * 128  # the released SigLino processor's default minimum image area
 FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
 
 
@@ -154,8 +157,9 @@ def evaluate(
         for t in bank.specs:
             if f"student:{t}" not in feats[0]:
                 continue
-            if feats[0][f"student:{t}"].summary.shape[1] != feats[0][f"teacher:{t}"].summary.shape[1]:
-                log.warning("fidelity: student:%s and teacher:%s differ in width; not compared", t, t)
+            s_f, t_f = feats[0][f"student:{t}"], feats[0][f"teacher:{t}"]
+            if s_f.patches.shape[1:] != t_f.patches.shape[1:]:  # a released model: other widths or input sizes
+                log.warning("fidelity: student:%s and teacher:%s differ in patch grid or width; not compared", t, t)
                 continue
             s_sum = torch.cat([f[f"student:{t}"].summary for f in feats]).numpy()
             t_sum = torch.cat([f[f"teacher:{t}"].summary for f in feats]).numpy()
@@ -220,6 +224,12 @@ def siglino_extractor(params: Params, spec: str, device: torch.device) -> tuple[
     inner = student_extractor(model.student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
 
     def extract(images: torch.Tensor) -> dict[str, Feats]:
+        # the release's preprocessing: mean/std 0.5 (the student's own), sizes by its processor's rule with its
+        # minimum area and the evaluated resolution as the maximum (a no-op for square images >= 128 px)
+        h, w = images.shape[-2:]
+        size = smart_resize(h, w, pk.patch_size, SIGLINO_MIN_PIXELS, h * w)
+        if size != (h, w):
+            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         feats = inner(images)
         return {f"student:{rename.get(k[8:], k[8:])}": v for k, v in feats.items()}
 

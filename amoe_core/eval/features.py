@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,21 @@ def student_extractor(student: torch.nn.Module, patch_size: int, c_max: int, max
         return feats
 
     return extract
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The released SigLino image processor's size rule: each side rounded to a multiple of `factor`; if the area
+    then exceeds `max_pixels` (falls below `min_pixels`), both sides are scaled by one factor to fit and rounded down
+    (up) to multiples of `factor`. Aspect ratio is kept up to that rounding."""
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / scale / factor) * factor)
+        w = max(factor, math.floor(width / scale / factor) * factor)
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return h, w
 
 
 def ensemble(per_teacher: list[np.ndarray]) -> np.ndarray:
