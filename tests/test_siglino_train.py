@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_setup import make_shards, tiny_params
+from _train_setup import make_shards, save_dinov3, save_siglip2, tiny_params
 from safetensors.torch import load_file
 
 from amoe_core.cli import main
@@ -26,31 +26,10 @@ FIXTURE_ARCH = {"depth": 2, "dim": 64, "heads": 4, "head_dim": 16, "num_experts"
 def _teachers(root: Path) -> list[dict]:
     """Teachers with the fixture's widths (SigLIP2 64 with the release's 16-head / 4304 pooling head, DINOv3 48),
     and an extra DINOv3-kind teacher the release does not know (width 32)."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel, Siglip2VisionConfig, Siglip2VisionModel
-
     torch.manual_seed(0)
-    Siglip2VisionModel(
-        Siglip2VisionConfig(
-            hidden_size=64,
-            intermediate_size=4304,
-            num_hidden_layers=1,
-            num_attention_heads=16,
-            patch_size=16,
-            num_patches=64,
-        )  # fmt: skip
-    ).save_pretrained(root / "siglip2")
-    for name, width in (("dinov3", 48), ("extra", 32)):
-        DINOv3ViTModel(
-            DINOv3ViTConfig(
-                hidden_size=width,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                patch_size=16,
-                num_register_tokens=4,
-                image_size=64,
-            )  # fmt: skip
-        ).save_pretrained(root / name)
+    save_siglip2(root / "siglip2", width=64, heads=16, mlp=4304)
+    save_dinov3(root / "dinov3", width=48)
+    save_dinov3(root / "extra", width=32)
     return [
         {"name": "siglip2", "kind": "siglip2", "path": str(root / "siglip2")},
         {"name": "dinov3", "kind": "dinov3", "path": str(root / "dinov3"), "register_weight": 1.0},
