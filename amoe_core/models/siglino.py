@@ -274,7 +274,10 @@ def from_release(state: dict[str, Tensor], student: Student, strict: bool = True
         if k in ours and v.shape != ours[k].shape
     ]
     if mismatched:
-        raise AmoeError(f"SigLino checkpoint does not fit this student: {'; '.join(mismatched[:4])}")
+        raise AmoeError(
+            f"SigLino checkpoint does not fit this student: {'; '.join(mismatched[:4])} (the architecture must be the "
+            "checkpoint's; a teacher that fills a released role, siglip2 or dinov3, must have the released width)"
+        )
     unknown = sorted(set(mapped) - set(ours))
     if unknown:
         raise AmoeError(f"SigLino checkpoint has keys this student lacks: {', '.join(unknown[:6])}")
