@@ -60,9 +60,9 @@ def _submit(params: Params, args: argparse.Namespace) -> None:
 
 
 def _export(params: Params, args: argparse.Namespace) -> None:
-    from amoe_core.train.export import export_run
+    from amoe_core.train.export import export_run, export_siglino
 
-    export_run(params, args.run, args.out)
+    (export_siglino if args.format == "siglino" else export_run)(params, args.run, args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,15 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(groups, "export", _export, "write a trained student as a standalone model directory")
     p.add_argument("run", help="run id under distill.runs_dir, or a run directory")
     p.add_argument("--out", default=None, help="output directory (default runs/<run>/export)")
+    p.add_argument(
+        "--format",
+        choices=("amoe", "siglino"),
+        default="amoe",
+        help="amoe: model.safetensors + config.json (load_pretrained); siglino: the released SigLino checkpoint.pt",
+    )
 
     p = command(
         groups,
         "evaluate",
-        _stage("evaluate", run=lambda a: a.run, teachers=lambda a: a.teachers or None),
+        _stage("evaluate", run=lambda a: a.run, teachers=lambda a: a.teachers or None, model=lambda a: a.model),
         "kNN, linear probe, cross-resolution, fidelity and PCA maps",
     )
     p.add_argument("run", nargs="?", default=None, help="run id (default distill.run)")
     p.add_argument("--teachers", action="store_true", help="evaluate the teachers' own features (baselines)")
+    p.add_argument(
+        "--model", default=None, help="a released model: siglino:CHECKPOINT[@CONFIG] (config.json beside it by default)"
+    )
 
     command(groups, "sweep", _stage("sweep"), "Optuna search over batching and loss settings")
     p = command(

@@ -231,10 +231,12 @@ class PackingConfig(Section):
 
 
 class StudentConfig(Section):
-    """The MoE ViT student: a named config plus optional overrides of its fields."""
+    """The student (the released SigLino architecture): a named config plus optional overrides of its fields, and
+    optionally released weights to start from (`init`: a SigLino `.pt` state dict or our safetensors export)."""
 
     name: str = "tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)
+    init: Path | None = None
 
 
 class LossConfig(Section):

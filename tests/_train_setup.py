@@ -16,34 +16,29 @@ from PIL import Image
 from amoe_core.config import Params, validate_params
 
 
+def save_dinov3(path: Path, width: int = 32) -> None:
+    """A random-weight DINOv3 (1 layer, 2 heads, 4 registers, patch 16) saved with save_pretrained."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    cfg = DINOv3ViTConfig(hidden_size=width, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          patch_size=16, num_register_tokens=4, image_size=64)  # fmt: skip
+    DINOv3ViTModel(cfg).save_pretrained(path)
+
+
+def save_siglip2(path: Path, width: int = 64, heads: int = 2, mlp: int = 64) -> None:
+    """A random-weight SigLIP2 NaFlex (1 layer, patch 16, MAP head) saved with save_pretrained."""
+    from transformers import Siglip2VisionConfig, Siglip2VisionModel
+
+    cfg = Siglip2VisionConfig(hidden_size=width, intermediate_size=mlp, num_hidden_layers=1, num_attention_heads=heads,
+                              patch_size=16, num_patches=64)  # fmt: skip
+    Siglip2VisionModel(cfg).save_pretrained(path)
+
+
 def make_teachers(root: Path) -> list[dict]:
     """A DINOv3 (4 registers) and a SigLIP2 (NaFlex, MAP head) teacher with random weights, width 32/64."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel, Siglip2VisionConfig, Siglip2VisionModel
-
     torch.manual_seed(0)
-    dino = DINOv3ViTModel(
-        DINOv3ViTConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            patch_size=16,
-            num_register_tokens=4,
-            image_size=64,
-        )
-    )
-    dino.save_pretrained(root / "dinov3")
-    sig = Siglip2VisionModel(
-        Siglip2VisionConfig(
-            hidden_size=64,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            patch_size=16,
-            num_patches=64,
-        )
-    )
-    sig.save_pretrained(root / "siglip2")
+    save_dinov3(root / "dinov3")
+    save_siglip2(root / "siglip2")
     return [
         {"name": "dino", "kind": "dinov3", "path": str(root / "dinov3"), "register_weight": 1.0},
         {"name": "siglip", "kind": "siglip2", "path": str(root / "siglip2")},

@@ -199,7 +199,7 @@ def _all_numbers(tree) -> list[float]:
 
 def test_real_student_features_through_packed_batches(setup) -> None:
     """An untrained tiny student (models.student) evaluated through pack_equal_images: every feature name appears,
-    patches come back per image, and the student's denormalised outputs are what fidelity compares."""
+    patches come back per image, and the student's raw-space adapter outputs are what fidelity compares."""
     from amoe_core.eval.features import student_extractor
     from amoe_core.models.heads import TeacherDims
     from amoe_core.models.student import build_student
@@ -211,8 +211,7 @@ def test_real_student_features_through_packed_batches(setup) -> None:
     torch.manual_seed(0)
     student = build_student(params.student, dims, params.packing.max_images_per_seq).eval()
     pk = params.packing
-    extract = student_extractor(student, {t: student.heads[t].denormalize for t in dims}, pk.patch_size, pk.c_max,
-                                pk.max_images_per_seq)  # fmt: skip
+    extract = student_extractor(student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
     images = torch.rand(5, 3, 32, 32)
     feats = extract(images)
     assert feats["student:dino"].summary.shape == (5, dims["dino"].dim)
@@ -225,3 +224,35 @@ def test_real_student_features_through_packed_batches(setup) -> None:
     result = ev.evaluate(params, RunDir.create(root / "runs", "untrained"), extract, torch.device("cpu"))
     assert set(result["fidelity"]) == {"dino", "siglip"}
     assert set(result["linear"]["digits"]) == {"student:dino", "student:siglip", "student:native", "student:ensemble"}
+
+
+def test_released_siglino_model_is_evaluated_with_model_flag(setup) -> None:
+    """`amoe evaluate --model siglino:CKPT`: the fixture model's siglip2 / dinov3 outputs take the configured
+    teachers' names and kNN includes the ensemble protocol. The release's preprocessing upscales the 16 / 32 px test
+    images to its minimum area (128 x 128), so the patch grids differ from the teachers': no fidelity."""
+    fixture = Path("/work/shared/fixtures/siglino/moe-tiny")
+    if not fixture.is_dir():
+        pytest.skip("no SigLino fixture")
+    root, params = setup
+    p = str(_write(params, root))
+    assert main(["evaluate", "--model", f"siglino:{fixture / 'checkpoint.pt'}", "-q", "--params", p]) == 0
+    result = json.loads((root / "runs" / "siglino-checkpoint" / "eval.json").read_text())
+    assert set(result["knn"]["digits"]) == {"student:dino", "student:siglip", "student:native", "student:ensemble"}
+    assert result["fidelity"] == {}
+    assert main(["evaluate", "--model", "clip:/x.pt", "-q", "--params", p]) == 2
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((224, 224), (224, 224)),  # inside the bounds: only rounded to the patch size
+        ((150, 250), (144, 256)),  # rounded to multiples of 16 (9.4 -> 9, 15.6 -> 16 patches)
+        ((230, 300), (224, 288)),  # rounded 224 x 304 exceeds 256^2: scale 1.026, floor to 14 x 18 patches
+        ((512, 512), (256, 256)),  # above max 256^2: sqrt(512*512 / 256^2) = 2, floor(512 / 2 / 16) * 16
+        ((32, 64), (96, 192)),  # below min 128^2: scale sqrt(16384 / 2048) = 2.83, ceil(90.5 / 16) * 16 = 96
+    ],
+)
+def test_smart_resize_follows_the_released_rule(size, expected) -> None:
+    from amoe_core.eval.features import smart_resize
+
+    assert smart_resize(*size, 16, 128 * 128, 256 * 256) == expected

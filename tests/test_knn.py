@@ -126,3 +126,33 @@ def test_knn_on_fashion_mnist_pixels_is_near_the_published_baseline(fmnist_pixel
     acc = knn_accuracy(xtr.astype(np.float32), ytr, xte.astype(np.float32), yte, ks=[10, 20, 100])
     assert 0.78 <= acc[20] <= 0.90, acc
     assert acc[100] < acc[10] + 0.02, acc  # more, farther neighbours never help much on pixels
+
+
+def test_entropy_fused_votes_equal_a_hand_computation():
+    """The released SigLino protocol on a tiny example, worked out with plain floats."""
+    import math
+
+    from amoe_core.eval.knn import entropy_fused_votes, knn_ensemble_accuracy
+
+    # space A: the query's 2 nearest are both class 0 (cos 1.0 and 0.8); space B: class 1 (cos 1.0), class 0 (0.6)
+    train_a = np.array([[1.0, 0.0], [0.8, 0.6], [-1.0, 0.0], [0.0, -1.0]])
+    train_b = np.array([[0.6, 0.8], [0.0, -1.0], [1.0, 0.0], [-1.0, 0.0]])
+    labels = np.array([0, 0, 1, 1])
+    t, beta = 0.5, 5.0
+    va = [math.exp(1.0 / t) + math.exp(0.8 / t), 0.0]  # class 0, class 1
+    vb = [math.exp(0.6 / t), math.exp(1.0 / t)]
+
+    def entropy(v):
+        p = [max(x / sum(v), 1e-8) for x in v]
+        return -sum(x * math.log(x) for x in p)
+
+    ha, hb = entropy(va), entropy(vb)
+    wa = math.exp(-beta * ha) / (math.exp(-beta * ha) + math.exp(-beta * hb))
+    fused = [wa * a + (1 - wa) * b for a, b in zip(va, vb)]
+    got = entropy_fused_votes([np.array([va]), np.array([vb])], beta)
+    np.testing.assert_allclose(got[0], fused, rtol=1e-12)  # both float64
+    assert fused[0] > fused[1] and vb[1] > vb[0]  # A is certain (entropy ~0), so it outweighs B, which votes 1
+    acc = knn_ensemble_accuracy([train_a, train_b], labels, [np.array([[1.0, 0.0]])] * 2, np.array([0]), ks=[2],
+                                temperature=t, beta=beta)  # fmt: skip
+    assert acc == {2: 1.0}
+    assert knn_accuracy(train_b, labels, np.array([[1.0, 0.0]]), np.array([0]), ks=[2], temperature=t) == {2: 0.0}

@@ -7,24 +7,25 @@ from amoe_core.models.moe import MoEFFN
 
 
 def reference_moe(moe: MoEFFN, x: torch.Tensor) -> torch.Tensor:
-    """Loop over tokens and experts: pick top-k of (sigmoid score + bias), weight by normalised unbiased scores."""
+    """Loop over tokens and experts: pick top-k of (sigmoid score + bias), weight by the unbiased scores
+    (renormalised over the top-k when route_norm) times route_scale."""
     out = torch.zeros_like(x)
     for t in range(x.shape[0]):
-        scores = torch.sigmoid(x[t] @ moe.router.weight.T).detach()
+        scores = torch.sigmoid(x[t] @ moe.router.gate.weight.T).detach()
         chosen = torch.topk(scores + moe.expert_bias, moe.top_k).indices.tolist()
-        total = sum(float(scores[e]) for e in chosen) if moe.top_k > 1 else 1.0  # top-1: raw score as gate
+        total = sum(float(scores[e]) for e in chosen) if moe.route_norm else 1.0
         for e in range(moe.num_experts):
             if e in chosen:
                 ex = moe.experts[e]
-                h = torch.nn.functional.silu(ex.fc1_g.weight @ x[t]) * (ex.fc1_x.weight @ x[t])
-                out[t] += scores[e] / total * (ex.fc2.weight @ h)
+                h = torch.nn.functional.silu(ex.w1.weight @ x[t]) * (ex.w3.weight @ x[t])
+                out[t] += scores[e] / total * moe.route_scale * (ex.w2.weight @ h)
     return out
 
 
-@pytest.mark.parametrize("top_k", [1, 2, 3])
-def test_moe_equals_token_expert_loop(top_k):
+@pytest.mark.parametrize(("top_k", "route_norm", "route_scale"), [(1, False, 1.0), (2, False, 1.0), (3, True, 0.8)])
+def test_moe_equals_token_expert_loop(top_k, route_norm, route_scale):
     torch.manual_seed(top_k)
-    moe = MoEFFN(dim=16, hidden=24, num_experts=5, top_k=top_k, dispatch="loop")
+    moe = MoEFFN(16, 24, 5, top_k, route_norm=route_norm, route_scale=route_scale, dispatch="loop")
     moe.expert_bias.copy_(torch.randn(5) * 0.3)  # the bias must steer selection but not the weights
     x = torch.randn(40, 16)
     torch.testing.assert_close(moe(x), reference_moe(moe, x), atol=1e-5, rtol=1e-5)
@@ -39,10 +40,10 @@ def test_grouped_gemm_path_equals_loop_with_gradients():
     moe = MoEFFN(dim=32, hidden=16, num_experts=6, top_k=2, dispatch="loop")
     x = torch.randn(50, 32, requires_grad=True)
     y_loop = moe(x)
-    g_loop = torch.autograd.grad(y_loop.square().sum(), [x, moe.experts[3].fc1_g.weight])
+    g_loop = torch.autograd.grad(y_loop.square().sum(), [x, moe.experts[3].w1.weight])
     moe.dispatch = "grouped"
     y_grp = moe(x)
-    g_grp = torch.autograd.grad(y_grp.square().sum(), [x, moe.experts[3].fc1_g.weight])
+    g_grp = torch.autograd.grad(y_grp.square().sum(), [x, moe.experts[3].w1.weight])
     torch.testing.assert_close(y_grp, y_loop, atol=1e-5, rtol=1e-4)
     for a, b in zip(g_grp, g_loop, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
@@ -53,10 +54,10 @@ def test_balancing_bias_brings_biased_router_toward_uniform():
     e, k = 8, 2
     moe = MoEFFN(dim=16, hidden=8, num_experts=e, top_k=k)
     with torch.no_grad():  # router strongly prefers experts 0 and 1 for every token
-        moe.router.weight.zero_()
-        moe.router.weight[:2] = 0.0
-        moe.router.weight[:, :] += torch.randn(e, 16) * 0.05
-        moe.router.weight[:2, 0] += 3.0
+        moe.router.gate.weight.zero_()
+        moe.router.gate.weight[:2] = 0.0
+        moe.router.gate.weight[:, :] += torch.randn(e, 16) * 0.05
+        moe.router.gate.weight[:2, 0] += 3.0
     x = torch.randn(256, 16)
     x[:, 0] = x[:, 0].abs() + 1.0
 
@@ -81,11 +82,11 @@ def test_aux_loss_is_minimal_for_uniform_routing():
     torch.manual_seed(0)
     moe = MoEFFN(dim=8, hidden=8, num_experts=4, top_k=1, aux_loss=True).train()
     with torch.no_grad():
-        moe.router.weight.zero_()  # equal scores -> aux = E * sum f_e * 1/E = 1 whatever f
+        moe.router.gate.weight.zero_()  # equal scores -> aux = E * sum f_e * 1/E = 1 whatever f
     moe(torch.randn(64, 8))
     assert moe.aux_loss is not None and abs(moe.aux_loss.item() - 1.0) < 1e-6
     with torch.no_grad():
-        moe.router.weight[0, 0] = 10.0
+        moe.router.gate.weight[0, 0] = 10.0
     x = torch.randn(64, 8)
     x[:, 0] = x[:, 0].abs() + 1
     moe(x)

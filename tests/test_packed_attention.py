@@ -35,6 +35,25 @@ def test_packed_attention_equals_per_image_attention(lengths, pad, seed):
         torch.testing.assert_close(out[s[0], :, pos], ref[0], atol=1e-5, rtol=1e-5)
 
 
+def test_sinks_scale_each_row_by_sigmoid_of_lse_minus_sink_with_gradients():
+    """The released attention sink: out = softmax(logits) V * sigmoid(logsumexp(logits) - s_h), per image."""
+    g = torch.Generator().manual_seed(0)
+    image_id = torch.tensor([[0, 0, 0, 1, 1, -1], [2, 2, 2, 2, -1, -1]])
+    q, k, v = (torch.randn(2, 3, 6, 8, generator=g, requires_grad=True) for _ in range(3))
+    sinks = torch.randn(3, generator=g, requires_grad=True)
+    out = packed_attention(q, k, v, image_id, sinks)
+    logits = (q @ k.transpose(-1, -2)) / 8**0.5
+    logits = logits.masked_fill(~packed_mask(image_id), float("-inf"))
+    lse = logits.logsumexp(-1, keepdim=True)
+    ref = torch.softmax(logits, -1) @ v * torch.sigmoid(lse - sinks.view(1, 3, 1, 1))
+    real = image_id >= 0  # padding rows attend to themselves only; their value is irrelevant
+    torch.testing.assert_close(out.transpose(1, 2)[real], ref.transpose(1, 2)[real], atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad((out.transpose(1, 2)[real] ** 2).sum(), [q, sinks])
+    grads_ref = torch.autograd.grad((ref.transpose(1, 2)[real] ** 2).sum(), [q, sinks])
+    for a, b in zip(grads, grads_ref, strict=True):  # float32, summation order only
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_mask_is_block_diagonal():
     image_id = torch.tensor([[0, 0, 1, -1]])
     expected = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)

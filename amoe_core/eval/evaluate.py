@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from amoe_core.config import ConfigError, Params, TeacherSpec
 from amoe_core.errors import AmoeError
@@ -24,11 +25,12 @@ from amoe_core.eval.features import (
     cached_teacher_summaries,
     ensemble,
     extract_summaries,
+    smart_resize,
     student_extractor,
     teacher_extractor,
 )
 from amoe_core.eval.fidelity import fidelity
-from amoe_core.eval.knn import knn_accuracy
+from amoe_core.eval.knn import knn_accuracy, knn_ensemble_accuracy
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 PCA_FILE = "pca_maps.png"
 RESOLUTION_CSV = "resolution.csv"
 RESOLUTION_PNG = "resolution.png"
+ENSEMBLE = "student:ensemble"
+SIGLINO_MIN_PIXELS = 128 * 128  # the released SigLino processor's default minimum image area
 FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
 
 
@@ -88,7 +92,7 @@ def _split_features(
     feats = extract_summaries(student, data, res, cfg.batch_size, desc=f"student {dataset}/{split} {res}px")
     per_teacher = [feats[f"student:{t}"] for t in bank.specs if f"student:{t}" in feats]
     if len(per_teacher) > 1:
-        feats["student:ensemble"] = ensemble(per_teacher)
+        feats[ENSEMBLE] = ensemble(per_teacher)
     return feats
 
 
@@ -122,7 +126,14 @@ def evaluate(
             ftr = _split_features(params, bank, student, ds.name, "train", train, res)
             fte = _split_features(params, bank, student, ds.name, "test", test, res)
             for name in ftr:
-                accs = knn_accuracy(ftr[name], train.labels, fte[name], test.labels, cfg.ks, cfg.temperature)
+                if name == ENSEMBLE:  # the released protocol: per-teacher votes, entropy-weighted fusion
+                    parts = [f"student:{t}" for t in bank.specs if f"student:{t}" in ftr]
+                    accs = knn_ensemble_accuracy(
+                        [ftr[p] for p in parts], train.labels, [fte[p] for p in parts], test.labels, cfg.ks,
+                        cfg.temperature,
+                    )  # fmt: skip
+                else:
+                    accs = knn_accuracy(ftr[name], train.labels, fte[name], test.labels, cfg.ks, cfg.temperature)
                 knn_ds.setdefault(name, {})[f"{res}px"] = {f"k{k}": acc for k, acc in accs.items()}
                 if res == cfg.main_resolution:
                     probe = linear_probe(
@@ -145,6 +156,10 @@ def evaluate(
         feats = [_features_of(extractors, torch.stack(s), cfg.batch_size) for s in samples]
         for t in bank.specs:
             if f"student:{t}" not in feats[0]:
+                continue
+            s_f, t_f = feats[0][f"student:{t}"], feats[0][f"teacher:{t}"]
+            if s_f.patches.shape[1:] != t_f.patches.shape[1:]:  # a released model: other widths or input sizes
+                log.warning("fidelity: student:%s and teacher:%s differ in patch grid or width; not compared", t, t)
                 continue
             s_sum = torch.cat([f[f"student:{t}"].summary for f in feats]).numpy()
             t_sum = torch.cat([f[f"teacher:{t}"].summary for f in feats]).numpy()
@@ -175,13 +190,13 @@ def _write_pca(params: Params, out: RunDir, samples: list[list[torch.Tensor]], e
 
 
 def load_student_extractor(params: Params, run_dir: Path, device: torch.device) -> Extractor:
-    """The trained student of a run as an Extractor (adapted features mapped back through inverse PHI-S)."""
+    """The trained student of a run as an Extractor (its adapters predict each teacher's raw features)."""
     try:
         from amoe_core.train.checkpoint import load_student
     except ImportError as e:
         raise AmoeError(f"this installation cannot load student checkpoints ({e})") from None
     try:
-        student, teacher_dims, phis = load_student(run_dir, device=device)
+        student, _, _ = load_student(run_dir, device=device)
     except AmoeError:
         raise
     except (RuntimeError, KeyError, ValueError) as e:
@@ -191,27 +206,51 @@ def load_student_extractor(params: Params, run_dir: Path, device: torch.device) 
             "evaluate it with the params (student.name / overrides) it was trained with"
         ) from None
     student.eval()
-    denormalise = {name: _denormaliser(student, phis, name) for name in teacher_dims}
     pk = params.packing
-    return student_extractor(student, denormalise, pk.patch_size, pk.c_max, pk.max_images_per_seq)
+    return student_extractor(student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
 
 
-def _denormaliser(student: torch.nn.Module, phis: Any, name: str):  # noqa: ANN202
-    """TeacherOutput (PHI-S space) -> raw teacher space: the run's fitted PHI-S for `name`, inverted."""
-    cand = phis.get(name) if isinstance(phis, dict) else None
-    if cand is not None and hasattr(cand, "denormalize"):
-        return cand.denormalize
-    heads = getattr(student, "heads", None)
-    if heads is not None and name in heads and hasattr(heads[name], "denormalize"):
-        return heads[name].denormalize
-    raise AmoeError(f"student checkpoint has no PHI-S normaliser for teacher {name!r}; cannot map its features back")
+def siglino_extractor(params: Params, spec: str, device: torch.device) -> tuple[str, Extractor]:
+    """`--model siglino:CHECKPOINT[@CONFIG]`: a released SigLino model (amoe_core.models.siglino.load) as an
+    Extractor, its siglip2 / dinov3 outputs named after the configured teacher of that kind (so fidelity and the
+    ensemble compare them with those teachers). Returns (run id for its results, extractor)."""
+    from amoe_core.models import siglino
+
+    path, _, config = spec.removeprefix("siglino:").partition("@")
+    model = siglino.load(path, config or None, device)
+    kinds = {s.kind: s.name for s in params.teachers}
+    rename = {role: kinds.get(role, role) for role in model.roles}
+    pk = params.packing
+    inner = student_extractor(model.student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
+
+    def extract(images: torch.Tensor) -> dict[str, Feats]:
+        # the release's preprocessing: mean/std 0.5 (the student's own), sizes by its processor's rule with its
+        # minimum area and the evaluated resolution as the maximum (a no-op for square images >= 128 px)
+        h, w = images.shape[-2:]
+        size = smart_resize(h, w, pk.patch_size, SIGLINO_MIN_PIXELS, h * w)
+        if size != (h, w):
+            images = F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        feats = inner(images)
+        return {f"student:{rename.get(k[8:], k[8:])}": v for k, v in feats.items()}
+
+    return f"siglino-{Path(path).stem}", extract
 
 
-def run(params: Params, run: str | None = None, teachers: bool | None = False) -> dict[str, Any]:
-    """Stage entry point: `amoe evaluate [RUN]` or `amoe evaluate --teachers` (writes runs/_teachers/eval.json)."""
+def run(
+    params: Params, run: str | None = None, teachers: bool | None = False, model: str | None = None
+) -> dict[str, Any]:
+    """Stage entry point: `amoe evaluate [RUN]`, `amoe evaluate --teachers` (writes runs/_teachers/eval.json) or
+    `amoe evaluate --model siglino:CHECKPOINT[@CONFIG]` (a released SigLino model; runs/siglino-<name>/eval.json)."""
     resolutions(params)  # config errors before any work
     device = _device()
     runs_dir = Path(params.distill.runs_dir)
+    if model is not None:
+        if not model.startswith("siglino:"):
+            raise ConfigError(f"--model {model!r}: expected siglino:CHECKPOINT[@CONFIG]")
+        run_id, extractor = siglino_extractor(params, model, device)
+        out = RunDir(runs_dir / run_id)
+        out.path.mkdir(parents=True, exist_ok=True)
+        return evaluate(params, out, extractor, device)
     if teachers:
         out = RunDir(runs_dir / TEACHERS_RUN)  # not a training run: no params.yaml, so list_runs skips it
         out.path.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
 """Feature extraction for evaluation, by feature name (eval.json's keys):
 
 - "teacher:<t>"      the teacher's own summary (CLS or pooling head), raw teacher space;
-- "student:<t>"      the student's adapted summary for teacher t, mapped back to t's raw space (inverse PHI-S);
+- "student:<t>"      the student's adapted summary for teacher t (its adapters predict t's raw space);
 - "student:native"   the student's own summary (its CLS output);
-- "student:ensemble" the L2-normalised student:<t> summaries concatenated.
+- "student:ensemble" all teachers' spaces together: kNN uses the released SigLino protocol (each student:<t> votes,
+                     fused with entropy weights, amoe_core.eval.knn.knn_ensemble_accuracy); the linear probe uses
+                     the L2-normalised student:<t> summaries concatenated.
 
 An *extractor* is a callable `images [B, 3, r, r] -> {name: Feats}`; the student and each teacher have one, so the
 evaluation code is the same for both. Teacher summaries are cached per dataset split, resolution and teacher
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +78,9 @@ def pack_equal_images(images: Tensor, patch_size: int, c_max: int, max_images_pe
     return assemble(plan, items, seq_len=max(c_max, n_tok), n_seqs=None)
 
 
-def student_extractor(
-    student: torch.nn.Module, denormalise: dict[str, Callable], patch_size: int, c_max: int, max_images_per_seq: int
-) -> Extractor:
-    """ "student:<t>" (adapted features mapped back to raw teacher space by `denormalise[t]`, i.e. inverse PHI-S) and
-    "student:native" summaries and patches. `denormalise[t]`: TeacherOutput -> TeacherOutput."""
+def student_extractor(student: torch.nn.Module, patch_size: int, c_max: int, max_images_per_seq: int) -> Extractor:
+    """ "student:<t>" (adapted features, teacher t's raw space) and "student:native" summaries and patches, through
+    packed batches as in training."""
     device = next(student.parameters()).device
 
     @torch.no_grad()
@@ -92,14 +93,28 @@ def student_extractor(
                 out.summary.float().cpu(), out.patches.float().cpu().reshape(b, -1, out.patches.shape[-1])
             )
         }
-        for name, t_out in out.teachers.items():
-            raw = denormalise[name](t_out)
+        for name, raw in out.teachers.items():
             feats[f"student:{name}"] = Feats(
                 raw.summary.float().cpu(), raw.patches.float().cpu().reshape(b, -1, raw.patches.shape[-1])
             )
         return feats
 
     return extract
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """The released SigLino image processor's size rule: each side rounded to a multiple of `factor`; if the area
+    then exceeds `max_pixels` (falls below `min_pixels`), both sides are scaled by one factor to fit and rounded down
+    (up) to multiples of `factor`. Aspect ratio is kept up to that rounding."""
+    h, w = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / scale / factor) * factor)
+        w = max(factor, math.floor(width / scale / factor) * factor)
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return h, w
 
 
 def ensemble(per_teacher: list[np.ndarray]) -> np.ndarray:

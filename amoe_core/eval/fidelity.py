@@ -1,5 +1,5 @@
-"""Student-teacher fidelity: how closely the student's features, mapped back to a teacher's raw space (inverse PHI-S),
-reproduce that teacher's own features on the same images.
+"""Student-teacher fidelity: how closely the student's adapter features (each teacher's raw space) reproduce
+that teacher's own features on the same images.
 
 - summary_cos / patch_cos: mean cosine similarity of matching rows (per image; per patch token).
 - cka: linear centred kernel alignment (Kornblith et al. 2019, "Similarity of Neural Network Representations

@@ -113,3 +113,50 @@ def knn_accuracy(
     num_classes = int(max(np.max(train_labels), np.max(test_labels)) + 1)
     preds = knn_predict(train, train_labels, test, ks, temperature, num_classes, use_gpu)
     return {k: float((p == test_labels).mean()) for k, p in preds.items()}
+
+
+def entropy_fused_votes(votes: Sequence[np.ndarray], beta: float = 5.0) -> np.ndarray:
+    """The released SigLino kNN protocol's fusion of several feature spaces' class votes [n, C] (tiiuae/amoe
+    evals/knn): each space's votes normalised to a distribution p (sum clamped at 1e-8), its entropy
+    H = -sum max(p, 1e-8) log max(p, 1e-8), weights softmax(-beta * H) over the spaces (a confident space counts
+    more), fused votes = sum of weight * votes."""
+    v = [torch.as_tensor(np.asarray(x), dtype=torch.float64) for x in votes]
+    entropies = []
+    for x in v:
+        p = (x / x.sum(-1, keepdim=True).clamp_min(1e-8)).clamp_min(1e-8)
+        entropies.append(-(p * p.log()).sum(-1))
+    w = torch.softmax(-beta * torch.stack(entropies, -1), -1)  # [n, spaces]
+    return sum(w[:, i : i + 1] * x for i, x in enumerate(v)).numpy()
+
+
+def knn_ensemble_accuracy(
+    trains: Sequence[np.ndarray],
+    train_labels: np.ndarray,
+    tests: Sequence[np.ndarray],
+    test_labels: np.ndarray,
+    ks: Sequence[int] = (10, 20, 100),
+    temperature: float = 0.07,
+    beta: float = 5.0,
+    use_gpu: bool | None = None,
+) -> dict[int, float]:
+    """Top-1 accuracy per k of the released protocol: per space (e.g. each teacher's summary) the top-k cosine
+    neighbours vote exp(sim / T) (unshifted: the fusion adds votes of different spaces, so their scales must be the
+    release's; float64 keeps exp(1 / T) finite for T >= 0.0014), fused with `entropy_fused_votes`."""
+    if len(trains) != len(tests) or not trains:
+        raise AmoeError(
+            f"kNN ensemble: needs as many train as test feature spaces (>= 1), got {len(trains)}/{len(tests)}"
+        )
+    train_labels = np.asarray(train_labels, dtype=np.int64)
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    num_classes = int(max(train_labels.max(), test_labels.max()) + 1)
+    searched = [knn_search(tr, te, max(ks), use_gpu) for tr, te in zip(trains, tests, strict=True)]
+    out = {}
+    for k in ks:
+        votes = []
+        for sims, idx in searched:
+            w = torch.from_numpy(sims[:, :k].astype(np.float64)).div(temperature).exp()
+            v = torch.zeros(len(sims), num_classes, dtype=torch.float64)
+            votes.append(v.scatter_add_(1, torch.from_numpy(train_labels[idx[:, :k]]), w).numpy())
+        pred = entropy_fused_votes(votes, beta).argmax(1)
+        out[k] = float((pred == test_labels).mean())
+    return out

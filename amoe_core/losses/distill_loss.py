@@ -63,8 +63,8 @@ class DistillLoss(nn.Module):
         self.cfg, self.specs, self.group = loss_cfg, {t.name: t for t in teacher_specs}, group
 
     def forward(self, student: object, targets: dict[str, TeacherOutput], token_image_id: Tensor) -> dict[str, Tensor]:
-        """student: a StudentOutput (uses .teachers and .aux_loss); targets: PHI-S-normalised teacher outputs
-        (`Student.normalize_targets`); token_image_id [T] canonical order. Returns named scalar terms incl. total."""
+        """student: a StudentOutput (uses .teachers and .aux_loss) and targets, both PHI-S-normalised (`Student.normalize`
+        on each); token_image_id [T] canonical order. Returns named scalar terms incl. total."""
         preds: dict[str, TeacherOutput] = student.teachers  # type: ignore[attr-defined]
         n = next(iter(preds.values())).summary.shape[0]
         device = token_image_id.device

@@ -19,11 +19,10 @@ from torch import Tensor
 def normalized_distances(x: Tensor) -> tuple[Tensor, Tensor]:
     """x [B, D] -> (distances [B, B] divided by their mean over i != j, off-diagonal mask [B, B])."""
     x = x.float()
-    sq = x.square().sum(-1)
-    d2 = sq[:, None] + sq[None, :] - 2 * x @ x.T
     off = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    # The diagonal is 0; keep sqrt's gradient finite there (it is masked out anyway).
-    d = torch.where(off, d2.clamp_min(1e-12), torch.ones_like(d2)).sqrt() * off
+    # Differences, not |a|^2 + |b|^2 - 2ab: equal rows (e.g. every image's CLS at the release's identity init, whose
+    # output projections start at zero) get distance exactly 0 and gradient 0, not rounding noise through sqrt.
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist") * off
     return d / (d[off].mean().clamp_min(1e-12)), off
 
 

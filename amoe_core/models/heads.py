@@ -1,15 +1,13 @@
-"""Per-teacher adaptor heads: the student's native features -> each teacher's PHI-S-normalised feature space.
+"""Per-teacher heads of the released SigLino student: one `Adapter` per teacher, and for a teacher that summarises
+with an attention-pooling head (SigLIP2's MAP head) a frozen copy of that head.
 
-AMoE (arXiv 2512.20157): one adaptor per teacher, Linear -> LayerNorm -> GELU -> Linear, for the summary and for the
-patch tokens (and the registers when the teacher has them, e.g. DINOv3). For a SigLIP2-style teacher (one that has a
-pooling head instead of a CLS token), the student's summary is produced by a frozen copy of the teacher's
-attention-pooling head applied to the student's SigLIP2 patch tokens.
+Adapter: Linear(dim -> T) -> LayerNorm(T) -> GELU -> Linear(T -> T, no bias), shared by the CLS token, the patch
+tokens and (for the register loss) the register tokens. It predicts the teacher's *raw* features: the released
+inference graph has no PHI-S, and the SigLIP2 summary is the frozen MAP head applied to the adapter's output over
+CLS + registers + patches of each image, which only makes sense in the teacher's own space.
 
-That head was trained on *raw* teacher tokens, while our patch adaptor predicts PHI-S-normalised tokens (the
-training targets). So the summary path is: adapted patches -> inverse PHI-S (patches) -> frozen head -> PHI-S
-(summary). The inverse makes the head see tokens in the distribution it knows; the final PHI-S puts the summary in
-the same normalised space as its target, so its loss is weighted like every other term. Both maps are linear, so
-gradients reach the patch adaptor and the backbone unchanged in direction, only rescaled.
+PHI-S enters only the loss (amoe_core.models.student.Student.normalize): `PhiSPair` holds the fitted normalisers
+of one teacher's summary and patch features, applied alike to the student's prediction and the teacher's target.
 """
 
 from __future__ import annotations
@@ -17,90 +15,60 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
-from amoe_core.models.packed_attention import segment_count
 from amoe_core.models.phis import PhiS
 from amoe_core.models.teachers.base import TeacherOutput
 
 
 @dataclass
 class TeacherDims:
-    """What the student needs to know about a teacher to build its heads."""
+    """What the student needs to know about a teacher to build its head."""
 
     dim: int
     num_registers: int = 0
     summary_head: nn.Module | None = None  # frozen pooling head(tokens [n, N, D], mask [n, N]) -> [n, D]
+    kind: str | None = None  # the teacher's kind (dinov3, siglip2, ...): matches released adapters by kind
 
     @classmethod
     def of(cls, teacher: nn.Module) -> TeacherDims:
-        return cls(teacher.dim, teacher.num_registers, getattr(teacher, "summary_head", None))
+        return cls(teacher.dim, teacher.num_registers, getattr(teacher, "summary_head", None), teacher.kind)
 
 
-class Adaptor(nn.Sequential):
-    """Linear -> LayerNorm -> GELU -> Linear (the AMoE / RADIO adaptor MLP)."""
+class Adapter(nn.Module):
+    """Linear -> LayerNorm -> GELU -> Linear (no bias): the released per-teacher adapter."""
 
-    def __init__(self, dim: int, hidden: int, out: int) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, out))
-
-
-class TeacherHead(nn.Module):
-    """Adaptors for one teacher plus its PHI-S normalisers (fitted by the training loop, stored with the student)."""
-
-    def __init__(self, dim: int, hidden: int, teacher: TeacherDims) -> None:
+    def __init__(self, dim: int, out: int) -> None:
         super().__init__()
-        self.dim, self.num_registers = teacher.dim, teacher.num_registers
-        self.patches = Adaptor(dim, hidden, teacher.dim)
-        if teacher.summary_head is not None:
-            self.summary = None
-            self.summary_head = copy.deepcopy(teacher.summary_head)  # frozen; the student carries its own copy
-            for p in self.summary_head.parameters():
-                p.requires_grad_(False)
-        else:
-            self.summary, self.summary_head = Adaptor(dim, hidden, teacher.dim), None
-        self.registers = Adaptor(dim, hidden, teacher.dim) if teacher.num_registers else None
-        # Registers are not PHI-S normalised (AMoE: DINOv3 register targets stay raw).
-        self.phis_summary, self.phis_patches = PhiS(teacher.dim), PhiS(teacher.dim)
+        self.fc1 = nn.Linear(dim, out)
+        self.norm = nn.LayerNorm(out)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(out, out, bias=False)
 
-    def forward(self, summary: Tensor, patches: Tensor, registers: Tensor, token_image_id: Tensor) -> TeacherOutput:
-        """summary [n, d], patches [T, d], registers [n, R, d] (native) -> teacher-space TeacherOutput."""
-        y_patches = self.patches(patches)
-        if self.summary_head is None:
-            y_summary = self.summary(summary)
-        else:
-            y_summary = self.pooled_summary(y_patches, token_image_id, summary.shape[0])
-        y_regs = None
-        if self.registers is not None:
-            y_regs = self.registers(registers[:, : self.num_registers])
-        return TeacherOutput(summary=y_summary, patches=y_patches, registers=y_regs)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.norm(self.fc1(x))))
 
-    def pooled_summary(self, y_patches: Tensor, token_image_id: Tensor, n: int) -> Tensor:
-        """Frozen pooling head over each image's own tokens (raw teacher space), then PHI-S (see module doc)."""
-        raw = self.phis_patches.inverse(y_patches)
-        counts = segment_count(token_image_id, n)
-        start = torch.cumsum(counts, 0) - counts  # canonical order: each image's tokens are contiguous
-        pos = torch.arange(raw.shape[0], device=raw.device) - start[token_image_id]
-        width = int(counts.max()) if n else 0
-        tokens = raw.new_zeros(n, width, raw.shape[1]).index_put((token_image_id, pos), raw)
-        mask = torch.zeros(n, width, dtype=torch.bool, device=raw.device).index_put(
-            (token_image_id, pos), torch.ones_like(pos, dtype=torch.bool)
-        )
-        return self.phis_summary(self.summary_head(tokens, mask))
+    def init_weights(self) -> None:
+        nn.init.trunc_normal_(self.fc1.weight, std=0.01)
+        nn.init.trunc_normal_(self.fc2.weight, std=0.01)
+        nn.init.zeros_(self.fc1.bias)
+        self.norm.reset_parameters()
 
-    @torch.no_grad()
-    def normalize(self, target: TeacherOutput) -> TeacherOutput:
-        """A raw teacher output -> the normalised training target (registers stay raw)."""
-        return TeacherOutput(
-            summary=self.phis_summary(target.summary),
-            patches=self.phis_patches(target.patches),
-            registers=target.registers,
-        )
 
-    def denormalize(self, out: TeacherOutput) -> TeacherOutput:
-        """Student adaptor outputs -> raw teacher space (for fidelity evaluation)."""
-        return TeacherOutput(
-            summary=self.phis_summary.inverse(out.summary),
-            patches=self.phis_patches.inverse(out.patches),
-            registers=out.registers,
-        )
+def frozen_copy(head: nn.Module) -> nn.Module:
+    """The student's own frozen copy of a teacher's pooling head (gradients still flow to its inputs)."""
+    head = copy.deepcopy(head)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
+
+
+class PhiSPair(nn.Module):
+    """PHI-S normalisers of one teacher's summary and patch features (registers stay raw, as in AMoE)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.summary, self.patches = PhiS(dim), PhiS(dim)
+
+    def forward(self, out: TeacherOutput) -> TeacherOutput:
+        return TeacherOutput(self.summary(out.summary), self.patches(out.patches), out.registers)

@@ -1,7 +1,9 @@
 """Mixture-of-Experts FFN: token-choice top-k routing with sigmoid scores and auxiliary-loss-free balancing.
 
-As in the AMoE / SigLino student (arXiv 2512.20157): routed SwiGLU experts, no shared expert, sigmoid router
-scores, and a per-expert bias that is added to the scores only when *choosing* experts (DeepSeek-V3's
+As in the released SigLino student (arXiv 2512.20157, tiiuae/amoe): routed SwiGLU experts, no shared expert,
+sigmoid router scores, gate = the selected experts' unbiased scores (optionally renormalised over the top-k,
+`route_norm`, released models: off) times `route_scale` (released: 1.0), applied to the expert outputs; a per-expert
+bias that is added to the scores only when *choosing* experts (DeepSeek-V3's
 auxiliary-loss-free balancing, torchtitan's sign update): after each optimiser step the training loop calls
 `update_bias(rate)`, which nudges the bias of under-loaded experts up and over-loaded ones down. An optional
 Switch/DeepSeek-style auxiliary loss is available for ablations (`aux_loss` after a forward).
@@ -10,7 +12,7 @@ Dispatch: the (token, expert) slots are sorted by expert, the tokens gathered on
 expert with `torch.split`, each expert applied to its contiguous chunk, and the weighted outputs scattered back with
 `index_add`. Each expert owns its own parameters: slicing one stacked [E, d, h] parameter makes every slice's
 backward materialise a full-size gradient (6.5x slower than dense on CPU, FACTS.md); one parameter per expert is
-1.4x. On CUDA the experts can instead run as one grouped GEMM (`torch._grouped_mm`, `dispatch="grouped"`), which is
+1.4x. The released checkpoints stack them (`experts.w1 [E, h, d]` ...); amoe_core.models.siglino maps the names. On CUDA the experts can instead run as one grouped GEMM (`torch._grouped_mm`, `dispatch="grouped"`), which is
 the fast-path hook: it takes the same sorted tokens and per-expert counts.
 """
 
@@ -20,10 +22,28 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from timm.layers import SwiGLU
 from torch import Tensor, nn
 
 Dispatch = Literal["auto", "loop", "grouped"]
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP w2(silu(w1 x) * w3 x), bias-free: a dense layer, or one expert."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+    def init_weights(self, std: float) -> None:
+        """The release's init: gate std 0.02, up `std` (depth-scaled), down zero (each block starts as identity)."""
+        nn.init.trunc_normal_(self.w1.weight, std=0.02)
+        nn.init.trunc_normal_(self.w3.weight, std=std)
+        nn.init.zeros_(self.w2.weight)
 
 
 class MoEFFN(nn.Module):
@@ -39,7 +59,8 @@ class MoEFFN(nn.Module):
         hidden: int,
         num_experts: int,
         top_k: int,
-        route_norm: bool = True,
+        route_norm: bool = False,
+        route_scale: float = 1.0,
         aux_loss: bool = False,
         dispatch: Dispatch = "auto",
     ) -> None:
@@ -47,9 +68,14 @@ class MoEFFN(nn.Module):
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
         self.dim, self.hidden, self.num_experts, self.top_k = dim, hidden, num_experts, top_k
-        self.route_norm, self.use_aux_loss, self.dispatch = route_norm, aux_loss, dispatch
-        self.router = nn.Linear(dim, num_experts, bias=False)
-        self.experts = nn.ModuleList(SwiGLU(dim, hidden, dim, bias=False) for _ in range(num_experts))
+        self.route_norm, self.route_scale, self.use_aux_loss, self.dispatch = (
+            route_norm,
+            route_scale,
+            aux_loss,
+            dispatch,
+        )
+        self.router = Router(dim, num_experts)
+        self.experts = nn.ModuleList(FeedForward(dim, hidden) for _ in range(num_experts))
         self.register_buffer("expert_bias", torch.zeros(num_experts))
         self.register_buffer("pending_load", torch.zeros(num_experts))
         self.register_buffer("last_load", torch.zeros(num_experts), persistent=False)
@@ -58,13 +84,13 @@ class MoEFFN(nn.Module):
     # ------------------------------------------------------------------------------------------------ routing
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [T, d] -> (expert index [T, k], gate weight [T, k], sigmoid scores [T, E])."""
-        scores = torch.sigmoid(self.router(x).float())
+        scores = torch.sigmoid(self.router.gate(x).float())
         # The bias steers selection only; the gate weights come from the unbiased scores (DeepSeek-V3).
         _, idx = torch.topk(scores + self.expert_bias, self.top_k, dim=-1)
         gate = scores.gather(1, idx)
-        if self.route_norm and self.top_k > 1:
-            gate = gate / gate.sum(-1, keepdim=True).clamp_min(1e-9)
-        return idx, gate, scores
+        if self.route_norm:
+            gate = gate / (gate.sum(-1, keepdim=True) + 1e-20)
+        return idx, gate * self.route_scale, scores
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
@@ -101,9 +127,9 @@ class MoEFFN(nn.Module):
     def _experts_grouped(self, xs: Tensor, counts: Tensor) -> Tensor:
         """All experts as grouped GEMMs over the expert-sorted tokens (same math as the loop)."""
         offs = torch.cumsum(counts, 0).to(torch.int32)
-        w_g = torch.stack([e.fc1_g.weight.t() for e in self.experts]).to(xs.dtype)  # [E, d, h]
-        w_x = torch.stack([e.fc1_x.weight.t() for e in self.experts]).to(xs.dtype)
-        w_o = torch.stack([e.fc2.weight.t() for e in self.experts]).to(xs.dtype)  # [E, h, d]
+        w_g = torch.stack([e.w1.weight.t() for e in self.experts]).to(xs.dtype)  # [E, d, h]
+        w_x = torch.stack([e.w3.weight.t() for e in self.experts]).to(xs.dtype)
+        w_o = torch.stack([e.w2.weight.t() for e in self.experts]).to(xs.dtype)  # [E, h, d]
         h = F.silu(torch._grouped_mm(xs, w_g, offs=offs)) * torch._grouped_mm(xs, w_x, offs=offs)
         return torch._grouped_mm(h, w_o, offs=offs)
 
@@ -112,6 +138,11 @@ class MoEFFN(nn.Module):
         f = counts.float() / counts.sum().clamp_min(1)
         p = (scores / scores.sum(-1, keepdim=True).clamp_min(1e-9)).mean(0)
         return self.num_experts * (f.detach() * p).sum()
+
+    def init_weights(self, std: float) -> None:
+        nn.init.trunc_normal_(self.router.gate.weight, std=std)
+        for expert in self.experts:
+            expert.init_weights(std)
 
     # ------------------------------------------------------------------------------------------------ balancing
     @torch.no_grad()
@@ -127,3 +158,11 @@ class MoEFFN(nn.Module):
             delta = rate * torch.sign(load.mean() - load)
             self.expert_bias.add_(delta - delta.mean())
         load.zero_()
+
+
+class Router(nn.Module):
+    """The routing projection, kept in its own module so parameter names match the release (`router.gate`)."""
+
+    def __init__(self, dim: int, num_experts: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, num_experts, bias=False)

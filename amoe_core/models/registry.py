@@ -1,4 +1,4 @@
-"""Named student architectures (AMoE / SigLino, arXiv 2512.20157, and its released configuration) and
+"""Named student architectures (the released SigLino models, tiiuae/amoe, plus a CPU `tiny`) and
 `amoe model info`: total and active parameter counts, computed on the meta device (nothing is allocated)."""
 
 from __future__ import annotations
@@ -14,46 +14,52 @@ from amoe_core.errors import ConfigError
 
 @dataclass(frozen=True)
 class StudentArch:
-    depth: int
+    """The released SigLino architecture's knobs (field -> release `SigLinoArgs` name in amoe_core.models.siglino)."""
+
+    depth: int  # n_layers
     dim: int
     heads: int
     head_dim: int
     patch_size: int = 16
-    num_registers: int = 4
-    num_experts: int = 28  # 0 = dense MLP everywhere
-    expert_hidden: int = 384
+    num_registers: int = 4  # n_storage_tokens
+    num_experts: int = 28  # 0 = dense SwiGLU in every layer
+    expert_hidden: int = 384  # moe_dim
     top_k: int = 2
-    moe_every: int = 1  # MoE in layers i with i % moe_every == moe_every - 1; other layers are dense
-    mlp_hidden: int = 0  # dense SwiGLU hidden (dense layers); 0 = top_k * expert_hidden (same active size)
-    route_norm: bool = True
-    aux_loss: bool = False
-    dispatch: str = "auto"  # auto | loop | grouped (see amoe_core.models.moe)
+    dense_layers: int = 0  # first_n_layers_dense: the first N layers use a dense SwiGLU instead of the MoE
+    ffn_hidden: int = 0  # ffn_dim, hidden width of the dense layers; 0 = expert_hidden
+    route_norm: bool = False  # renormalise the top-k gates (released models: no)
+    route_scale: float = 1.0
+    norm_weights: bool = True  # parameterized_norm: learned RMSNorm weights in the blocks (the 30M / 70M have none)
+    norm_eps: float = 1e-5
     qk_norm: bool = True
-    rope_base: float = 100.0  # DINOv3's RoPE period base
-    adaptor_hidden: int = 0  # 0 = student width
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # the student's own fixed input normalisation
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    rope_min_freq: float = 1.0
+    rope_max_freq: float = 20.0
+    aux_loss: bool = False  # optional Switch-style balance loss (ablations); balancing is aux-loss-free by default
+    dispatch: str = "auto"  # auto | loop | grouped (see amoe_core.models.moe)
 
     def is_moe_layer(self, i: int) -> bool:
-        return self.num_experts > 0 and self.moe_every > 0 and i % self.moe_every == self.moe_every - 1
+        return self.num_experts > 0 and i >= self.dense_layers
 
     @property
     def dense_hidden(self) -> int:
-        return self.mlp_hidden or self.top_k * self.expert_hidden
+        return self.ffn_hidden or self.expert_hidden
 
 
-_PAPER = dict(depth=18, dim=768, heads=8, head_dim=128, num_experts=28, expert_hidden=384)
+_MOE = dict(depth=18, dim=768, heads=8, head_dim=128, num_experts=28, expert_hidden=384)
 
 ARCHS: dict[str, StudentArch] = {
-    # CPU demo and tests: trains a few hundred steps on 2 cores in minutes.
+    # CPU demo and tests: trains a few hundred steps on 2 cores in minutes; same design as the released models.
     "tiny": StudentArch(depth=4, dim=128, heads=4, head_dim=32, num_experts=8, expert_hidden=128, top_k=2),
-    # Released AMoE models: 18 x 768, 8 heads x 128, 28 routed experts of hidden 384 in every layer.
-    "amoe-0.15b": StudentArch(**_PAPER, top_k=2),
-    "amoe-0.3b": StudentArch(**_PAPER, top_k=6),
-    # Dense siblings (widths and depths published; their MLP width is not, 4x width SwiGLU assumed).
-    "dense-30m": StudentArch(depth=12, dim=384, heads=6, head_dim=64, num_experts=0, mlp_hidden=4 * 384),
-    "dense-70m": StudentArch(depth=12, dim=512, heads=8, head_dim=64, num_experts=0, mlp_hidden=4 * 512),
-    "dense-0.6b": StudentArch(depth=18, dim=1280, heads=20, head_dim=64, num_experts=0, mlp_hidden=4 * 1280),
+    # The released SigLino models (tiiuae/amoe siglino/configs.py).
+    "siglino-moe-0.3B": StudentArch(**_MOE, top_k=6),
+    "siglino-moe-0.15B": StudentArch(**_MOE, top_k=2),
+    "siglino-0.6B": StudentArch(depth=18, dim=1280, heads=16, head_dim=80, num_experts=0, ffn_hidden=5120),
+    "siglino-70M": StudentArch(
+        depth=12, dim=512, heads=8, head_dim=64, num_experts=0, ffn_hidden=2048, norm_weights=False
+    ),
+    "siglino-30M": StudentArch(
+        depth=12, dim=384, heads=6, head_dim=64, num_experts=0, ffn_hidden=1536, norm_weights=False
+    ),
 }
 
 
@@ -72,27 +78,23 @@ def resolve_arch(name: str, overrides: dict[str, Any] | None = None) -> StudentA
     if arch.num_experts and not 1 <= arch.top_k <= arch.num_experts:
         raise ConfigError(f"invalid student top_k = {arch.top_k}: must be in [1, num_experts = {arch.num_experts}]")
     if arch.head_dim % 4:
-        raise ConfigError(f"invalid student head_dim = {arch.head_dim}: 2D RoPE needs a multiple of 4")
+        raise ConfigError(f"invalid student head_dim = {arch.head_dim}: golden 2D RoPE needs a multiple of 4")
     return arch
 
 
-def count_parameters(arch: StudentArch, teachers: dict | None = None) -> dict[str, int]:
-    """Total and active (per token) parameters of the student backbone, built on the meta device.
-
-    Active = everything except the experts a token is not routed to. Frozen teacher modules (the SigLIP2 summary
-    head copy) and PHI-S buffers are not counted; adaptor heads are, when `teachers` is given.
-    """
+def count_parameters(arch: StudentArch) -> dict[str, int]:
+    """Backbone parameters (patch projector, prefix tokens, blocks, final norm; no adaptors, no frozen heads, no
+    buffers), total and active per token (the experts a token is not routed to excluded), built on the meta device.
+    The released SigLino-MoE-0.3B: 503.5M total, 153.2M active."""
     from amoe_core.models.student import Student
 
     with torch.device("meta"):
-        model = Student(arch, teachers or {})
-    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        model = Student(arch, {})
+    total = sum(p.numel() for p in model.parameters())
     inactive = 0
-    for block in model.blocks:
-        moe = getattr(block, "moe", None)
-        if moe is not None:
-            per_expert = sum(p.numel() for p in moe.experts[0].parameters())
-            inactive += (moe.num_experts - moe.top_k) * per_expert
+    for moe in model.moe_layers:
+        per_expert = sum(p.numel() for p in moe.experts[0].parameters())
+        inactive += (moe.num_experts - moe.top_k) * per_expert
     return {"total": total, "active": total - inactive}
 
 
@@ -104,12 +106,12 @@ def print_model_info(names: list[str] | None, params: Any) -> None:
         arch = resolve_arch(name, overrides)
         n = count_parameters(arch)
         moe = (
-            f"MoE {arch.num_experts}x{arch.expert_hidden} top-{arch.top_k} every {arch.moe_every}"
+            f"MoE {arch.num_experts}x{arch.expert_hidden} top-{arch.top_k}"
             if arch.num_experts
             else f"dense SwiGLU {arch.dense_hidden}"
         )
         mark = " *" if name == current else ""
         print(
-            f"{name:12s} total {n['total'] / 1e6:9.2f}M  active {n['active'] / 1e6:9.2f}M  "
+            f"{name:18s} total {n['total'] / 1e6:9.2f}M  active {n['active'] / 1e6:9.2f}M  "
             f"{arch.depth} x {arch.dim}, {arch.heads} heads x {arch.head_dim}, {moe}{mark}"
         )

@@ -174,7 +174,7 @@ def load_optimizer_state(ckpt: Path) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------------------------------------------------- student
 STUDENT_SPEC = "student.json"
-SPEC_FORMAT = "amoe-student/1"
+SPEC_FORMAT = "amoe-student/2"  # 2: the released SigLino architecture
 
 
 def student_spec(params: Any, teachers: dict[str, nn.Module]) -> dict[str, Any]:
@@ -188,7 +188,12 @@ def student_spec(params: Any, teachers: dict[str, nn.Module]) -> dict[str, Any]:
             if getattr(t, "kind", None) != "siglip2":
                 raise AmoeError(f"teacher {name!r}: cannot describe its summary head ({type(head).__name__})")
             head_spec = {"kind": "siglip2", "config": t.model.config.to_dict()}
-        spec_teachers[name] = {"dim": int(t.dim), "num_registers": int(t.num_registers), "summary_head": head_spec}
+        spec_teachers[name] = {
+            "dim": int(t.dim),
+            "num_registers": int(t.num_registers),
+            "summary_head": head_spec,
+            "kind": getattr(t, "kind", None),
+        }
     return {
         "format": SPEC_FORMAT,
         "student": params.student.model_dump(mode="json"),
@@ -221,7 +226,7 @@ def build_from_spec(spec: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     if spec.get("format") != SPEC_FORMAT:
         raise AmoeError(f"{STUDENT_SPEC}: format {spec.get('format')!r} is not {SPEC_FORMAT!r}")
     dims = {
-        name: TeacherDims(t["dim"], t["num_registers"], _summary_head(t["summary_head"]))
+        name: TeacherDims(t["dim"], t["num_registers"], _summary_head(t["summary_head"]), t.get("kind"))
         for name, t in spec["teachers"].items()
     }
     student = build_student(StudentConfig(**spec["student"]), dims, spec["max_images_per_seq"])
@@ -232,7 +237,7 @@ def load_student(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     """The trained student of a run (its newest complete checkpoint), in eval mode.
 
     Returns (student, teacher_dims {name: TeacherDims}, phis {name: {"summary": PhiS, "patches": PhiS}}); the PHI-S
-    modules map adaptor outputs back to each teacher's raw space with `.inverse` (also `student.heads[t].denormalize`).
+    modules are the loss-side normalisers (the student's adapter outputs are already in each teacher's raw space).
     """
     run_dir = Path(run_dir)
     spec_path = run_dir / STUDENT_SPEC
@@ -244,5 +249,5 @@ def load_student(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     student, dims = build_from_spec(json.loads(spec_path.read_text()))
     student.load_state_dict(load_model_tensors(ckpt, "cpu"))
     student = student.to(device).eval()
-    phis = {name: {"summary": h.phis_summary, "patches": h.phis_patches} for name, h in student.heads.items()}
+    phis = {name: {"summary": pair.summary, "patches": pair.patches} for name, pair in student.phis.items()}
     return student, dims, phis

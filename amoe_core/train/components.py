@@ -41,10 +41,17 @@ def teacher_dims(teachers: dict[str, Teacher]) -> dict[str, TeacherDims]:
 
 
 def build(params: Params, teachers: dict[str, Teacher], device: torch.device) -> Student:
-    """The student with one head per teacher; initialised from distill.seed on every rank (DDP broadcasts anyway)."""
+    """The student with one head per teacher; initialised from distill.seed on every rank (DDP broadcasts anyway),
+    then from released SigLino weights when `student.init` is set (new teachers' adapters keep their fresh init)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.distill.seed)
         student = build_student(params.student, teacher_dims(teachers), params.packing.max_images_per_seq)
+    if params.student.init is not None:
+        from amoe_core.errors import require_path
+        from amoe_core.models.siglino import init_student
+
+        require_path("student.init", params.student.init, "SigLino checkpoint")
+        init_student(student, params.student.init)
     return student.to(device)
 
 
@@ -55,7 +62,7 @@ def teacher_outputs(teachers: dict[str, Teacher], batch: PackedBatch) -> dict[st
 
 @torch.no_grad()
 def fit_phis(student: Student, teachers: dict[str, Teacher], batches: Any, samples: int) -> dict[str, int]:
-    """Fit each head's PHI-S normalisers (summary and patches separately) on teacher features of the first batches
+    """Fit each teacher's PHI-S normalisers (summary and patches separately) on teacher features of the first batches
     of the stream until `samples` summaries are seen (Ranzinger et al., PHI-S). Returns the sample sizes."""
     summaries: dict[str, list[torch.Tensor]] = {n: [] for n in teachers}
     patches: dict[str, list[torch.Tensor]] = {n: [] for n in teachers}
@@ -75,21 +82,17 @@ def fit_phis(student: Student, teachers: dict[str, Teacher], batches: Any, sampl
     for name in teachers:
         s, p = torch.cat(summaries[name]), torch.cat(patches[name])
         p = p[torch.randperm(p.shape[0], generator=gen)[: max(samples, 4 * s.shape[0])]]
-        head = student.heads[name]
-        head.phis_summary.fit(s.to(device))
-        head.phis_patches.fit(p.to(device))
+        student.phis[name].summary.fit(s.to(device))
+        student.phis[name].patches.fit(p.to(device))
     return {"images": seen}
 
 
 def save_phis(student: Student, run_path: Path) -> None:
-    """PHI-S buffers of every head beside the run (also inside each checkpoint's weights)."""
+    """PHI-S buffers of every teacher beside the run (also inside each checkpoint's weights)."""
     from amoe_core.io import atomic_path
 
-    tensors = {}
-    for name, head in student.heads.items():
-        for part in ("phis_summary", "phis_patches"):
-            for k, v in getattr(head, part).state_dict().items():
-                tensors[f"{name}.{part}.{k}"] = v.detach().cpu().contiguous()
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, pair in student.phis.items()
+               for k, v in pair.state_dict().items()}  # fmt: skip
     with atomic_path(Path(run_path) / PHIS_FILE) as tmp:
         save_file(tensors, str(tmp))
 
@@ -141,22 +144,28 @@ def loader(params: Params, info: DistInfo, epoch: int, start_step: int) -> Any:
     )
 
 
-def targets_fn(student: Student, teachers: dict[str, Teacher]):  # noqa: ANN201
-    """batch -> PHI-S-normalised teacher targets (teachers frozen, no graph)."""
+def targets_fn(teachers: dict[str, Teacher]):  # noqa: ANN201
+    """batch -> raw teacher outputs (teachers frozen, no graph); PHI-S is applied inside the loss."""
 
     def fn(batch: PackedBatch) -> dict[str, TeacherOutput]:
-        return student.normalize_targets(teacher_outputs(teachers, batch))
+        return teacher_outputs(teachers, batch)
 
     return fn
 
 
-def loss(params: Params, device: torch.device):  # noqa: ANN201
-    """(student output, targets, batch) -> named terms; global-batch aware under torch.distributed."""
+def loss(params: Params, device: torch.device, student: Student):  # noqa: ANN201
+    """(student output, raw targets, batch) -> named terms; global-batch aware under torch.distributed.
+
+    The student's adapter outputs and the teachers' targets both go through the student's fitted PHI-S before the
+    feature losses (amoe_core.models.student: PHI-S balances the losses but is no part of the model)."""
+    from dataclasses import replace
+
     from amoe_core.losses.distill_loss import DistillLoss
 
     fn = DistillLoss(params.loss, params.teachers).to(device)
 
     def terms(out: Any, targets: dict[str, TeacherOutput], batch: PackedBatch) -> dict[str, torch.Tensor]:
-        return fn(out, targets, batch.token_image_id)
+        normalised = replace(out, teachers=student.normalize(out.teachers))
+        return fn(normalised, student.normalize(targets), batch.token_image_id)
 
     return terms

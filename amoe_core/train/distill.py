@@ -3,8 +3,9 @@
 run(params) works alone on a CPU, under torchrun and inside a multi-task submitit job: torch.distributed is
 initialised from the environment, the student is wrapped in DDP when there is more than one process, and rank 0
 writes the run directory (params, PHI-S fit, metrics, dvclive, checkpoints). Steps:
-1. teachers load frozen; PHI-S is fitted on a sample of their features (Ranzinger et al., PHI-S) and saved with
-   the run, so evaluation can map the student's adaptor outputs back to each teacher's space;
+1. teachers load frozen; the student is built (optionally from released SigLino weights, `student.init`); PHI-S is
+   fitted on a sample of teacher features (Ranzinger et al., PHI-S) and saved with the run: the loss compares
+   student and teacher features after it (the model itself predicts raw teacher features);
 2. the student trains with AdamW, warmup + cosine, gradient clipping and accumulation (loop.DistillStep);
 3. `resume=True` continues from the last complete checkpoint exactly (weights, optimizer, RNG, data position).
 """
@@ -130,8 +131,8 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
         if info.is_main:
             trim_records(run_dir.metrics_file, step)
     model = components.wrap(student, info, compile_model=cfg.compile)
-    loss_fn = components.loss(params, info.device)
-    targets = components.targets_fn(student, teachers)
+    loss_fn = components.loss(params, info.device, student)
+    targets = components.targets_fn(teachers)
     step_fn = DistillStep(model, targets, loss_fn, optimizer, cfg, info)
     live = LiveLog(run_dir.path / "dvclive", resume=ckpt is not None, step=step) if info.is_main else None
 

@@ -94,3 +94,20 @@ def amoe_student(pretrained: bool = False, pretrained_cfg: Any = None, pretraine
     if not pretrained or not file:
         raise AmoeError("amoe_student is built from an export: pretrained=True, pretrained_cfg_overlay=dict(file=DIR)")
     return load_pretrained(file, kwargs.pop("device", "cpu"))
+
+
+def export_siglino(params: Params, run: str, out: str | Path | None = None) -> Path:
+    """`amoe export RUN --format siglino`: the run's newest checkpoint in the released SigLino format
+    (checkpoint.pt + config.json, loadable by the release's `SigLino(SigLinoArgs(**config))`); default
+    runs/<run>/export-siglino."""
+    from amoe_core.models.siglino import save
+
+    run_dir = resolve_run(params, run)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise AmoeError(f"run {run_dir} has no complete checkpoint to export; train it first")
+    student, _ = build_from_spec(json.loads((run_dir / STUDENT_SPEC).read_text()))
+    student.load_state_dict(load_model_tensors(ckpt))
+    out = save(student, Path(out) if out is not None else run_dir / "export-siglino")
+    print(f"exported {run_dir.name} ({ckpt.name}) in the SigLino release format -> {out}")
+    return out

@@ -41,9 +41,19 @@ class Siglip2SummaryHead(nn.Module):
         self.head = freeze(head)
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        dtype = self.head.probe.dtype
-        m = None if mask is None else mask.to(device=tokens.device, dtype=torch.bool)
-        return self.head(tokens.to(dtype), m).to(tokens.dtype)
+        # The head's own forward hands the mask to transformers' mask helpers, which (transformers 5) drop a
+        # key-padding mask here, so padded tokens would be pooled too; the same computation with the mask applied:
+        head, dtype = self.head, self.head.probe.dtype
+        x = tokens.to(dtype)
+        probe = head.probe.expand(x.shape[0], -1, -1)
+        bias = None
+        if mask is not None:
+            keep = mask.to(device=x.device, dtype=torch.bool)
+            bias = torch.zeros(keep.shape, dtype=dtype, device=x.device).masked_fill(~keep, torch.finfo(dtype).min)
+            bias = bias[:, None, None, :].expand(-1, head.num_heads, 1, -1).reshape(-1, 1, keep.shape[1])
+        h = head.attention(probe, x, x, attn_mask=bias, need_weights=False)[0]
+        h = h + head.mlp(head.layernorm(h))
+        return h[:, 0].to(tokens.dtype)
 
     def train(self, mode: bool = True) -> Siglip2SummaryHead:
         return super().train(False)
