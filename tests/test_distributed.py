@@ -151,9 +151,9 @@ def test_two_gloo_processes_equal_one_process(setup) -> None:
 
     # Step 1 starts from weights that differ by Adam's amplified rounding (<= lr per entry, and only where the
     # gradient is ~0, so the loss moves by ~grad . delta ~ 0): its losses still agree to 1e-4 relative (the AMD run
-    # that broke the old weight check agreed to 1e-5; measured here 4.9e-6 at 1 and 2 threads). A route can flip where a token's top-k margin is below that
-    # perturbation: allow one flipped token per layer. Loads are fractions of routed slots (top_k per token, prefix
-    # tokens included), so one slot is at most 1 / (real patch tokens of the global batch).
+    # that broke the old weight check agreed to 1e-5; measured here 4.9e-6 at 1 and 2 threads). A route can flip
+    # where a token's top-k margin is below that perturbation: allow one flipped token per layer. Loads are fractions
+    # of routed slots (top_k per token, prefix tokens included), so one slot is at most 1 / (real patch tokens).
     for key, value in ref[1].items():
         if key.startswith("loss/"):
             assert got[1][key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
