@@ -19,8 +19,8 @@ def write_params(tmp: Path, encoder: Path) -> Path:
     params = {
         "embed": {"shards": str(tmp / "shards"), "encoder": f"hf:{encoder}", "image_size": 32, "batch_size": 32,
                   "out": str(tmp / "emb")},
-        "cluster": {"embeddings": str(tmp / "emb"), "k": [24, 6], "iters": 10, "resample_steps": [1, 2],
-                    "resample_points": [2, 2], "out": str(tmp / "clusters")},
+        "cluster": {"embeddings": str(tmp / "emb"), "k": [24, 6], "iters": 10, "resampling_steps": [2, 3],
+                    "sample_size": [2, 2], "out": str(tmp / "clusters")},
         "sample": {"shards": str(tmp / "shards"), "clusters": str(tmp / "clusters"), "embeddings": str(tmp / "emb"),
                    "target": 40, "out": str(tmp / "selection"), "plots": str(tmp / "plots"), "plot_clusters": 3,
                    "plot_images": 4},

@@ -225,10 +225,13 @@ def run(params: Params) -> Path:
     """`amoe curate cluster`: embeddings -> hierarchical clusters under `cluster.out`, on every process of the
     torch.distributed group when there is one (torchrun, a multi-task submitit job); rank 0 writes."""
     from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
+    from amoe_core.launch.local_ranks import run_local_ranks
 
     cfg: ClusterConfig = params.cluster
     x, emb_meta = load_embeddings(Path(cfg.embeddings))
     check_levels(x.shape[0], cfg.k)
+    if run_local_ranks(["curate", "cluster"], params, cfg.processes):
+        return Path(cfg.out)
     import torch.distributed as dist
 
     started_here = not dist.is_initialized() and init_distributed().world_size > 1
