@@ -95,7 +95,9 @@ def iter_images(shards: Path, manifest: pd.DataFrame, order: np.ndarray, start: 
         while first > 0 and shard_col[order[first - 1]] == shard:
             first -= 1
         seen = first
-        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+        # this rank reads exactly the shards it was given: no node or worker splitting
+        dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)
+        for sample in dataset:
             if seen >= len(order) or shard_col[order[seen]] != shard:
                 raise AmoeError(f"{path} holds more samples than manifest.parquet lists for it; re-run ingest")
             if sample["__key__"] != keys[order[seen]]:
