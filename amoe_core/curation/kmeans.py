@@ -238,13 +238,12 @@ def lloyd(
         new_labels, d = assign(x, centroids, metric, chunk_size)
         changed = len(x) if labels is None else int((new_labels != labels).sum())
         labels = new_labels
-        sums = torch.zeros((len(centroids), x.shape[1] + 2), dtype=torch.float64)  # [sum of x | count | distance]
-        for start in range(0, len(x), chunk_size):
-            rows = torch.from_numpy(x[start : start + chunk_size]).double()
-            ones = torch.ones((len(rows), 1), dtype=torch.float64)
-            dd = torch.from_numpy(d[start : start + chunk_size]).double()[:, None]
-            sums.index_add_(0, torch.from_numpy(labels[start : start + chunk_size]).long(), torch.cat([rows, ones, dd], 1))
-        tot = comm.sum(np.concatenate([sums.numpy().ravel(), [float(changed)]]))
+        k = len(centroids)
+        # per-cluster [sum of x | count | distance] in float64; bincount adds in item order on one thread
+        cols = [np.bincount(labels, weights=x[:, j], minlength=k) for j in range(x.shape[1])]
+        cols += [np.bincount(labels, minlength=k).astype(np.float64), np.bincount(labels, weights=d, minlength=k)]
+        sums = np.stack(cols, axis=1)
+        tot = comm.sum(np.concatenate([sums.ravel(), [float(changed)]]))
         changed_all, tot = tot[-1], tot[:-1].reshape(sums.shape)
         objective.append(float(tot[:, -1].sum() / n_total))
         if changed_all == 0:
