@@ -75,7 +75,7 @@ def run_side(side: str, world: int, args: argparse.Namespace) -> tuple[float, li
     """(seconds, peak memory of each process) of one side in fresh processes."""
     from amoe_core.launch.cluster import free_port_pair
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")  # the parent imported torch and faiss but ran nothing threaded: safe, and fast
     queue = ctx.Queue()
     port = free_port_pair()
     procs = [ctx.Process(target=measure, args=(r, world, port, side, args, queue)) for r in range(world)]
@@ -105,6 +105,8 @@ def main() -> None:
     if args.smoke:
         args.points, args.dim, args.levels, args.iters = 3000, 16, [40, 8, 2], 5
     import faiss
+
+    import amoe_core.curation.hkmeans  # noqa: F401  (imported once, inherited by the forked sides)
 
     with tempfile.TemporaryDirectory(prefix="hkmeans-bench-") as tmp:
         args.data = str(Path(tmp) / "embeddings.npy")

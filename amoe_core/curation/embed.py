@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,7 +95,9 @@ def iter_images(shards: Path, manifest: pd.DataFrame, order: np.ndarray, start: 
             first -= 1
         seen = first
         # this rank reads exactly the shards it was given: no node or worker splitting
-        dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)
+        dataset = wds.WebDataset(
+            str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+        )
         for sample in dataset:
             if seen >= len(order) or shard_col[order[seen]] != shard:
                 raise AmoeError(f"{path} holds more samples than manifest.parquet lists for it; re-run ingest")
