@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from amoe_core.curation.hkmeans import assign, check_levels, hierarchical_kmeans, per_cluster_pick, point_paths
+from amoe_core.curation.hkmeans import check_levels, hierarchical_kmeans, point_paths
+from amoe_core.curation.kmeans import assign, hash_scores, per_cluster_pick, pick_lowest
 from amoe_core.errors import AmoeError
 
 KS = [300, 60, 15]
@@ -140,3 +141,21 @@ def test_resampling_spreads_level1_clusters_over_components() -> None:
     assert resampled <= 0.6, slopes  # the bound; measured means 0.46-0.53
     assert plain - resampled >= 0.2, slopes  # measured gap 0.28-0.40 per seed
     assert np.mean(shares[6]) <= 0.6 * np.mean(shares[1]), shares  # measured ratio 0.3-0.5
+
+
+def test_random_scores_depend_on_the_item_only() -> None:
+    index = np.arange(100_000)
+    scores = hash_scores(index, seed=4)
+    np.testing.assert_array_equal(scores[70_000:], hash_scores(index[70_000:], seed=4))  # any split over ranks
+    assert not np.array_equal(scores, hash_scores(index, seed=5))
+    # uniform on [0, 1): decile counts of 100k draws stay within 5 standard deviations (sd = 95) of 10k
+    assert scores.min() >= 0 and scores.max() < 1
+    assert np.abs(np.bincount((scores * 10).astype(int), minlength=10) - 10_000).max() < 5 * 95
+
+
+def test_pick_lowest_on_one_process_is_per_cluster_pick() -> None:
+    rng = np.random.default_rng(2)
+    labels, scores = rng.integers(0, 9, 500), rng.random(500)
+    offset = 1000  # a rank's slice starts anywhere: indices are global
+    expected = per_cluster_pick(labels, scores, 4, 9) + offset
+    np.testing.assert_array_equal(pick_lowest(labels, scores, np.arange(500) + offset, 4, 9), expected)

@@ -43,7 +43,6 @@ from amoe_core.curation.kmeans import (
     assign,
     hash_scores,
     kmeans,
-    per_cluster_pick,
     pick_lowest,
     use_gpu,
 )
@@ -51,8 +50,6 @@ from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
-
-__all__ = ["assign", "per_cluster_pick", "hierarchical_kmeans", "point_paths", "load_embeddings", "load_levels"]
 
 
 @dataclass
