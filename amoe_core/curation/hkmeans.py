@@ -39,8 +39,8 @@ from amoe_core.curation.kmeans import (
     SINGLE,
     Comm,
     Metric,
-    as_float32,
     assign,
+    gather,
     hash_scores,
     kmeans,
     pick_lowest,
@@ -108,14 +108,16 @@ def cluster_level(
     if n > k * max_points_per_centroid:  # train on a random subset, like faiss, without copying all of x
         train = np.sort(np.random.default_rng(seed).choice(n, k * max_points_per_centroid, replace=False))
     train = train[(train >= lo) & (train < hi)]
-    centroids, objective = kmeans(as_float32(x[train], metric), k, iters, metric, seed, comm, init, chunk_size)
+    centroids, objective = kmeans(gather(x, train, metric, chunk_size), k, iters, metric, seed, comm, init, chunk_size)
     labels, dist = assign(mine, centroids, metric, chunk_size)
     history: list[float] = []
     for step in range(1, steps if resamples(steps, sample_size) else 1):
         scores = dist if strategy == "closest" else hash_scores(index, seed * 7919 + step)
         sample = pick_lowest(labels, scores, index, sample_size, k, comm)
         sample = sample[(sample >= lo) & (sample < hi)]
-        centroids, _ = kmeans(as_float32(x[sample], metric), k, iters, metric, seed + step, comm, init, chunk_size)
+        centroids, _ = kmeans(
+            gather(x, sample, metric, chunk_size), k, iters, metric, seed + step, comm, init, chunk_size
+        )
         labels, dist = assign(mine, centroids, metric, chunk_size)
         history.append(float(comm.sum(np.array([dist.sum(dtype=np.float64)]))[0] / n))
     return Level(centroids, comm.concat(labels), objective, history)

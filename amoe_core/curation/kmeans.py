@@ -107,6 +107,17 @@ def as_float32(x: np.ndarray, metric: Metric) -> np.ndarray:
     return out
 
 
+def gather(x: np.ndarray, rows: np.ndarray, metric: Metric, chunk_size: int = 65536) -> np.ndarray:
+    """`x[rows]` as float32 (normalised for cosine), copied chunk by chunk: from a float16 memmap the peak is the
+    float32 result plus one chunk, not a float16 copy of all the rows beside it."""
+    out = np.empty((len(rows), x.shape[1]), dtype=np.float32)
+    for start in range(0, len(rows), chunk_size):
+        out[start : start + chunk_size] = x[rows[start : start + chunk_size]]
+    if metric == "cosine":
+        faiss.normalize_L2(out)
+    return out
+
+
 def to_sqdist(values: np.ndarray, metric: Metric) -> np.ndarray:
     """faiss returns inner products for cosine; between unit vectors ||x - c||^2 = 2 - 2 <x, c>."""
     return np.maximum(2.0 - 2.0 * values, 0.0) if metric == "cosine" else values
