@@ -92,11 +92,19 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tmp, encoder
 
 
-def test_embed_and_cluster_on_two_processes_equal_one(pool) -> None:
+@pytest.fixture(scope="module")
+def single(pool) -> Path:
+    """The 1-process embed + cluster: the reference for every multi-process run."""
     tmp, encoder = pool
-    one, two = _params(tmp, encoder, "one"), _params(tmp, encoder, "two")
+    one = _params(tmp, encoder, "one")
     assert main(["curate", "embed", "--params", str(one), "-q"]) == 0
     assert main(["curate", "cluster", "--params", str(one), "-q"]) == 0
+    return tmp
+
+
+def test_embed_and_cluster_on_two_processes_equal_one(pool, single) -> None:
+    tmp, encoder = pool
+    two = _params(tmp, encoder, "two")
     # embed: one parameter relaunches the stage as 2 torchrun ranks
     assert main(["curate", "embed", "--params", str(two), "-S", "embed.processes=2", "-q"]) == 0
     a, b = np.load(tmp / "emb-one" / "embeddings.npy"), np.load(tmp / "emb-two" / "embeddings.npy")
@@ -142,3 +150,32 @@ def test_embed_resumes_each_part(pool, monkeypatch: pytest.MonkeyPatch) -> None:
     embed.run(params)
     assert np.all(np.load(out / "embeddings.npy") == 7)  # assembled from the finished part, nothing re-embedded
     assert not (out / "parts").exists()
+
+
+def test_prefect_curation_flow_runs_the_distributed_stages(pool, single) -> None:
+    """The curation flow with `embed.processes=2` / `cluster.processes=2` (what a user sets in the Prefect UI or
+    params.yaml) runs both stages on 2 ranks, then samples from their outputs."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # flows/ sits at the repository root
+    from flows.pipeline import curation_flow
+
+    tmp, encoder = pool
+    tree = yaml.safe_load(_params(tmp, encoder, "flow").read_text())
+    tree["cluster"]["embeddings"] = tree["embed"]["out"]
+    tree["sample"] = {"shards": str(tmp / "shards"), "embeddings": tree["embed"]["out"], "target": 30,
+                      "clusters": tree["cluster"]["out"], "out": str(tmp / "selection-flow"),
+                      "plots": str(tmp / "plots-flow")}  # fmt: skip
+    params = tmp / "params-flow.yaml"
+    params.write_text(yaml.safe_dump(tree))
+    overrides = ["embed.processes=2", "cluster.processes=2"]
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(server_startup_timeout=60):
+        results = curation_flow(overrides=overrides, params_file=str(params), use_dvc=False)
+    assert [r["stage"] for r in results] == ["embed", "cluster", "sample"]
+    np.testing.assert_array_equal(
+        np.load(tmp / "emb-flow" / "embeddings.npy"), np.load(tmp / "emb-one" / "embeddings.npy")
+    )
+    for out in ("emb-flow", "clusters-flow"):
+        assert json.loads((tmp / out / "meta.json").read_text())["world_size"] == 2
+    assert len(pd.read_parquet(tmp / "selection-flow" / "balanced.parquet")) == 30
