@@ -198,9 +198,8 @@ def run(params: Params, device: str | None = None) -> Path:
         rows = part_order(manifest, info.rank, info.world_size)
         _embed_part(part_dir(out, info.rank, info.world_size), teacher, cfg, manifest, rows, size, dim, fp)
         barrier()
-        if info.is_main:
-            _finalize(out, manifest, meta, info.world_size)
-        barrier()  # no rank returns before the output exists
+        if info.is_main:  # no barrier after it: gathering a large pool may outlast the collectives' timeout, and
+            _finalize(out, manifest, meta, info.world_size)  # torchrun and submitit wait for every rank anyway
     finally:
         if started_here:
             cleanup_distributed()
