@@ -74,8 +74,8 @@ def test_balanced_selection_is_less_dominated_by_the_largest_source(pipeline) ->
     share = report["largest_source_share"]
     assert report["largest_source"] == "grey"
     # near-duplicates fall into few clusters, which water-filling caps; random follows the pool's 75%.
-    # Measured over seeds 0-5 (cluster + sample), OMP_NUM_THREADS=1 and 2 alike: balanced 0.05-0.15, random 0.675-0.85 (a draw of 40 from 200),
-    # level-1 balance balanced 0.94-0.97 vs random 0.28-0.52
+    # Measured over seeds 0-5 (cluster + sample), OMP_NUM_THREADS=1 and 2 alike: balanced 0.05-0.15, random
+    # 0.675-0.85 (a draw of 40 from 200); level-1 balance balanced 0.94-0.97 vs random 0.28-0.52
     assert share["balanced"] <= 0.5 and share["random"] >= 0.6, share
     assert report["level1_cluster_balance"]["balanced"] > report["level1_cluster_balance"]["random"]
 
