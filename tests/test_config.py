@@ -39,7 +39,7 @@ def test_overrides_parse_yaml_values_and_reach_nested_lists(tmp_path: Path) -> N
         ("ingest.nope=1", "unknown key ingest.nope; allowed keys here: background,"),
         ("nope=1", "unknown key nope; allowed keys here: ablate, cluster, demo_pool,"),
         ("teachers.0.kind=vit", "invalid teachers.0.kind = 'vit': Input should be 'siglip2', 'dinov3', 'hf' or 'timm'"),
-        ("cluster.k=[3, 5]", "resample_steps needs one value per level (2 levels in k)"),
+        ("cluster.k=[3, 5]", "resampling_steps needs one value per level (2 levels in k)"),
         ("loss.relational=kd", "invalid loss.relational = 'kd'"),
         ("teachers.7.kind=dinov3", "'7' is not an index of a list of 2 items"),
     ],

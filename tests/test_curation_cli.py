@@ -19,8 +19,8 @@ def write_params(tmp: Path, encoder: Path) -> Path:
     params = {
         "embed": {"shards": str(tmp / "shards"), "encoder": f"hf:{encoder}", "image_size": 32, "batch_size": 32,
                   "out": str(tmp / "emb")},
-        "cluster": {"embeddings": str(tmp / "emb"), "k": [24, 6], "iters": 10, "resample_steps": [1, 2],
-                    "resample_points": [2, 2], "out": str(tmp / "clusters")},
+        "cluster": {"embeddings": str(tmp / "emb"), "k": [24, 6], "iters": 10, "resampling_steps": [2, 3],
+                    "sample_size": [2, 2], "out": str(tmp / "clusters")},
         "sample": {"shards": str(tmp / "shards"), "clusters": str(tmp / "clusters"), "embeddings": str(tmp / "emb"),
                    "target": 40, "out": str(tmp / "selection"), "plots": str(tmp / "plots"), "plot_clusters": 3,
                    "plot_images": 4},
@@ -73,7 +73,9 @@ def test_balanced_selection_is_less_dominated_by_the_largest_source(pipeline) ->
     report = json.loads((tmp / "selection" / "report.json").read_text())
     share = report["largest_source_share"]
     assert report["largest_source"] == "grey"
-    # near-duplicates fall into few clusters, which water-filling caps; random follows the pool's 75%
+    # near-duplicates fall into few clusters, which water-filling caps; random follows the pool's 75%.
+    # Measured over seeds 0-5 (cluster + sample), OMP_NUM_THREADS=1 and 2 alike: balanced 0.05-0.15, random
+    # 0.675-0.85 (a draw of 40 from 200); level-1 balance balanced 0.94-0.97 vs random 0.28-0.52
     assert share["balanced"] <= 0.5 and share["random"] >= 0.6, share
     assert report["level1_cluster_balance"]["balanced"] > report["level1_cluster_balance"]["random"]
 

@@ -98,7 +98,7 @@ def test_rows_follow_the_manifest(tmp_path: Path, encoder_dir: Path) -> None:
     meta = json.loads((out / "meta.json").read_text())
     assert emb.dtype == np.float16 and emb.shape == (23, meta["dim"]) and meta["count"] == 23
     assert pd.read_parquet(out / "keys.parquet")["key"].tolist() == manifest["key"].tolist()
-    assert not (out / "progress.json").exists() and not (out / "embeddings.partial.npy").exists()
+    assert not (out / "parts").exists() and meta["world_size"] == 1
 
     # reference: embed rows 0 and 20 of the manifest one at a time, straight from the tar
     import webdataset as wds
@@ -140,13 +140,14 @@ def test_resumes_from_last_complete_batch(tmp_path: Path, encoder_dir: Path, mon
     with pytest.raises(Killed):
         embed.run(params)
     out = tmp_path / "emb"
-    assert json.loads((out / "progress.json").read_text())["done"] == 24  # three complete batches of 8
+    # three complete batches; a batch never spans two shards of 9: 8 + 1 + 8
+    assert json.loads((out / "parts" / "00000-of-00001" / "progress.json").read_text())["done"] == 17
     assert not (out / "meta.json").exists()  # not complete, so no consumer takes it for finished
 
     seen.clear()
     monkeypatch.setattr(loader, "load_teacher", lambda spec, device="cpu": counting_load(spec, device))
     embed.run(params)
-    assert sum(seen) == 41 - 24  # only the rest was embedded
+    assert sum(seen) == 41 - 17  # only the rest was embedded
     resumed = np.load(out / "embeddings.npy")
 
     monkeypatch.setattr(loader, "load_teacher", real_load)

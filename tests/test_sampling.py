@@ -39,7 +39,7 @@ def test_water_fill_matches_brute_force() -> None:
 @pytest.fixture(scope="module")
 def clustered():
     x, y = zipf_mixture()
-    levels = hierarchical_kmeans(x, [300, 60, 15], 10, [1, 3, 3], [3, 3, 2], "closest", "cosine", seed=0)
+    levels = hierarchical_kmeans(x, [300, 60, 15], 10, [2, 4, 4], [3, 3, 2], "closest", "cosine", seed=0)
     return y, point_paths([lv.assignment for lv in levels])
 
 
@@ -74,13 +74,19 @@ def test_top_level_split_is_water_filling(clustered) -> None:
 
 
 def test_covers_the_long_tail_where_random_does_not(clustered) -> None:
+    """Balanced sampling of 10% of a Zipf pool keeps almost every concept; random sampling loses the tail.
+
+    Measured over data seeds 0-5 x sampling seeds 0-2, at OMP_NUM_THREADS=1 and 2: balanced covers 198-200 of the
+    200 concepts, random 153-160. Before resampling restarted k-means from k-means++ (issue 20) the clusters
+    followed density and balanced covered as few as 177 on an AMD machine (issue 13); the bounds leave room for
+    another machine's rounding."""
     y, paths = clustered
     n_true = len(np.unique(y))
     budget = len(y) // 10
     balanced = len(np.unique(y[balanced_sample(paths, budget, seed=0)]))
     random = len(np.unique(y[random_sample(len(y), budget, seed=0)]))
-    assert balanced >= 0.9 * n_true, (balanced, n_true)
-    assert random <= 0.85 * n_true and balanced - random >= 0.1 * n_true, (balanced, random, n_true)
+    assert balanced >= 0.95 * n_true, (balanced, n_true)  # 190: 8 below the lowest measured
+    assert random <= 0.85 * n_true and balanced - random >= 0.15 * n_true, (balanced, random, n_true)  # 170, 30
 
 
 def test_closest_within_takes_the_points_nearest_their_centroid() -> None:

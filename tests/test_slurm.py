@@ -159,3 +159,46 @@ def test_preempted_job_requeues_and_resumes_from_checkpoint(slurm_cluster: DevCl
     events = (run.path / "events.log").read_text()
     assert "preempted" in events and "resume from step_" in events, events
     assert read_state(latest_checkpoint(run.checkpoints))["step"] == params.distill.steps
+
+
+# ---------------------------------------------------------------------------------------------------------- curation
+def test_amoe_submit_embed_and_cluster_on_two_tasks_equal_local(slurm_cluster: DevCluster, tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    import yaml
+    from test_curation_distributed import pair_agreement
+    from test_embed import build_shards, save_tiny_encoder
+
+    from amoe_core.cli import main
+
+    encoder = save_tiny_encoder(tmp_path / "enc")
+    build_shards(tmp_path / "shards", {"grey": 40, "colour": 30}, shard_size=16)
+
+    def params_file(tag: str, **launch) -> Path:
+        tree = {
+            "embed": {"shards": str(tmp_path / "shards"), "encoder": f"hf:{encoder}", "image_size": 32,
+                      "batch_size": 16, "out": str(tmp_path / f"emb-{tag}")},
+            "cluster": {"embeddings": str(tmp_path / f"emb-{tag}"), "k": [10, 3], "iters": 10,
+                        "resampling_steps": [3, 2], "sample_size": [3, 2], "out": str(tmp_path / f"clusters-{tag}")},
+            "launch": {"folder": str(tmp_path / "submitit"), **launch},
+        }  # fmt: skip
+        path = tmp_path / f"params-{tag}.yaml"
+        path.write_text(yaml.safe_dump(tree))
+        return path
+
+    local = params_file("local")
+    slurm = params_file("slurm", executor="slurm", tasks_per_node=2, mem_gb=1, timeout_min=10)
+    for stage in ("embed", "cluster"):
+        assert main(["curate", stage, "--params", str(local), "-q"]) == 0
+        assert main(["submit", stage, "--params", str(slurm), "-q"]) == 0
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "emb-local" / "embeddings.npy"), np.load(tmp_path / "emb-slurm" / "embeddings.npy")
+    )  # same images in the same batches: bit-identical
+    assert json.loads((tmp_path / "emb-slurm" / "meta.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "clusters-slurm" / "meta.json").read_text())["world_size"] == 2
+    for level in (1, 2):
+        a = np.load(tmp_path / "clusters-local" / f"level{level}" / "assignment.npy")
+        b = np.load(tmp_path / "clusters-slurm" / f"level{level}" / "assignment.npy")
+        rand, together = pair_agreement(a, b)
+        assert rand >= 0.99 and together >= 0.99, (level, rand, together)  # see test_curation_distributed

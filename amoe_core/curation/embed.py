@@ -3,12 +3,19 @@ manifest (row i of embeddings.npy is row i of manifest.parquet).
 
 The encoder is a teacher from params.teachers (the paper embeds its pool with DINOv3) or any local
 transformers/timm model given as `hf:PATH` / `timm:PATH`; images are resized to `embed.image_size` (square, rounded
-to the encoder's patch multiple) and the encoder applies its own normalisation. Resumable: rows go into
-`embeddings.partial.npy` and `progress.json` records how many images (in reading order) are complete, after the
-memmap is flushed, so a rerun after a kill continues from the last complete batch.
+to the encoder's patch multiple) and the encoder applies its own normalisation.
+
+Many processes (`torchrun --nproc-per-node N -m amoe_core.cli curate embed`, `amoe submit embed` with N tasks, or
+`embed.processes = N`): rank r embeds shards r, r + N, ... (in reading order) into its own part,
+`parts/RRRRR-of-NNNNN/` (never a file another rank writes: safe on network file systems); rank 0 then gathers the
+parts into embeddings.npy. A batch never spans two shards, so every image meets the same batch companions whatever
+the number of processes, and the output is identical to the 1-process run. Resumable per part: rows go into the
+part's `embeddings.partial.npy` and its `progress.json` records how many of its images are complete, after the
+memmap is flushed, so a rerun with the same inputs and process count continues from each part's last batch.
 
 Output (`embed.out`): embeddings.npy [n, D] float16, keys.parquet (key, in manifest order), meta.json (dim, count,
-encoder, image_size). meta.json is written last and removed first: without it the directory is not complete.
+encoder, image_size, world_size). meta.json is written last and removed first: without it the directory is not
+complete.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,7 +94,11 @@ def iter_images(shards: Path, manifest: pd.DataFrame, order: np.ndarray, start: 
         while first > 0 and shard_col[order[first - 1]] == shard:
             first -= 1
         seen = first
-        for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
+        # this rank reads exactly the shards it was given: no node or worker splitting
+        dataset = wds.WebDataset(
+            str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+        )
+        for sample in dataset:
             if seen >= len(order) or shard_col[order[seen]] != shard:
                 raise AmoeError(f"{path} holds more samples than manifest.parquet lists for it; re-run ingest")
             if sample["__key__"] != keys[order[seen]]:
@@ -145,61 +155,124 @@ def fingerprint(cfg: EmbedConfig, manifest: pd.DataFrame, size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def part_order(manifest: pd.DataFrame, rank: int, world: int) -> np.ndarray:
+    """Manifest rows that rank `rank` of `world` embeds, in reading order: whole shards r, r + world, ..."""
+    order = reading_order(manifest)
+    shard_col = manifest["shard"].to_numpy()[order]
+    shard_rank = pd.factorize(shard_col)[0] % world  # shards numbered in reading order
+    return order[shard_rank == rank]
+
+
+def part_dir(out: Path, rank: int, world: int) -> Path:
+    return out / "parts" / f"{rank:05d}-of-{world:05d}"
+
+
 def run(params: Params, device: str | None = None) -> Path:
-    """Embed every image of `embed.shards` into `embed.out` (resumes an interrupted run with the same inputs)."""
+    """Embed every image of `embed.shards` into `embed.out` (resumes an interrupted run with the same inputs), on
+    every process of the torch.distributed group when there is one; rank 0 assembles and writes the output."""
+    import torch.distributed as dist
+
+    from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
+    from amoe_core.launch.local_ranks import run_local_ranks
     from amoe_core.models.teachers.loader import load_teacher
 
     cfg = params.embed
     out = Path(cfg.out)
     spec = encoder_spec(params)
     manifest = read_manifest(Path(cfg.shards))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = load_teacher(spec, device=device)
-    size = input_size(teacher, cfg.image_size)
-    n, dim, fp = len(manifest), int(teacher.dim), fingerprint(cfg, manifest, size)
-    meta = {"count": n, "dim": dim, "encoder": cfg.encoder, "kind": spec.kind, "image_size": size, "fingerprint": fp}
+    if run_local_ranks(["curate", "embed"], params, cfg.processes):
+        return out
+    started_here = not dist.is_initialized()
+    info = init_distributed()
+    started_here = started_here and info.distributed
+    try:
+        device = device or str(info.device)
+        teacher = load_teacher(spec, device=device)
+        size = input_size(teacher, cfg.image_size)
+        n, dim, fp = len(manifest), int(teacher.dim), fingerprint(cfg, manifest, size)
+        meta = {"count": n, "dim": dim, "encoder": cfg.encoder, "kind": spec.kind, "image_size": size,
+                "fingerprint": fp, "world_size": info.world_size}  # fmt: skip
+        if info.is_main:
+            _start(out, info.world_size)
+        barrier()
+        rows = part_order(manifest, info.rank, info.world_size)
+        _embed_part(part_dir(out, info.rank, info.world_size), teacher, cfg, manifest, rows, size, dim, fp)
+        barrier()
+        if info.is_main:  # no barrier after it: gathering a large pool may outlast the collectives' timeout, and
+            _finalize(out, manifest, meta, info.world_size)  # torchrun and submitit wait for every rank anyway
+    finally:
+        if started_here:
+            cleanup_distributed()
+    return out
+
+
+def _start(out: Path, world: int) -> None:
+    """Rank 0, before any rank writes: the old output stops looking complete; parts of another process count are
+    stale (their shards differ) and go."""
+    import shutil
 
     out.mkdir(parents=True, exist_ok=True)
-    partial, marker = out / "embeddings.partial.npy", out / "progress.json"
+    (out / "meta.json").unlink(missing_ok=True)  # a finished older output is replaced, never mixed
+    for legacy in ("embeddings.partial.npy", "progress.json"):  # the 1-process layout before parts
+        (out / legacy).unlink(missing_ok=True)
+    for old in (out / "parts").glob("*") if (out / "parts").exists() else ():
+        if not old.name.endswith(f"-of-{world:05d}"):
+            shutil.rmtree(old)
+
+
+def _embed_part(
+    part: Path,
+    teacher: torch.nn.Module,
+    cfg: EmbedConfig,
+    manifest: pd.DataFrame,
+    rows: np.ndarray,
+    size: int,
+    dim: int,
+    fp: str,
+) -> None:
+    """Embed `rows` (manifest rows in reading order) into part/embeddings.partial.npy, resuming its last batch."""
+    part.mkdir(parents=True, exist_ok=True)
+    partial, marker = part / "embeddings.partial.npy", part / "progress.json"
+    n = len(rows)
     done = _resume_point(marker, partial, fp, n, dim)
     if done == 0:
-        (out / "meta.json").unlink(missing_ok=True)  # a finished older output is replaced, never mixed
         emb = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n, dim))
         atomic_write_json(marker, {"fingerprint": fp, "done": 0})
     else:
-        log.info("resuming embedding at image %d of %d", done, n)
+        log.info("%s: resuming at image %d of %d", part.name, done, n)
         emb = np.load(partial, mmap_mode="r+")
-    order = reading_order(manifest)
-    bar = progress(total=n, initial=done, unit="img", desc=f"embed ({cfg.encoder})")
-    rows: list[int] = []
-    images: list[torch.Tensor] = []
+    if done == n:
+        return
+    shard_col = manifest["shard"].to_numpy()
+    bar = progress(total=n, initial=done, unit="img", desc=f"embed ({cfg.encoder}, part {part.name})")
+    batch: list[torch.Tensor] = []
+    batch_shard: object = None
 
     def flush() -> None:
         nonlocal done
         with torch.inference_mode():
-            feats = teacher(images).summary.float().cpu().numpy()
-        if feats.shape != (len(rows), dim):
+            feats = teacher(batch).summary.float().cpu().numpy()
+        if feats.shape != (len(batch), dim):
             raise AmoeError(f"encoder {cfg.encoder!r} returned summaries of shape {feats.shape}, expected "
-                            f"({len(rows)}, {dim})")  # fmt: skip
-        emb[np.asarray(rows)] = feats.astype(np.float16)
+                            f"({len(batch)}, {dim})")  # fmt: skip
+        emb[done : done + len(batch)] = feats.astype(np.float16)
         emb.flush()  # rows on disk before the marker claims them
-        done += len(rows)
+        done += len(batch)
         atomic_write_json(marker, {"fingerprint": fp, "done": done})
-        bar.update(len(rows))
-        rows.clear()
-        images.clear()
+        bar.update(len(batch))
+        batch.clear()
 
-    for row, data in iter_images(Path(cfg.shards), manifest, order, done):
-        rows.append(row)
-        images.append(to_tensor(data, size))
-        if len(rows) == cfg.batch_size:
+    for row, data in iter_images(Path(cfg.shards), manifest, rows, done):
+        if batch and shard_col[row] != batch_shard:  # a batch never spans two shards (see the module docstring)
             flush()
-    if rows:
+        batch_shard = shard_col[row]
+        batch.append(to_tensor(data, size))
+        if len(batch) == cfg.batch_size:
+            flush()
+    if batch:
         flush()
     bar.close()
-    emb.flush()  # the memmap is renamed into place below (fine on POSIX while still mapped)
-    _finalize(out, manifest, meta)
-    return out
+    emb.flush()
 
 
 def _resume_point(marker: Path, partial: Path, fp: str, n: int, dim: int) -> int:
@@ -216,10 +289,21 @@ def _resume_point(marker: Path, partial: Path, fp: str, n: int, dim: int) -> int
     return int(state.get("done", 0))
 
 
-def _finalize(out: Path, manifest: pd.DataFrame, meta: dict) -> None:
+def _finalize(out: Path, manifest: pd.DataFrame, meta: dict, world: int, chunk: int = 65536) -> None:
+    """Rank 0: scatter every part's rows into manifest order, then keys and meta.json (last)."""
+    import shutil
+
     (out / "meta.json").unlink(missing_ok=True)
-    os.replace(out / "embeddings.partial.npy", out / "embeddings.npy")
+    with atomic_path(out / "embeddings.npy", suffix=".npy") as tmp:
+        emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(meta["count"], meta["dim"]))
+        for rank in range(world):
+            rows = part_order(manifest, rank, world)
+            part = np.load(part_dir(out, rank, world) / "embeddings.partial.npy", mmap_mode="r")
+            for start in range(0, len(rows), chunk):
+                emb[rows[start : start + chunk]] = part[start : start + chunk]
+        emb.flush()
+        del emb
     with atomic_path(out / "keys.parquet", suffix=".parquet") as tmp:
         manifest[["key"]].to_parquet(tmp, index=False)
     atomic_write_json(out / "meta.json", meta)
-    (out / "progress.json").unlink(missing_ok=True)
+    shutil.rmtree(out / "parts")

@@ -1,21 +1,29 @@
 """Hierarchical k-means with resampling (Vo et al. 2024, "Automatic Data Curation for Self-Supervised Learning: A
-Clustering-Based Approach", Sec. 4 / Alg. 1), reimplemented from the paper's description on top of faiss.
+Clustering-Based Approach", Sec. 4 / Alg. 1), reimplemented from the paper and the semantics of its reference
+configuration (facebookresearch/ssl-data-curation), on one or many processes.
 
 Level 1 clusters the embeddings; level l clusters the centroids of level l-1, so every level above the first is
-small. After each level's k-means, `resample_steps` resampling steps take `resample_points` points per cluster
-(closest to the centroid, or at random), re-run k-means on that sample from the current centroids and reassign every
-item. Resampling pulls centroids away from dense regions, towards a more uniform cover of the data, which is what
-balanced sampling needs.
+small. Each level runs `resampling_steps` k-means, numbered from 0:
+  step 0     k-means (k-means++ seeding, then Lloyd) on all items (level 1: a random subset of at most
+             k * max_points_per_centroid of them), then every item is assigned to its nearest centroid;
+  step s > 0 take `sample_size` items per cluster of step s-1 (`sampling_strategy`: the closest to the centroid, or
+             at random), run a NEW k-means on that sample (fresh k-means++ seeding, not the current centroids: from
+             those it would converge straight back), and reassign every item.
+Sampling the same number of items from every cluster gives a dense region as much weight as a sparse one, so the
+next k-means spreads its centroids over concepts instead of following density, which is what balanced sampling
+needs. As in the reference, `resampling_steps = 1` or `sample_size <= 1` means no resampling at that level.
 
-Memory stays near one copy of the embeddings: level 1 trains on at most `k * max_points_per_centroid` points (faiss
-would subsample to that anyway) and assigns all points chunk by chunk straight from the float16 memmap.
-Cosine uses spherical k-means on L2-normalised vectors; GPU indexes are used when `faiss.get_num_gpus() > 0`.
+Many processes (`torchrun --nproc-per-node N -m amoe_core.cli curate cluster`, or `amoe submit cluster` with N tasks):
+each rank reads only its contiguous slice of the items (from the float16 memmap, chunk by chunk), assigns it and
+contributes partial sums; seeding, Lloyd updates and resampling picks are combined over ranks (see
+`amoe_core.curation.kmeans`); the result equals the 1-process run up to float summation order. Only rank 0 writes.
+Cosine uses spherical k-means on L2-normalised vectors; faiss GPU indexes are used when `faiss.get_num_gpus() > 0`.
 
 On-disk layout of `cluster.out` (written to a temporary directory and swapped in whole):
   level{i}/centroids.npy   [k_i, d] float32
   level{i}/assignment.npy  [n_items] int32: for level 1 one entry per embedded image (manifest order), for level
                            i > 1 one entry per level-(i-1) centroid
-  meta.json                metric, count, dim, k per level, objective histories
+  meta.json                metric, count, dim, k per level, world_size (processes that computed it), objectives
 """
 
 from __future__ import annotations
@@ -23,23 +31,25 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-import faiss
 import numpy as np
 
 from amoe_core.config import ClusterConfig, Params
+from amoe_core.curation.kmeans import (
+    SINGLE,
+    Comm,
+    Metric,
+    assign,
+    gather,
+    hash_scores,
+    kmeans,
+    pick_lowest,
+    use_gpu,
+)
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
-
-Metric = Literal["cosine", "l2"]
-INIT_METHODS = {
-    "random": faiss.ClusteringInitMethod_RANDOM,
-    "kmeans++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
-    "afkmc2": faiss.ClusteringInitMethod_AFK_MC2,
-}
 
 
 @dataclass
@@ -56,103 +66,6 @@ class Level:
         return int(self.centroids.shape[0])
 
 
-# ------------------------------------------------------------------------------------------------------ primitives
-def use_gpu() -> bool:
-    return faiss.get_num_gpus() > 0
-
-
-def as_float32(x: np.ndarray, metric: Metric) -> np.ndarray:
-    """Rows of `x` as float32, normalised to unit length for cosine (a copy); for L2 float32 input is not copied."""
-    if metric == "l2":
-        return np.ascontiguousarray(x, dtype=np.float32)
-    out = np.array(x, dtype=np.float32, copy=True)
-    faiss.normalize_L2(out)
-    return out
-
-
-def _flat_index(d: int, metric: Metric) -> faiss.Index:
-    index = faiss.IndexFlatIP(d) if metric == "cosine" else faiss.IndexFlatL2(d)
-    return faiss.index_cpu_to_all_gpus(index) if use_gpu() else index
-
-
-def _to_sqdist(values: np.ndarray, metric: Metric) -> np.ndarray:
-    """faiss returns inner products for cosine; between unit vectors ||x - c||^2 = 2 - 2 <x, c>."""
-    return np.maximum(2.0 - 2.0 * values, 0.0) if metric == "cosine" else values
-
-
-def kmeans(
-    x: np.ndarray,
-    k: int,
-    iters: int,
-    metric: Metric,
-    seed: int,
-    init: np.ndarray | None = None,
-    init_method: str = "random",
-) -> tuple[np.ndarray, list[float]]:
-    """faiss k-means on float32 `x` (already normalised for cosine): centroids and the mean squared distance per
-    iteration (faiss reports a sum of inner products for spherical k-means; converted so that lower is better)."""
-    n, d = x.shape
-    km = faiss.Kmeans(
-        d,
-        k,
-        niter=iters,
-        seed=seed,
-        spherical=metric == "cosine",
-        gpu=use_gpu(),
-        max_points_per_centroid=max(1, -(-n // k)),  # callers subsample; never let faiss drop more points
-        min_points_per_centroid=1,
-        init_method=INIT_METHODS[init_method],
-        verbose=False,
-    )
-    km.train(x, init_centroids=None if init is None else np.ascontiguousarray(init, dtype=np.float32))
-    objective = _to_sqdist(np.asarray(km.obj, dtype=np.float64) / n, metric).tolist()
-    return np.ascontiguousarray(km.centroids, dtype=np.float32), objective
-
-
-def assign(
-    x: np.ndarray, centroids: np.ndarray, metric: Metric, chunk_size: int = 65536
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of every row of `x` (any float dtype, e.g. a float16 memmap), chunk by chunk so only one
-    chunk is ever copied to float32. Returns (labels int32 [n], squared distances float32 [n])."""
-    index = _flat_index(centroids.shape[1], metric)
-    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
-    n = x.shape[0]
-    labels = np.empty(n, dtype=np.int32)
-    dist = np.empty(n, dtype=np.float32)
-    for start in range(0, n, chunk_size):
-        chunk = as_float32(x[start : start + chunk_size], metric)
-        d, i = index.search(chunk, 1)
-        labels[start : start + len(chunk)] = i[:, 0]
-        dist[start : start + len(chunk)] = _to_sqdist(d[:, 0], metric)
-    return labels, dist
-
-
-def per_cluster_pick(labels: np.ndarray, scores: np.ndarray, per_cluster: int | np.ndarray, k: int) -> np.ndarray:
-    """Indices of the `per_cluster` lowest-score items of every cluster (all of a smaller cluster); sorted.
-
-    `per_cluster` is one count for all clusters or an array of k counts. Random picks pass random scores.
-    """
-    order = np.lexsort((scores, labels))  # by cluster, then by score
-    sorted_labels = labels[order]
-    starts = np.searchsorted(sorted_labels, np.arange(k), side="left")
-    rank = np.arange(len(order)) - starts[sorted_labels]  # position of each item inside its cluster
-    quota = np.broadcast_to(np.asarray(per_cluster), (k,))
-    return np.sort(order[rank < quota[sorted_labels]])
-
-
-def resample_indices(
-    labels: np.ndarray, dist: np.ndarray, k: int, points: int, method: str, rng: np.random.Generator
-) -> np.ndarray:
-    """The resampling set of Vo et al.: `points` items per cluster, closest to the centroid or random. When empty
-    clusters leave fewer than k items, random extra items top it up (k-means needs at least k points)."""
-    scores = dist if method == "closest" else rng.random(len(labels))
-    picked = per_cluster_pick(labels, scores, points, k)
-    if len(picked) < k:
-        rest = np.setdiff1d(np.arange(len(labels)), picked)
-        picked = np.sort(np.concatenate([picked, rng.choice(rest, k - len(picked), replace=False)]))
-    return picked
-
-
 # ------------------------------------------------------------------------------------------------------ hierarchy
 def check_levels(n: int, ks: list[int]) -> None:
     """One clear error before any work when a level asks for more clusters than it has items."""
@@ -166,56 +79,68 @@ def check_levels(n: int, ks: list[int]) -> None:
         items, what = k, f"level-{i + 1} centroids"
 
 
+def resamples(steps: int, sample_size: int) -> bool:
+    """The reference's rule: step 0 is the first k-means; a sample of <= 1 item per cluster is no resampling."""
+    return steps > 1 and sample_size > 1
+
+
 def cluster_level(
     x: np.ndarray,
     k: int,
     iters: int,
     steps: int,
-    points: int,
-    method: str,
+    sample_size: int,
+    strategy: str,
     metric: Metric,
     seed: int,
+    comm: Comm = SINGLE,
     chunk_size: int = 65536,
     max_points_per_centroid: int = 256,
-    init_method: str = "random",
+    init: str = "kmeans++",
 ) -> Level:
-    """k-means (+ resampling steps) over the rows of `x` (a float16/32 array or memmap) and a full assignment."""
-    rng = np.random.default_rng(seed)
+    """k-means + resampling steps over the rows of `x` (a float16/32 array or memmap, the same on every rank; each
+    rank reads only its slice) and the full assignment (on every rank)."""
     n = x.shape[0]
+    lo, hi = comm.part(n)
+    mine = x[lo:hi]  # a view: read chunk by chunk
+    index = np.arange(lo, hi)
+    train = np.arange(n)
     if n > k * max_points_per_centroid:  # train on a random subset, like faiss, without copying all of x
-        train_idx = np.sort(rng.choice(n, k * max_points_per_centroid, replace=False))
-        train = as_float32(x[train_idx], metric)
-    else:
-        train = as_float32(x[:], metric)
-    centroids, objective = kmeans(train, k, iters, metric, seed, init_method=init_method)
-    del train
-    labels, dist = assign(x, centroids, metric, chunk_size)
-    level = Level(centroids, labels, objective)
-    for step in range(steps):
-        idx = resample_indices(labels, dist, k, points, method, rng)
-        centroids, _ = kmeans(as_float32(x[idx], metric), k, iters, metric, seed + step + 1, init=centroids)
-        labels, dist = assign(x, centroids, metric, chunk_size)
-        level = Level(centroids, labels, objective, level.resample_objective + [float(dist.mean())])
-    return level
+        train = np.sort(np.random.default_rng(seed).choice(n, k * max_points_per_centroid, replace=False))
+    train = train[(train >= lo) & (train < hi)]
+    centroids, objective = kmeans(gather(x, train, metric, chunk_size), k, iters, metric, seed, comm, init, chunk_size)
+    labels, dist = assign(mine, centroids, metric, chunk_size)
+    history: list[float] = []
+    for step in range(1, steps if resamples(steps, sample_size) else 1):
+        scores = dist if strategy == "closest" else hash_scores(index, seed * 7919 + step)
+        sample = pick_lowest(labels, scores, index, sample_size, k, comm)
+        sample = sample[(sample >= lo) & (sample < hi)]
+        centroids, _ = kmeans(
+            gather(x, sample, metric, chunk_size), k, iters, metric, seed + step, comm, init, chunk_size
+        )
+        labels, dist = assign(mine, centroids, metric, chunk_size)
+        history.append(float(comm.sum(np.array([dist.sum(dtype=np.float64)]))[0] / n))
+    return Level(centroids, comm.concat(labels), objective, history)
 
 
 def hierarchical_kmeans(
     x: np.ndarray,
     ks: list[int],
     iters: int,
-    resample_steps: list[int],
-    resample_points: list[int],
-    method: str = "closest",
+    resampling_steps: list[int],
+    sample_sizes: list[int],
+    strategy: str = "closest",
     metric: Metric = "cosine",
     seed: int = 0,
+    comm: Comm = SINGLE,
     chunk_size: int = 65536,
     max_points_per_centroid: int = 256,
-    init_method: str = "random",
+    init: str = "kmeans++",
 ) -> list[Level]:
-    """All levels, bottom-up. `x` [n, d] may be a float16 memmap; it is only read chunk by chunk."""
-    if not (len(ks) == len(resample_steps) == len(resample_points)):
+    """All levels, bottom-up. `x` [n, d] may be a float16 memmap; each rank only reads its slice, chunk by chunk."""
+    if not (len(ks) == len(resampling_steps) == len(sample_sizes)):
         raise AmoeError(
-            f"need one k, resample step count and point count per level, got {ks}, {resample_steps}, {resample_points}"
+            f"need one k, resampling step count and sample size per level, got {ks}, {resampling_steps}, {sample_sizes}"
         )
     check_levels(x.shape[0], ks)
     levels: list[Level] = []
@@ -223,8 +148,8 @@ def hierarchical_kmeans(
     for i, k in enumerate(ks):
         log.info("level %d: k-means of %d items into %d clusters", i + 1, items.shape[0], k)
         level = cluster_level(
-            items, k, iters, resample_steps[i], resample_points[i], method, metric, seed + 1000 * i, chunk_size,
-            max_points_per_centroid, init_method,
+            items, k, iters, resampling_steps[i], sample_sizes[i], strategy, metric, seed + 1000 * i, comm,
+            chunk_size, max_points_per_centroid, init,
         )  # fmt: skip
         levels.append(level)
         items = level.centroids
@@ -296,22 +221,39 @@ def write_levels(out: Path, levels: list[Level], meta: dict) -> None:
 
 
 def run(params: Params) -> Path:
-    """`amoe curate cluster`: embeddings -> hierarchical clusters under `cluster.out`."""
+    """`amoe curate cluster`: embeddings -> hierarchical clusters under `cluster.out`, on every process of the
+    torch.distributed group when there is one (torchrun, a multi-task submitit job); rank 0 writes."""
+    from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
+    from amoe_core.launch.local_ranks import run_local_ranks
+
     cfg: ClusterConfig = params.cluster
     x, emb_meta = load_embeddings(Path(cfg.embeddings))
     check_levels(x.shape[0], cfg.k)
-    levels = hierarchical_kmeans(
-        x, cfg.k, cfg.iters, cfg.resample_steps, cfg.resample_points, cfg.resample_method, cfg.metric, params.seed,
-        cfg.chunk_size, cfg.max_points_per_centroid, cfg.init,
-    )  # fmt: skip
-    meta = {
-        "metric": cfg.metric,
-        "count": int(x.shape[0]),
-        "dim": int(x.shape[1]),
-        "encoder": emb_meta.get("encoder"),
-        "seed": params.seed,
-        "gpu": use_gpu(),
-    }
-    write_levels(Path(cfg.out), levels, meta)
-    log.info("clusters written to %s (k per level %s)", cfg.out, cfg.k)
+    if run_local_ranks(["curate", "cluster"], params, cfg.processes):
+        return Path(cfg.out)
+    import torch.distributed as dist
+
+    started_here = not dist.is_initialized() and init_distributed().world_size > 1
+    try:
+        comm = Comm.current()
+        levels = hierarchical_kmeans(
+            x, cfg.k, cfg.iters, cfg.resampling_steps, cfg.sample_size, cfg.sampling_strategy, cfg.metric,
+            params.seed, comm, cfg.chunk_size, cfg.max_points_per_centroid, cfg.init,
+        )  # fmt: skip
+        if comm.rank == 0:
+            meta = {
+                "metric": cfg.metric,
+                "count": int(x.shape[0]),
+                "dim": int(x.shape[1]),
+                "encoder": emb_meta.get("encoder"),
+                "seed": params.seed,
+                "gpu": use_gpu(),
+                "world_size": comm.world,
+            }
+            write_levels(Path(cfg.out), levels, meta)
+            log.info("clusters written to %s (k per level %s, %d processes)", cfg.out, cfg.k, comm.world)
+        barrier()  # no rank returns before the output exists
+    finally:
+        if started_here:
+            cleanup_distributed()
     return Path(cfg.out)

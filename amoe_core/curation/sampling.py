@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from amoe_core.config import Params, SampleConfig
-from amoe_core.curation.hkmeans import assign, load_embeddings, load_levels, per_cluster_pick, point_paths
+from amoe_core.curation.hkmeans import load_embeddings, load_levels, point_paths
+from amoe_core.curation.kmeans import assign, per_cluster_pick
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_write_json
 
