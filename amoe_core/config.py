@@ -398,6 +398,29 @@ class Params(Section):
             raise ValueError(f"teacher names must be unique, got {names}")
         return self
 
+    @model_validator(mode="after")
+    def _outputs_apart_from_inputs(self) -> Params:
+        """No output directory overlaps what its stage reads (or another output of it): a swap would delete it."""
+        from amoe_core.outputs import check_disjoint
+
+        folders = {f"ingest.sources[{i}]": s.partition(":")[2] for i, s in enumerate(self.ingest.sources) if ":" in s}
+        dt = self.demo_teachers
+        teacher_data = {f"demo_teachers.{k}.{s}": getattr(getattr(dt, k), s) for k in ("dinov3", "siglip2")
+                        for s in ("train", "test")}  # fmt: skip
+        sel = {"distill.selection": self.distill.selection} if self.distill.selection else {}
+        sample_in = {f"sample.{k}": getattr(self.sample, k) for k in ("shards", "clusters", "embeddings")}
+        for outputs, inputs in (
+            ({"ingest.out": self.ingest.out}, {k: v for k, v in folders.items() if v}),
+            ({"demo_teachers.out": dt.out}, teacher_data),
+            ({"embed.out": self.embed.out}, {"embed.shards": self.embed.shards}),
+            ({"cluster.out": self.cluster.out}, {"cluster.embeddings": self.cluster.embeddings}),
+            ({"sample.out": self.sample.out}, {**sample_in, "sample.plots": self.sample.plots}),
+            ({"sample.plots": self.sample.plots}, sample_in),
+            ({"distill.run": self.distill.runs_dir / self.distill.run}, {"distill.shards": self.distill.shards, **sel}),
+        ):
+            check_disjoint(outputs, inputs)
+        return self
+
     def teacher(self, name: str) -> TeacherSpec:
         for t in self.teachers:
             if t.name == name:

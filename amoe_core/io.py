@@ -1,4 +1,8 @@
-"""Atomic file writes: a killed process never leaves a half-written file under the final name."""
+"""Atomic file writes: a killed process never leaves a half-written file under the final name.
+
+Files and folders are created with the modes the user's umask gives (mkstemp/mkdtemp alone would make them 0600/0700,
+unreadable to a teammate or a dashboard running as another user).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -34,18 +39,35 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike, stage: str, field: str | None = None, legacy: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `path`; on success it replaces `path` as a whole.
 
-    On an exception the temporary directory is removed and `path` keeps its previous content, so a killed or failed
-    stage never leaves a directory that mixes old and new files.
+    Only a directory this stage wrote is replaced: `path` must be absent, empty or carry `stage`'s marker
+    (`outputs.check_output`; `field` names it in errors, default `stage`; `legacy`: files that identify an output
+    written before markers existed), and the new directory carries that marker. On an exception the
+    temporary directory is removed and `path` keeps its previous content, so a killed or failed stage never leaves a
+    directory that mixes old and new files.
     """
-    path = Path(path)
+    from amoe_core.outputs import check_output, mark_output
+
+    path, field = Path(path), field or stage
+    check_output(field, path, stage, legacy)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        mark_output(tmp, stage)
+        check_output(field, path, stage, legacy)  # again: the directory may have been filled while the stage ran
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

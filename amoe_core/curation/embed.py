@@ -29,6 +29,7 @@ from PIL import Image
 from amoe_core.config import EmbedConfig, Params, TeacherSpec
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_path, atomic_write_json
+from amoe_core.outputs import check_output, mark_output
 from amoe_core.progress import progress
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,9 @@ def run(params: Params, device: str | None = None) -> Path:
     n, dim, fp = len(manifest), int(teacher.dim), fingerprint(cfg, manifest, size)
     meta = {"count": n, "dim": dim, "encoder": cfg.encoder, "kind": spec.kind, "image_size": size, "fingerprint": fp}
 
+    check_output("embed.out", out, "embed.out", legacy=("meta.json",))  # written in place: never someone's folder
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "embed.out")
     partial, marker = out / "embeddings.partial.npy", out / "progress.json"
     done = _resume_point(marker, partial, fp, n, dim)
     if done == 0:

@@ -40,11 +40,13 @@ from amoe_core.data.shards import MANIFEST, REPORT, shard_name, tar_end, tar_sam
 from amoe_core.data.sources import Item, list_items, parse_source, read_item
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_json
+from amoe_core.outputs import claim_outputs, mark_output
 from amoe_core.progress import progress
 
 log = logging.getLogger(__name__)
 
 STATE = ".ingest_state.json"
+OUT_STAGE = "ingest.out"  # the marker an ingest output carries (amoe_core/outputs.py)
 STAGING = ".staging"
 META_COLUMNS = [
     "key", "source", "label", "path", "status", "detail", "orig_width", "orig_height", "width", "height",
@@ -60,11 +62,14 @@ def run(params: Params, sources: list[str] | None = None, out: str | Path | None
     cfg = params.ingest
     field = "--source" if sources else "ingest.sources"
     specs = [parse_source(s, field) for s in (sources or cfg.sources)]
+    out_field = "--out" if out is not None else "ingest.out"
     out = Path(out) if out is not None else cfg.out
-    items = list_items(specs)
-    if not items:
-        raise AmoeError(f"{field}: no files in {', '.join(map(str, specs))}; point it at a folder of images")
-    return ingest(items, [str(s) for s in specs], out, cfg)
+    inputs = {f"{field}[{i}]": s.path for i, s in enumerate(specs)}
+    with claim_outputs({out_field: out}, inputs, owner=OUT_STAGE, legacy=(STATE,)):
+        items = list_items(specs)
+        if not items:
+            raise AmoeError(f"{field}: no files in {', '.join(map(str, specs))}; point it at a folder of images")
+        return ingest(items, [str(s) for s in specs], out, cfg)
 
 
 def decode_settings(cfg: IngestConfig) -> DecodeSettings:
@@ -90,6 +95,7 @@ def ingest(items: list[Item], sources: list[str], out: Path, cfg: IngestConfig) 
     if state.get("fingerprint") != fp:  # same fingerprint: resume (staged chunks and finished shards are reused)
         _reset(out)
         out.mkdir(parents=True, exist_ok=True)
+        mark_output(out, OUT_STAGE)
         atomic_write_json(out / STATE, {"fingerprint": fp, "complete": False})
     staging = out / STAGING
     staging.mkdir(parents=True, exist_ok=True)

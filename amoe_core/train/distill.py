@@ -11,6 +11,7 @@ writes the run directory (params, PHI-S fit, metrics, dvclive, checkpoints). Ste
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -25,6 +26,7 @@ from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_write_json
 from amoe_core.launch import distributed
+from amoe_core.outputs import claim_outputs, mark_output
 from amoe_core.progress import progress
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import components
@@ -66,9 +68,19 @@ def run(params: Params, resume: bool = False) -> dict[str, Any]:
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
     try:
-        return _run(params, resume)
+        with _claim_run(params):
+            return _run(params, resume)
     finally:  # the process may go on (tests, sweeps): leave global torch settings as they were
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def _claim_run(params: Params) -> contextlib.AbstractContextManager:
+    """Rank 0 owns runs/<run> for the whole attempt: a second `amoe distill` on the same run is refused at once, and
+    a directory that is not a run is never written into (amoe_core/outputs.py)."""
+    if not distributed.init_distributed().is_main:  # idempotent; also exports a submitit job's RANK
+        return contextlib.nullcontext()
+    cfg = params.distill
+    return claim_outputs({"distill.run": Path(cfg.runs_dir) / cfg.run}, legacy=("params.yaml",))
 
 
 def _run(params: Params, resume: bool) -> dict[str, Any]:
@@ -93,6 +105,7 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
             trim_records(run_dir.metrics_file, 0)
             run_dir.train_file.unlink(missing_ok=True)
         run_dir = RunDir.create(cfg.runs_dir, cfg.run)
+        mark_output(run_dir.path, "distill.run")
         if not run_dir.exists():
             run_dir.write_params(dump_params(params))
         run_dir.event(f"{'resume from ' + ckpt.name if ckpt else 'start'} (world size {info.world_size})")

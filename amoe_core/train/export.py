@@ -15,8 +15,6 @@ or, timm-style, once this module is imported (it registers the name):
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,8 @@ from torch import nn
 
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
+from amoe_core.io import atomic_dir
+from amoe_core.outputs import claim_outputs
 from amoe_core.train.checkpoint import (
     MODEL_FILE,
     STUDENT_SPEC,
@@ -37,6 +37,7 @@ from amoe_core.train.checkpoint import (
 )
 
 CONFIG_FILE = "config.json"
+EXPORT_STAGE = "export"  # the marker an export directory carries (amoe_core/outputs.py)
 
 
 def resolve_run(params: Params, run: str) -> Path:
@@ -57,19 +58,15 @@ def export_run(params: Params, run: str, out: str | Path | None = None) -> Path:
     student, _ = build_from_spec(spec)  # validates that the weights fit the architecture before writing
     tensors = load_model_tensors(ckpt)
     student.load_state_dict(tensors)
+    field = "--out" if out is not None else "export"
     out = Path(out) if out is not None else run_dir / "export"
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": spec["format"]})
-        config = {**spec, "source": {"run": run_dir.name, "checkpoint": ckpt.name, "step": read_state(ckpt)["step"]}}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    inputs = {"checkpoint": ckpt, "run spec": run_dir / STUDENT_SPEC}
+    # only an absent or empty directory, or an earlier export, is replaced; never the run itself or anything else
+    with claim_outputs({field: out}, inputs, owner=EXPORT_STAGE, legacy=(CONFIG_FILE, MODEL_FILE)):
+        with atomic_dir(out, EXPORT_STAGE, field, legacy=(CONFIG_FILE, MODEL_FILE)) as tmp:
+            save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": spec["format"]})
+            source = {"run": run_dir.name, "checkpoint": ckpt.name, "step": read_state(ckpt)["step"]}
+            (tmp / CONFIG_FILE).write_text(json.dumps({**spec, "source": source}, indent=1) + "\n")
     print(f"exported {run_dir.name} ({ckpt.name}) -> {out}")
     return out
 
