@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,33 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     the rename and the pointer update leaves a newer complete one, so the scan, not the pointer, decides."""
     found = complete_checkpoints(Path(checkpoints))
     return found[-1] if found else None
+
+
+@dataclass(frozen=True)
+class Resumable:
+    """A checkpoint read back whole: what `--resume` continues from."""
+
+    path: Path
+    state: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+
+
+def resumable_checkpoint(checkpoints: Path, device: str | torch.device = "cpu") -> tuple[Resumable | None, list[str]]:
+    """The newest complete checkpoint whose files all read back (state, weights, optimizer), and one line per newer
+    checkpoint skipped on the way, saying why (a disk error or a copy can damage a checkpoint after its rename)."""
+    skipped: list[str] = []
+    for ckpt in reversed(complete_checkpoints(Path(checkpoints))):
+        try:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            int(state["step"])
+            found = Resumable(ckpt, state, load_model_tensors(ckpt, device), load_optimizer_state(ckpt))
+        except Exception as e:  # noqa: BLE001 - whatever the damage (json, safetensors, pickle framing): fall back
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            skipped.append(f"{ckpt.name} ({type(e).__name__}: {detail})")
+            continue
+        return found, skipped
+    return None, skipped
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:

@@ -33,9 +33,7 @@ from amoe_core.train import components
 from amoe_core.train.checkpoint import (
     STUDENT_SPEC,
     latest_checkpoint,
-    load_model_tensors,
-    load_optimizer_state,
-    read_state,
+    resumable_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -90,7 +88,8 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
         require_path("distill.selection", cfg.selection, "selection parquet")
     info = distributed.init_distributed()
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.run)
-    ckpt = latest_checkpoint(run_dir.checkpoints) if resume else None
+    resumed, skipped = resumable_checkpoint(run_dir.checkpoints, info.device) if resume else (None, [])
+    ckpt = resumed.path if resumed is not None else None
     if not resume and (run_dir.exists() or latest_checkpoint(run_dir.checkpoints) is not None):
         raise AmoeError(f"run {run_dir.path} already exists; pass --resume to continue it or set distill.run")
     distributed.barrier()  # every rank has looked before rank 0 creates anything
@@ -106,9 +105,12 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
             run_dir.train_file.unlink(missing_ok=True)
         run_dir = RunDir.create(cfg.runs_dir, cfg.run)
         mark_output(run_dir.path, "distill.run")
-        if not run_dir.exists():
-            run_dir.write_params(dump_params(params))
-        run_dir.event(f"{'resume from ' + ckpt.name if ckpt else 'start'} (world size {info.world_size})")
+        for why in skipped:
+            log.warning("resume: skipped unreadable checkpoint %s", why)
+            run_dir.event(f"resume: skipped unreadable checkpoint {why}")
+        start = f"resume from {ckpt.name}" if ckpt else "start"
+        attempt = run_dir.record_attempt(dump_params(params), start)
+        run_dir.event(f"{start} (attempt {attempt}, world size {info.world_size})")
     distributed.barrier()
 
     def make_loader(epoch: int, start: int):  # noqa: ANN202
@@ -124,12 +126,11 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
         run_dir.event(f"PHI-S fitted on {fitted['images']} images")
     optimizer = components.optimizer(params, student)
     position, step = Position(), 0
-    if ckpt is not None:
-        state = read_state(ckpt)
-        unwrap(student).load_state_dict(load_model_tensors(ckpt, info.device))
-        opt_state = load_optimizer_state(ckpt)
-        if opt_state is not None:
-            optimizer.load_state_dict(opt_state)
+    if resumed is not None:
+        state = resumed.state
+        unwrap(student).load_state_dict(resumed.model)
+        if resumed.optimizer is not None:
+            optimizer.load_state_dict(resumed.optimizer)
         step = int(state["step"])
         position = Position(**state["data"])
         if state.get("world_size", 1) != info.world_size:
