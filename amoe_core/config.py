@@ -50,6 +50,7 @@ class IngestConfig(Section):
     max_side: int = Field(512, ge=16)  # larger images are downscaled before storage
     min_side: int = Field(16, ge=1)  # smaller images are skipped
     max_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard (8k x 8k); larger files are skipped
+    max_bytes: int = Field(256 * 2**20, ge=1)  # files are read whole into memory: larger ones are skipped unread
     phash_distance: int = Field(4, ge=0, le=64)  # near-duplicate threshold (Hamming, 64-bit pHash); 0 = exact only
     phash_min_side: int = Field(32, ge=1)  # smaller images are only exact-deduplicated (why: amoe_core/data/dedup.py)
     background: tuple[int, int, int] = (255, 255, 255)  # alpha is composited onto this colour
