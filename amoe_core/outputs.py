@@ -42,6 +42,11 @@ def check_output(field: str, path: str | os.PathLike, stage: str, legacy: tuple[
     `legacy` names files that together identify an output written before markers existed (accepted as the stage's).
     """
     p = Path(path)
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{field} = {_show(path)}: {parent} is a file, not a folder; choose another output")
+            break
     if not p.exists() and not p.is_symlink():
         return
     if not p.is_dir():

@@ -39,7 +39,7 @@ from amoe_core.data.dedup import deduplicate
 from amoe_core.data.shards import MANIFEST, REPORT, shard_name, tar_end, tar_sample
 from amoe_core.data.sources import Item, TooLarge, list_items, parse_source, read_item
 from amoe_core.errors import AmoeError
-from amoe_core.io import atomic_path, atomic_write_json
+from amoe_core.io import atomic_path, atomic_write_json, naming_errors, write_named
 from amoe_core.outputs import claim_outputs, mark_output
 from amoe_core.progress import progress
 
@@ -237,9 +237,11 @@ def stage_chunk(c: int, items: list[Item], s: DecodeSettings, staging: Path) -> 
     # report, which are the results, are fsynced.
     bin_path, meta_path = _chunk_path(staging, c, ".bin"), _chunk_path(staging, c)
     tmp = staging / f".{bin_path.name}.{os.getpid()}.tmp"
-    tmp.write_bytes(b"".join(records))
+    write_named(tmp, b"".join(records))
     os.replace(tmp, bin_path)
-    pq.write_table(pa.table(rows, schema=_STAGE_SCHEMA), tmp)
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(rows, schema=_STAGE_SCHEMA), buf)
+    write_named(tmp, buf.getvalue().to_pybytes())
     os.replace(tmp, meta_path)  # last: the parquet marks the chunk done
     return rows
 
@@ -272,7 +274,7 @@ def _assemble(kept: pd.DataFrame, staging: Path, out: Path) -> list[str]:
     todo = kept[kept["shard"].isin(missing)]
     for shard, rows in todo.groupby("shard", sort=True):
         tmp, size = out / f".{shard}.tmp", 0
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, naming_errors(tmp):
             for c, lo, hi in _byte_runs(rows):
                 with open(_chunk_path(staging, c, ".bin"), "rb") as src:
                     src.seek(lo)

@@ -14,6 +14,7 @@ and their json metadata members are read only up to `MAX_META_BYTES`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -80,14 +81,21 @@ def list_items(specs: list[SourceSpec], unlisted: list[dict[str, str]] | None = 
     """Every item of the sources, sorted; paths left out are appended to `unlisted` as {path, reason, detail}."""
     items: list[Item] = []
     left: list[dict[str, str]] = [] if unlisted is None else unlisted
+    seen: dict[str, str] = {}  # key -> the file (resolved) it names
+    files: set[tuple[str, int]] = set()
     for spec in specs:
-        items.extend(_folder_items(spec.path, left) if spec.kind == "folder" else _shard_items(spec.path, left))
+        for it in _folder_items(spec.path, left) if spec.kind == "folder" else _shard_items(spec.path, left):
+            real = os.path.realpath(it.path)
+            if (real, it.offset) in files:
+                raise ConfigError(f"ingest.sources: {it.path} is listed twice (overlapping sources?)")
+            files.add((real, it.offset))
+            if it.key in seen:
+                # another root with the same layout (/a/pool/x.png, /b/pool/x.png): a distinct file, so its key also
+                # hashes its resolved path (keys of the first source that has it stay as they always were)
+                it = dataclasses.replace(it, key=make_key(it.source, f"{real}@{it.offset}"))
+            seen[it.key] = real
+            items.append(it)
     items.sort(key=lambda it: (it.source, it.path, it.offset))
-    seen: set[str] = set()
-    for it in items:
-        if it.key in seen:
-            raise ConfigError(f"ingest.sources: {it.path} is listed twice (overlapping sources?)")
-        seen.add(it.key)
     return items
 
 
