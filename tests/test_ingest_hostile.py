@@ -7,14 +7,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,3 +139,30 @@ def test_pool_workers_die_with_a_killed_ingest(tmp_path) -> None:
         for w in workers:
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+
+
+def test_unreadable_directory_is_reported_when_not_root(tmp_path) -> None:
+    """Run as `nobody` (root reads every folder): a folder it may not list is in the report, not silently dropped."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv to run the ingest as another user")
+    base = Path(tempfile.mkdtemp(prefix="amoe-nobody-"))  # pytest's tmp_path is 0700: nobody could not enter it
+    try:
+        base.chmod(0o777)
+        pool = base / "pool"
+        _png(pool / "open" / "a.png", 0)
+        _png(pool / "closed" / "b.png", 1)
+        for d in (pool, pool / "open"):
+            d.chmod(0o755)
+        (pool / "open" / "a.png").chmod(0o644)
+        (pool / "closed").chmod(0o700)  # root's: nobody cannot list it
+        env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(base)}
+        cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "amoe_core.cli",
+               "data", "ingest", "-q", "--source", f"folder:{pool}", "--out", str(base / "out")]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=base, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        report = json.loads((base / "out" / "ingest_report.json").read_text())
+        assert [Path(e["path"]).name for e in report["unlisted"]["unreadable_directory"]] == ["closed"]
+        assert report["kept"] == 1
+    finally:
+        shutil.rmtree(base)
