@@ -219,3 +219,24 @@ def test_atomic_outputs_follow_the_umask(tmp_path) -> None:
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env=_env())
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")}
     assert mode["params.yaml"] == 0o644 and mode["selection"] == 0o755, {k: oct(v) for k, v in mode.items()}
+
+
+def test_outputs_written_before_markers_existed_are_still_replaced(tmp_path) -> None:
+    """An older clone's cluster output (no marker yet) is recognised by its own files; a lookalike folder is not."""
+    from amoe_core.errors import ConfigError
+    from amoe_core.io import atomic_dir
+    from amoe_core.outputs import written_by
+
+    old = tmp_path / "clusters"
+    (old / "level1").mkdir(parents=True)
+    (old / "meta.json").write_text("{}")
+    with atomic_dir(old, "cluster.out", legacy=("meta.json", "level1")) as tmp:
+        (tmp / "meta.json").write_text('{"k": [2]}')
+    assert written_by(old) == "cluster.out" and (old / "meta.json").read_text() == '{"k": [2]}'
+    half = tmp_path / "half"  # only one of the two files: someone else's folder
+    half.mkdir()
+    (half / "meta.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds files this stage did not write"):
+        with atomic_dir(half, "cluster.out", legacy=("meta.json", "level1")):
+            pass
+    assert (half / "meta.json").read_text() == "{}"
