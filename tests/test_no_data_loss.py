@@ -71,6 +71,12 @@ def test_export_never_replaces_a_folder_it_did_not_write(trained, tmp_path, caps
         assert main(["export", "t", "--params", params, "--out", str(out)]) == 2
         assert "overlaps the input" in _one_line_error(capsys)
     assert _tree(run_dir) == run_before
+    # a model directory that merely looks like an export (a teacher's config.json + model.safetensors)
+    teacher = trained / "teachers" / "dinov3"
+    teacher_before = _tree(teacher)
+    assert main(["export", "t", "--params", params, "--out", str(teacher)]) == 2
+    assert "holds files this stage did not write" in _one_line_error(capsys)
+    assert _tree(teacher) == teacher_before
     # an absent or empty folder is fine, and so is replacing an earlier export
     (tmp_path / "empty").mkdir()
     for out in (tmp_path / "new", tmp_path / "empty", tmp_path / "new"):

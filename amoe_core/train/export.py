@@ -61,9 +61,10 @@ def export_run(params: Params, run: str, out: str | Path | None = None) -> Path:
     field = "--out" if out is not None else "export"
     out = Path(out) if out is not None else run_dir / "export"
     inputs = {"checkpoint": ckpt, "run spec": run_dir / STUDENT_SPEC}
-    # only an absent or empty directory, or an earlier export, is replaced; never the run itself or anything else
-    with claim_outputs({field: out}, inputs, owner=EXPORT_STAGE, legacy=(CONFIG_FILE, MODEL_FILE)):
-        with atomic_dir(out, EXPORT_STAGE, field, legacy=(CONFIG_FILE, MODEL_FILE)) as tmp:
+    # only an absent or empty directory, or an earlier export (its marker), is replaced: never the run itself, nor a
+    # model directory that merely looks alike (a teacher's config.json + model.safetensors)
+    with claim_outputs({field: out}, inputs, owner=EXPORT_STAGE):
+        with atomic_dir(out, EXPORT_STAGE, field) as tmp:
             save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": spec["format"]})
             source = {"run": run_dir.name, "checkpoint": ckpt.name, "step": read_state(ckpt)["step"]}
             (tmp / CONFIG_FILE).write_text(json.dumps({**spec, "source": source}, indent=1) + "\n")
