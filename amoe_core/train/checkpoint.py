@@ -165,21 +165,33 @@ class Resumable:
     optimizer: dict[str, Any] | None
 
 
-def resumable_checkpoint(checkpoints: Path, device: str | torch.device = "cpu") -> tuple[Resumable | None, list[str]]:
-    """The newest complete checkpoint whose files all read back (state, weights, optimizer), and one line per newer
-    checkpoint skipped on the way, saying why (a disk error or a copy can damage a checkpoint after its rename)."""
+def resumable_checkpoint(
+    checkpoints: Path, device: str | torch.device = "cpu", optimizer: bool = True
+) -> tuple[Resumable | None, list[str]]:
+    """The newest complete checkpoint whose files all read back (state, weights and, with `optimizer`, the optimizer
+    state), and one line per newer checkpoint skipped on the way, saying why (a disk error or a copy can damage a
+    checkpoint after its rename). Export and evaluation read only the weights: `optimizer=False`."""
     skipped: list[str] = []
     for ckpt in reversed(complete_checkpoints(Path(checkpoints))):
         try:
             state = json.loads((ckpt / STATE_FILE).read_text())
             int(state["step"])
-            found = Resumable(ckpt, state, load_model_tensors(ckpt, device), load_optimizer_state(ckpt))
+            opt = load_optimizer_state(ckpt) if optimizer else None
+            found = Resumable(ckpt, state, load_model_tensors(ckpt, device), opt)
         except Exception as e:  # noqa: BLE001 - whatever the damage (json, safetensors, pickle framing): fall back
             detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             skipped.append(f"{ckpt.name} ({type(e).__name__}: {detail})")
             continue
         return found, skipped
     return None, skipped
+
+
+def newest_weights(checkpoints: Path) -> Resumable | None:
+    """The newest checkpoint whose weights read back (on CPU), warning about any newer damaged one."""
+    found, skipped = resumable_checkpoint(checkpoints, "cpu", optimizer=False)
+    for why in skipped:
+        log.warning("skipped unreadable checkpoint %s", why)
+    return found
 
 
 def read_state(ckpt: Path) -> dict[str, Any]:
@@ -266,11 +278,11 @@ def load_student(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     spec_path = run_dir / STUDENT_SPEC
     if not spec_path.is_file():
         raise AmoeError(f"{run_dir}: no {STUDENT_SPEC}; is this a distill run directory (runs/<run>)?")
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
+    found = newest_weights(run_dir / "checkpoints")
+    if found is None:
         raise AmoeError(f"{run_dir}: no complete checkpoint yet; train it with `amoe distill` first")
     student, dims = build_from_spec(json.loads(spec_path.read_text()))
-    student.load_state_dict(load_model_tensors(ckpt, "cpu"))
+    student.load_state_dict(found.model)
     student = student.to(device).eval()
     phis = {name: {"summary": h.phis_summary, "patches": h.phis_patches} for name, h in student.heads.items()}
     return student, dims, phis
