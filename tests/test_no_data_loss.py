@@ -86,17 +86,27 @@ def test_export_never_replaces_a_folder_it_did_not_write(trained, tmp_path, caps
 
 
 def test_distill_never_writes_into_a_folder_that_is_not_its_run(trained, tmp_path, capsys) -> None:
-    """`--resume` on a folder that is no run used to rewrite its metrics.jsonl (emptied) and delete its train.json."""
+    """`--resume` on a folder that is no run used to train into it (params.yaml, checkpoints/, ... among its files)."""
     params = str(trained / "params.yaml")
-    user = tmp_path / "notes"
-    user.mkdir()
-    (user / "metrics.jsonl").write_text('{"step": 7, "mine": true}\n')
-    (user / "train.json").write_text("{}\n")
+    user = _thesis(tmp_path) / "thesis"
     before = _tree(user)
-    argv = ["distill", "--resume", "--params", params, "-S", f"distill.runs_dir={tmp_path}", "-S", "distill.run=notes"]
+    argv = ["distill", "--resume", "--params", params, "-S", f"distill.runs_dir={tmp_path}", "-S", "distill.run=thesis"]
     assert main(argv) == 2
     assert "distill.run" in _one_line_error(capsys)
     assert _tree(user) == before
+
+
+def test_a_run_from_before_markers_is_still_trained(trained, tmp_path) -> None:
+    """A fresh clone's runs/balanced after `dvc repro` removed its outs: eval.json and resolution.csv, no marker."""
+    old = tmp_path / "balanced"
+    old.mkdir()
+    (old / "eval.json").write_text("{}\n")
+    (old / "resolution.csv").write_text("r\n")
+    params = yaml.safe_load((trained / "params.yaml").read_text())
+    params["distill"].update(runs_dir=str(tmp_path), run="balanced")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["distill", "--params", str(tmp_path / "params.yaml"), "-q"]) == 0
+    assert (old / "train.json").exists() and (old / "eval.json").read_text() == "{}\n"
 
 
 # ---------------------------------------------------------------------------------------------------------- curation

@@ -67,6 +67,12 @@ class RunDir:
     def exists(self) -> bool:
         return self.params_file.exists()
 
+    def has_records(self) -> bool:
+        """Holds any of a run's records: what identifies a run written before output markers existed (`dvc repro`
+        removes params.yaml and checkpoints/ first, leaving e.g. eval.json)."""
+        files = (self.params_file, self.metrics_file, self.train_file, self.eval_file, self.events_file)
+        return any(f.exists() for f in (*files, self.checkpoints, self.history_file))
+
     @property
     def history_file(self) -> Path:
         return self.path / "params_history.yaml"

@@ -26,7 +26,7 @@ from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_write_json
 from amoe_core.launch import distributed
-from amoe_core.outputs import claim_outputs, mark_output
+from amoe_core.outputs import claim_outputs, mark_output, written_by
 from amoe_core.progress import progress
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import components
@@ -44,6 +44,7 @@ from amoe_core.train.live import LiveLog
 from amoe_core.train.loop import DistillStep, Position, batches_forever, position_dict, timed, trim_records
 
 log = logging.getLogger(__name__)
+RUN_OUTPUT = "distill.run"  # the marker a run directory carries (amoe_core/outputs.py)
 
 
 def seed_everything(seed: int) -> None:
@@ -77,8 +78,10 @@ def _claim_run(params: Params) -> contextlib.AbstractContextManager:
     a directory that is not a run is never written into (amoe_core/outputs.py)."""
     if not distributed.init_distributed().is_main:  # idempotent; also exports a submitit job's RANK
         return contextlib.nullcontext()
-    cfg = params.distill
-    return claim_outputs({"distill.run": Path(cfg.runs_dir) / cfg.run}, legacy=("params.yaml",))
+    run_dir = RunDir(Path(params.distill.runs_dir) / params.distill.run)
+    if written_by(run_dir.path) is None and run_dir.has_records():  # a run from before output markers
+        mark_output(run_dir.path, RUN_OUTPUT)
+    return claim_outputs({"distill.run": run_dir.path}, owner=RUN_OUTPUT)
 
 
 def _run(params: Params, resume: bool) -> dict[str, Any]:
@@ -104,7 +107,7 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
             trim_records(run_dir.metrics_file, 0)
             run_dir.train_file.unlink(missing_ok=True)
         run_dir = RunDir.create(cfg.runs_dir, cfg.run)
-        mark_output(run_dir.path, "distill.run")
+        mark_output(run_dir.path, RUN_OUTPUT)
         for why in skipped:
             log.warning("resume: skipped unreadable checkpoint %s", why)
             run_dir.event(f"resume: skipped unreadable checkpoint {why}")
