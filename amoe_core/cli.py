@@ -14,6 +14,7 @@ from typing import Any
 
 from amoe_core.config import Params, load_params
 from amoe_core.errors import AmoeError
+from amoe_core.io import USER_OS_ERRORS, os_error_line
 from amoe_core.progress import setup_logging
 from amoe_core.stages import stage_function
 
@@ -154,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         args.handler(params, args)
     except AmoeError as e:
         print(f"amoe: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        print(f"amoe: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("amoe: interrupted", file=sys.stderr)

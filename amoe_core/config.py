@@ -9,18 +9,19 @@ that reads them (`errors.require_path`), since earlier stages create them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from amoe_core.errors import ConfigError
 
 DEFAULT_PARAMS = Path("params.yaml")
+Byte = Annotated[int, Field(ge=0, le=255)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -50,9 +51,10 @@ class IngestConfig(Section):
     max_side: int = Field(512, ge=16)  # larger images are downscaled before storage
     min_side: int = Field(16, ge=1)  # smaller images are skipped
     max_pixels: int = Field(64_000_000, ge=1)  # decompression-bomb guard (8k x 8k); larger files are skipped
+    max_bytes: int = Field(256 * 2**20, ge=1)  # files are read whole into memory: larger ones are skipped unread
     phash_distance: int = Field(4, ge=0, le=64)  # near-duplicate threshold (Hamming, 64-bit pHash); 0 = exact only
     phash_min_side: int = Field(32, ge=1)  # smaller images are only exact-deduplicated (why: amoe_core/data/dedup.py)
-    background: tuple[int, int, int] = (255, 255, 255)  # alpha is composited onto this colour
+    background: tuple[Byte, Byte, Byte] = (255, 255, 255)  # alpha is composited onto this colour
     jpeg_quality: int = Field(92, ge=50, le=100)
     store_format: Literal["auto", "jpg", "png"] = "auto"  # auto: jpg for JPEG inputs, png for lossless ones
     on_extension_mismatch: Literal["skip", "decode"] = "skip"  # e.g. PNG bytes in a .jpg file
@@ -274,7 +276,7 @@ class DistillConfig(Section):
     shards: Path = Path("data/shards")
     selection: Path | None = Path("data/curation/selection/balanced.parquet")  # None = every image of the shards
     steps: int = Field(300, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=10)  # AdamW moves each weight by about lr per step: beyond 10 it diverges at once
     min_lr: float = Field(1e-5, ge=0)
     warmup_steps: int = Field(30, ge=0)
     weight_decay: float = Field(0.05, ge=0)
@@ -286,6 +288,13 @@ class DistillConfig(Section):
     compile: bool = False
     deterministic: bool = True
     balance_update_rate: float = Field(1e-3, ge=0)
+
+    @field_validator("run")
+    @classmethod
+    def _folder_name(cls, run: str) -> str:
+        if run in (".", ".."):  # a folder name under runs_dir, not runs_dir itself or its parent
+            raise ValueError("must name a run folder, not . or ..")
+        return run
 
 
 class LaunchConfig(Section):
@@ -330,7 +339,7 @@ class EvaluateConfig(Section):
         ]
     )
     max_train_per_dataset: int = Field(5000, ge=10)
-    resolutions: list[int] = Field(default_factory=lambda: [32, 64, 112])
+    resolutions: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 112], min_length=1)
     main_resolution: int = Field(64, ge=16)
     ks: list[int] = Field(default_factory=lambda: [10, 20, 100], min_length=1)
     temperature: float = Field(0.07, gt=0)
@@ -414,6 +423,46 @@ class Params(Section):
             raise ValueError(f"teacher names must be unique, got {names}")
         return self
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        from amoe_core.models.registry import resolve_arch  # lazily: it imports torch
+
+        sel = self.distill.selection
+        if sel is not None and sel.suffix != ".parquet":
+            raise ConfigError(
+                f"invalid distill.selection = {str(sel)!r}: must be a selection .parquet (from amoe curate sample)"
+            )
+        arch = resolve_arch(self.student.name, self.student.overrides)
+        if arch.patch_size != self.packing.patch_size:
+            raise ConfigError(
+                f"invalid student.overrides.patch_size = {arch.patch_size}: must equal packing.patch_size = "
+                f"{self.packing.patch_size} (batches are cut into patches of that size); set both together"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _outputs_apart_from_inputs(self) -> Params:
+        """No output directory overlaps what its stage reads (or another output of it): a swap would delete it."""
+        from amoe_core.outputs import check_disjoint
+
+        folders = {f"ingest.sources[{i}]": s.partition(":")[2] for i, s in enumerate(self.ingest.sources) if ":" in s}
+        dt = self.demo_teachers
+        teacher_data = {f"demo_teachers.{k}.{s}": getattr(getattr(dt, k), s) for k in ("dinov3", "siglip2")
+                        for s in ("train", "test")}  # fmt: skip
+        sel = {"distill.selection": self.distill.selection} if self.distill.selection else {}
+        sample_in = {f"sample.{k}": getattr(self.sample, k) for k in ("shards", "clusters", "embeddings")}
+        for outputs, inputs in (
+            ({"ingest.out": self.ingest.out}, {k: v for k, v in folders.items() if v}),
+            ({"demo_teachers.out": dt.out}, teacher_data),
+            ({"embed.out": self.embed.out}, {"embed.shards": self.embed.shards}),
+            ({"cluster.out": self.cluster.out}, {"cluster.embeddings": self.cluster.embeddings}),
+            ({"sample.out": self.sample.out}, {**sample_in, "sample.plots": self.sample.plots}),
+            ({"sample.plots": self.sample.plots}, sample_in),
+            ({"distill.run": self.distill.runs_dir / self.distill.run}, {"distill.shards": self.distill.shards, **sel}),
+        ):
+            check_disjoint(outputs, inputs)
+        return self
+
     def teacher(self, name: str) -> TeacherSpec:
         for t in self.teachers:
             if t.name == name:
@@ -422,6 +471,21 @@ class Params(Section):
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
     """Apply one DVC-style `a.b.c=value` override in place; the value is parsed as YAML (`3`, `true`, `[1, 2]`)."""
     if "=" not in assignment:
@@ -496,9 +560,15 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     p = Path(path) if path is not None else DEFAULT_PARAMS
     if p.exists():
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except IsADirectoryError:
+            raise ConfigError(f"--params {str(p)!r}: is a directory; give the params.yaml file") from None
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"--params {str(p)!r}: not a text YAML file ({type(e).__name__})") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if data is None:
+            raise ConfigError(f"{p}: is empty; write the sections you change, or remove it to use the defaults")
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
     elif path is not None:

@@ -1,8 +1,13 @@
-"""Atomic file writes: a killed process never leaves a half-written file under the final name."""
+"""Atomic file writes: a killed process never leaves a half-written file under the final name.
+
+Files and folders are created with the modes the user's umask gives (mkstemp/mkdtemp alone would make them 0600/0700,
+unreadable to a teammate or a dashboard running as another user).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -10,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from amoe_core.errors import AmoeError
 
 
 @contextlib.contextmanager
@@ -22,6 +29,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -30,22 +38,87 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        written = tmp_path.stat().st_size if tmp_path.exists() else 0
+        raise AmoeError(f"{os_error_line(e, path)}; it needed more than the {written} bytes written") from e
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def naming_errors(path: str | os.PathLike, size: int | None = None) -> Iterator[None]:
+    """Write errors carry no file name (`write()` knows only a descriptor): add it, and the size being written, so
+    a full disk is reported with where and how much (`os_error_line`). Survives pickling from pool workers."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        what = f"{e.strerror}; {size} bytes to write" if size is not None else e.strerror
+        raise OSError(e.errno, what, str(path)) from None
+
+
+def write_named(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temporary `path`; on failure nothing partial is left there."""
+    try:
+        with naming_errors(path, len(data)):
+            Path(path).write_bytes(data)
+    except OSError:
+        Path(path).unlink(missing_ok=True)
+        raise
+
+
+# errors a user fixes (space, permissions, a file where a folder should be): one line, exit 2, not a traceback
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def os_error_line(e: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line for a write that failed for a reason the user can fix, naming where and what to do."""
+    where = str(path or e.filename or "?")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        probe = Path(where)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free if probe.exists() else 0
+        return f"{where!r}: {e.strerror} ({free} bytes free there); free space or choose another output"
+    if e.errno == errno.EROFS:
+        return f"cannot write {where!r}: read-only file system; choose a writable output"
+    if e.errno == errno.ENOTDIR:
+        return f"cannot write {where!r}: a parent of it is a file, not a folder; choose another output"
+    return f"cannot write {where!r}: {e.strerror}; check its permissions or choose another output"
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    path: str | os.PathLike, stage: str, field: str | None = None, legacy: tuple[str, ...] = ()
+) -> Iterator[Path]:
     """Yield a fresh temporary directory next to `path`; on success it replaces `path` as a whole.
 
-    On an exception the temporary directory is removed and `path` keeps its previous content, so a killed or failed
-    stage never leaves a directory that mixes old and new files.
+    Only a directory this stage wrote is replaced: `path` must be absent, empty or carry `stage`'s marker
+    (`outputs.check_output`; `field` names it in errors, default `stage`; `legacy`: files that identify an output
+    written before markers existed), and the new directory carries that marker. On an exception the
+    temporary directory is removed and `path` keeps its previous content, so a killed or failed stage never leaves a
+    directory that mixes old and new files.
     """
-    path = Path(path)
+    from amoe_core.outputs import check_output, mark_output
+
+    path, field = Path(path), field or stage
+    check_output(field, path, stage, legacy)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        mark_output(tmp, stage)
+        check_output(field, path, stage, legacy)  # again: the directory may have been filled while the stage ran
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

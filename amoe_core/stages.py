@@ -6,6 +6,8 @@ Imports are lazy so `amoe --help` does not import torch.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -25,10 +27,36 @@ STAGES: dict[str, str] = {
 }
 
 
+# Output directories named by a params field, guarded and locked for the whole stage (amoe_core/outputs.py). Stages
+# whose outputs depend on arguments (ingest --out, distill's run, export --out) claim them themselves.
+LOCKED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "demo-pool": ("demo_pool.out",),
+    "teachers-demo": ("demo_teachers.out",),
+    "embed": ("embed.out",),
+    "cluster": ("cluster.out",),
+    "sample": ("sample.out", "sample.plots"),
+    "ablate": ("ablate.out",),
+}
+
+
 def stage_function(name: str) -> Callable[..., Any]:
     if name not in STAGES:
         from amoe_core.errors import AmoeError
 
         raise AmoeError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     module, fn = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), fn)
+    stage = getattr(importlib.import_module(module), fn)
+    if name not in LOCKED_OUTPUTS:
+        return stage
+
+    @functools.wraps(stage)
+    def locked(params: Any, **kwargs: Any) -> Any:
+        from amoe_core.outputs import output_lock
+
+        with contextlib.ExitStack() as stack:
+            for field in LOCKED_OUTPUTS[name]:
+                section, key = field.split(".")
+                stack.enter_context(output_lock(field, getattr(getattr(params, section), key)))
+            return stage(params, **kwargs)
+
+    return locked

@@ -35,6 +35,7 @@ from PIL import Image
 from amoe_core.config import EmbedConfig, Params, TeacherSpec
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_path, atomic_write_json
+from amoe_core.outputs import check_output, mark_output
 from amoe_core.progress import progress
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,9 @@ def _start(out: Path, world: int) -> None:
     stale (their shards differ) and go."""
     import shutil
 
+    check_output("embed.out", out, "embed.out", legacy=("meta.json",))  # written in place: never someone's folder
     out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, "embed.out")
     (out / "meta.json").unlink(missing_ok=True)  # a finished older output is replaced, never mixed
     for legacy in ("embeddings.partial.npy", "progress.json"):  # the 1-process layout before parts
         (out / legacy).unlink(missing_ok=True)

@@ -202,7 +202,7 @@ def load_levels(
 
 
 def write_levels(out: Path, levels: list[Level], meta: dict) -> None:
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "cluster.out", legacy=("meta.json", "level1")) as tmp:
         for i, level in enumerate(levels, start=1):
             (tmp / f"level{i}").mkdir()
             np.save(tmp / f"level{i}" / "centroids.npy", level.centroids)

@@ -111,7 +111,7 @@ def plot_examples(examples: dict[int, list], thumbs: dict[str, Image.Image], siz
 
 def write_plots(cfg: SampleConfig, rows: pd.DataFrame, paths: np.ndarray, selections: dict[str, np.ndarray]) -> Path:
     """All curation plots, swapped into `cfg.plots` as a whole."""
-    with atomic_dir(cfg.plots) as tmp:
+    with atomic_dir(cfg.plots, "sample.plots", legacy=("examples.json",)) as tmp:
         sizes = size_frame(paths, selections)
         sizes.to_csv(tmp / "cluster_sizes.csv", index=False)
         plot_sizes(sizes, tmp / "cluster_sizes.png")

@@ -151,7 +151,7 @@ def run(params: Params) -> Path:
     balanced = balanced_sample(paths, cfg.target, params.seed, cfg.within, dist)
     baseline = random_sample(n, cfg.target, params.seed)
     report = build_report(rows, paths, {"balanced": balanced, "random": baseline}, cfg)
-    with atomic_dir(cfg.out) as tmp:
+    with atomic_dir(cfg.out, "sample.out", legacy=("report.json", "balanced.parquet")) as tmp:
         selection_frame(rows, paths, balanced).to_parquet(tmp / "balanced.parquet", index=False)
         selection_frame(rows, paths, baseline).to_parquet(tmp / "random.parquet", index=False)
         atomic_write_json(tmp / "report.json", report)

@@ -28,6 +28,7 @@ SKIP_REASONS = (
     "truncated",
     "corrupt",
     "too_small",  # shorter side below ingest.min_side
+    "too_large",  # file above ingest.max_bytes: not read
 )
 
 # PIL format -> file extensions that honestly name it. MPO is the multi-picture JPEG some cameras write.
@@ -53,6 +54,7 @@ class DecodeSettings:
     jpeg_quality: int
     store_format: str  # auto | jpg | png
     skip_extension_mismatch: bool
+    max_bytes: int = 256 * 2**20  # files are read whole into memory: larger ones are skipped unread
 
 
 @dataclass

@@ -86,7 +86,8 @@ def run(params: Params, **_: Any) -> dict[str, Any]:
     _tuxpaint(extract / "tuxpaint-stamps-default" / TUXPAINT_DIR, tmp, cfg.max_per_category, summary)
     shutil.rmtree(extract)
     atomic_write_json(tmp / "summary.json", summary)
-    shutil.rmtree(out, ignore_errors=True)  # empty (checked above)
+    if out.exists():
+        out.rmdir()  # empty (checked above); rmdir, not rmtree: never deletes files that appeared meanwhile
     os.replace(tmp, out)
     log.info("demo pool: %s", {k: v["total"] for k, v in summary["pool"].items()})
     return summary

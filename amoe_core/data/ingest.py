@@ -37,14 +37,16 @@ from amoe_core.config import IngestConfig, Params
 from amoe_core.data.decode import SKIP_REASONS, Decoded, DecodeSettings, Skip, decode_image
 from amoe_core.data.dedup import deduplicate
 from amoe_core.data.shards import MANIFEST, REPORT, shard_name, tar_end, tar_sample
-from amoe_core.data.sources import Item, list_items, parse_source, read_item
+from amoe_core.data.sources import Item, TooLarge, list_items, parse_source, read_item
 from amoe_core.errors import AmoeError
-from amoe_core.io import atomic_path, atomic_write_json
+from amoe_core.io import atomic_path, atomic_write_json, naming_errors, write_named
+from amoe_core.outputs import claim_outputs, mark_output
 from amoe_core.progress import progress
 
 log = logging.getLogger(__name__)
 
 STATE = ".ingest_state.json"
+OUT_STAGE = "ingest.out"  # the marker an ingest output carries (amoe_core/outputs.py)
 STAGING = ".staging"
 META_COLUMNS = [
     "key", "source", "label", "path", "status", "detail", "orig_width", "orig_height", "width", "height",
@@ -60,11 +62,15 @@ def run(params: Params, sources: list[str] | None = None, out: str | Path | None
     cfg = params.ingest
     field = "--source" if sources else "ingest.sources"
     specs = [parse_source(s, field) for s in (sources or cfg.sources)]
+    out_field = "--out" if out is not None else "ingest.out"
     out = Path(out) if out is not None else cfg.out
-    items = list_items(specs)
-    if not items:
-        raise AmoeError(f"{field}: no files in {', '.join(map(str, specs))}; point it at a folder of images")
-    return ingest(items, [str(s) for s in specs], out, cfg)
+    inputs = {f"{field}[{i}]": s.path for i, s in enumerate(specs)}
+    with claim_outputs({out_field: out}, inputs, owner=OUT_STAGE, legacy=(STATE,)):
+        unlisted: list[dict[str, str]] = []
+        items = list_items(specs, unlisted)
+        if not items:
+            raise AmoeError(f"{field}: no files in {', '.join(map(str, specs))}; point it at a folder of images")
+        return ingest(items, [str(s) for s in specs], out, cfg, unlisted)
 
 
 def decode_settings(cfg: IngestConfig) -> DecodeSettings:
@@ -76,10 +82,14 @@ def decode_settings(cfg: IngestConfig) -> DecodeSettings:
         jpeg_quality=cfg.jpeg_quality,
         store_format=cfg.store_format,
         skip_extension_mismatch=cfg.on_extension_mismatch == "skip",
+        max_bytes=cfg.max_bytes,
     )
 
 
-def ingest(items: list[Item], sources: list[str], out: Path, cfg: IngestConfig) -> dict[str, Any]:
+def ingest(
+    items: list[Item], sources: list[str], out: Path, cfg: IngestConfig, unlisted: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """`unlisted`: paths the listing left out (not regular files, loops, unreadable folders), for the report."""
     t0 = time.perf_counter()
     settings = decode_settings(cfg)
     fp = _fingerprint(items, settings, cfg)
@@ -90,6 +100,7 @@ def ingest(items: list[Item], sources: list[str], out: Path, cfg: IngestConfig) 
     if state.get("fingerprint") != fp:  # same fingerprint: resume (staged chunks and finished shards are reused)
         _reset(out)
         out.mkdir(parents=True, exist_ok=True)
+        mark_output(out, OUT_STAGE)
         atomic_write_json(out / STATE, {"fingerprint": fp, "complete": False})
     staging = out / STAGING
     staging.mkdir(parents=True, exist_ok=True)
@@ -109,6 +120,7 @@ def ingest(items: list[Item], sources: list[str], out: Path, cfg: IngestConfig) 
         manifest.to_parquet(tmp, index=False)
     seconds = time.perf_counter() - t0
     report = _report(meta, kept, dd.groups, sources, out, seconds, n_staged, written)
+    report["unlisted"] = _group(unlisted or [])
     atomic_write_json(out / REPORT, report)
     atomic_write_json(
         out / STATE, {"fingerprint": fp, "complete": True, "kept": len(kept), "shards": sorted(kept["shard"].unique())}
@@ -152,7 +164,9 @@ def _stage(chunks: list[list[Item]], staging: Path, s: DecodeSettings, workers: 
         else:
             # fork: workers start in milliseconds and inherit the imports; spawn elsewhere (macOS, Windows).
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(
+                n_workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+            ) as pool:
                 # At most 2 chunks in flight per worker keeps memory flat on huge pools.
                 pending: dict[Future, int] = {}
                 queue = list(reversed(todo))
@@ -173,6 +187,19 @@ def _stage(chunks: list[list[Item]], staging: Path, s: DecodeSettings, workers: 
     return pd.concat(frames, ignore_index=True), sum(len(chunks[c]) for c in todo)
 
 
+def die_with_parent(parent: int) -> None:
+    """Pool worker start-up (Linux): the kernel SIGKILLs this worker when the ingest process dies, even by SIGKILL,
+    instead of leaving it decoding for minutes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def stage_chunk(c: int, items: list[Item], s: DecodeSettings, staging: Path) -> dict[str, list]:
     """Worker: decode one chunk of files, stage it atomically (.bin of tar records, then the .parquet that marks the
     chunk done) and return its metadata columns."""
@@ -181,7 +208,9 @@ def stage_chunk(c: int, items: list[Item], s: DecodeSettings, staging: Path) -> 
     offset = 0
     for it in items:
         try:
-            data = read_item(it)
+            data = read_item(it, s.max_bytes)
+        except TooLarge as e:
+            res = Skip("too_large", str(e))
         except OSError as e:
             res: Decoded | Skip = Skip("corrupt", f"unreadable: {e}")
         else:
@@ -208,9 +237,11 @@ def stage_chunk(c: int, items: list[Item], s: DecodeSettings, staging: Path) -> 
     # report, which are the results, are fsynced.
     bin_path, meta_path = _chunk_path(staging, c, ".bin"), _chunk_path(staging, c)
     tmp = staging / f".{bin_path.name}.{os.getpid()}.tmp"
-    tmp.write_bytes(b"".join(records))
+    write_named(tmp, b"".join(records))
     os.replace(tmp, bin_path)
-    pq.write_table(pa.table(rows, schema=_STAGE_SCHEMA), tmp)
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table(rows, schema=_STAGE_SCHEMA), buf)
+    write_named(tmp, buf.getvalue().to_pybytes())
     os.replace(tmp, meta_path)  # last: the parquet marks the chunk done
     return rows
 
@@ -243,7 +274,7 @@ def _assemble(kept: pd.DataFrame, staging: Path, out: Path) -> list[str]:
     todo = kept[kept["shard"].isin(missing)]
     for shard, rows in todo.groupby("shard", sort=True):
         tmp, size = out / f".{shard}.tmp", 0
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, naming_errors(tmp):
             for c, lo, hi in _byte_runs(rows):
                 with open(_chunk_path(staging, c, ".bin"), "rb") as src:
                     src.seek(lo)
@@ -304,6 +335,14 @@ def _report(
         "shards_written_this_run": written,
         "images_per_s": round(n_staged / seconds, 1) if seconds > 0 else 0.0,
     }
+
+
+def _group(unlisted: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+    """{reason: [{path, detail}]}: every path the listing left out, by why."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for u in sorted(unlisted, key=lambda u: (u["reason"], u["path"])):
+        out.setdefault(u["reason"], []).append({"path": u["path"], "detail": u["detail"]})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------- state

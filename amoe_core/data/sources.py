@@ -4,14 +4,22 @@
 Naming rules for a folder source (the demo pool's layout `pool/<source>/<label>/<file>` is one instance):
 - source = the first path component under PATH when the file sits in a subfolder, else the folder's own name;
 - label = the file's parent folder name when it is deeper than that source folder, else None.
+
+Hostile trees are bounded: only regular files are read (a FIFO, a device such as /dev/zero or a socket is skipped),
+a directory reached again through a symlink (a loop, or a second link to it) is visited once per inode, and every
+path left out at listing time (with why: not a regular file, dangling symlink, directory already visited,
+unreadable directory) is returned for the ingest report. Shards must be plain tars (compressed ones are refused)
+and their json metadata members are read only up to `MAX_META_BYTES`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +27,11 @@ from pathlib import Path
 from amoe_core.errors import ConfigError
 
 SOURCE_KINDS = ("folder", "shards")
+MAX_META_BYTES = 64 * 1024  # a sample's json metadata is a few hundred bytes; larger members are ignored
+
+
+class TooLarge(OSError):
+    """A file above ingest.max_bytes: never read into memory."""
 
 
 @dataclass(frozen=True)
@@ -64,24 +77,52 @@ def make_key(source: str, ident: str) -> str:
     return f"{_slug(source)}_{hashlib.blake2b(ident.encode(), digest_size=8).hexdigest()}"
 
 
-def list_items(specs: list[SourceSpec]) -> list[Item]:
+def list_items(specs: list[SourceSpec], unlisted: list[dict[str, str]] | None = None) -> list[Item]:
+    """Every item of the sources, sorted; paths left out are appended to `unlisted` as {path, reason, detail}."""
     items: list[Item] = []
+    left: list[dict[str, str]] = [] if unlisted is None else unlisted
+    seen: dict[str, str] = {}  # key -> the file (resolved) it names
+    files: set[tuple[str, int]] = set()
     for spec in specs:
-        items.extend(_folder_items(spec.path) if spec.kind == "folder" else _shard_items(spec.path))
+        for it in _folder_items(spec.path, left) if spec.kind == "folder" else _shard_items(spec.path, left):
+            real = os.path.realpath(it.path)
+            if (real, it.offset) in files:
+                raise ConfigError(f"ingest.sources: {it.path} is listed twice (overlapping sources?)")
+            files.add((real, it.offset))
+            if it.key in seen:
+                # another root with the same layout (/a/pool/x.png, /b/pool/x.png): a distinct file, so its key also
+                # hashes its resolved path (keys of the first source that has it stay as they always were)
+                it = dataclasses.replace(it, key=make_key(it.source, f"{real}@{it.offset}"))
+            seen[it.key] = real
+            items.append(it)
     items.sort(key=lambda it: (it.source, it.path, it.offset))
-    seen: set[str] = set()
-    for it in items:
-        if it.key in seen:
-            raise ConfigError(f"ingest.sources: {it.path} is listed twice (overlapping sources?)")
-        seen.add(it.key)
     return items
 
 
-def _folder_items(root: Path) -> list[Item]:
+def _folder_items(root: Path, unlisted: list[dict[str, str]]) -> list[Item]:
     out: list[Item] = []
     root_name = root.resolve().name
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+
+    def unreadable(e: OSError) -> None:
+        unlisted.append({"path": str(e.filename), "reason": "unreadable_directory", "detail": e.strerror or str(e)})
+
+    st = os.stat(root)
+    visited = {(st.st_dev, st.st_ino)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            try:
+                st = os.stat(os.path.join(dirpath, d))
+            except OSError as e:
+                unreadable(e)
+                continue
+            if (st.st_dev, st.st_ino) in visited:  # a symlink loop or a second link to a folder: walk it once
+                unlisted.append({"path": os.path.join(dirpath, d), "reason": "directory_already_visited",
+                                 "detail": "reached again through a symlink; walked once"})  # fmt: skip
+                continue
+            visited.add((st.st_dev, st.st_ino))
+            keep.append(d)
+        dirnames[:] = keep
         rel_dir = Path(dirpath).relative_to(root)
         parts = rel_dir.parts
         source = parts[0] if parts else root_name
@@ -92,35 +133,61 @@ def _folder_items(root: Path) -> list[Item]:
             path = Path(dirpath) / fn
             try:
                 st = path.stat()
-            except OSError:  # a dangling symlink: nothing to read
+            except OSError as e:
+                reason = "dangling_symlink" if path.is_symlink() else "unreadable"
+                unlisted.append({"path": str(path), "reason": reason, "detail": e.strerror or str(e)})
+                continue
+            if not stat.S_ISREG(st.st_mode):  # a FIFO would block forever, /dev/zero never ends
+                unlisted.append({"path": str(path), "reason": "not_a_regular_file", "detail": _kind(st.st_mode)})
                 continue
             rel = (rel_dir / fn).as_posix()
             out.append(Item(source, label, str(path), fn, make_key(source, rel), st.st_size, st.st_mtime_ns))
     return out
 
 
-def _shard_items(root: Path) -> list[Item]:
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "fifo"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):  # fmt: skip
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _shard_items(root: Path, unlisted: list[dict[str, str]]) -> list[Item]:
     """Members of existing WebDataset tars: one image entry per sample, source/label from its json when present."""
     out: list[Item] = []
     for tar_path in sorted(root.glob("*.tar")):
         st = tar_path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            unlisted.append({"path": str(tar_path), "reason": "not_a_regular_file", "detail": _kind(st.st_mode)})
+            continue
         samples: dict[str, dict] = {}
         try:
-            with tarfile.open(tar_path) as tf:
+            # "r:" reads plain tars only: a compressed one would be inflated without bound, and item offsets
+            # (read_item seeks into the file) only mean something in an uncompressed tar
+            with tarfile.open(tar_path, "r:") as tf:
                 for m in tf:
                     if not m.isfile() or "." not in Path(m.name).name:
                         continue
                     base, ext = _split_key(m.name)
                     s = samples.setdefault(base, {})
                     if ext == "json":
+                        if m.size > MAX_META_BYTES:
+                            unlisted.append({"path": f"{tar_path}:{m.name}", "reason": "metadata_too_large",
+                                             "detail": f"{m.size} bytes > {MAX_META_BYTES}; ignored"})  # fmt: skip
+                            s["meta"] = {}
+                            continue
                         try:
-                            s["meta"] = json.loads(tf.extractfile(m).read())
-                        except (ValueError, OSError):
+                            s["meta"] = json.loads(tf.extractfile(m).read(MAX_META_BYTES))
+                        except (ValueError, OSError, RecursionError):
                             s["meta"] = {}
                     elif ext in ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff") and "member" not in s:
                         s["member"] = m
         except tarfile.TarError as e:
-            raise ConfigError(f"ingest.sources: {tar_path} is not a readable tar ({e})") from None
+            raise ConfigError(
+                f"ingest.sources: {tar_path} is not a readable plain tar ({e}); compressed shards are not read: "
+                "decompress them first (e.g. gunzip -c X.tar.gz > X.tar)"
+            ) from None
         for base, s in samples.items():
             m = s.get("member")
             if m is None:
@@ -143,9 +210,18 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext.lower()
 
 
-def read_item(item: Item) -> bytes:
-    with open(item.path, "rb") as f:
+def read_item(item: Item, max_bytes: int) -> bytes:
+    """The item's bytes: a regular file only (opened without blocking, so a FIFO swapped in after listing cannot
+    hang), at most its listed size, and never more than `max_bytes` (`TooLarge`)."""
+    if item.size > max_bytes:
+        raise TooLarge(f"{item.size} bytes > ingest.max_bytes = {max_bytes}")
+    fd = os.open(item.path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{item.path}: not a regular file")
         if item.offset >= 0:
             f.seek(item.offset)
-            return f.read(item.size)
-        return f.read()
+        data = f.read(item.size + 1)  # one byte more: a file that grew since listing is noticed, not read on
+    if len(data) != item.size and item.offset < 0:
+        raise OSError(f"{item.path}: changed since listing ({item.size} bytes listed)")
+    return data[: item.size]

@@ -167,7 +167,7 @@ def collect(names: list[str], out: Path) -> list[Path]:
     if missing:
         raise AmoeError(f"no finished experiment named {', '.join(missing)}: run `amoe ablate` first")
     written: list[Path] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "ablate.out", legacy=(TEACHERS_RUN,)) as tmp:
         for name in names:
             files = _git("ls-tree", "-r", "--name-only", refs[name], "runs/").splitlines()
             for f in files:

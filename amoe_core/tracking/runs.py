@@ -1,7 +1,8 @@
 """Read and write one run directory. Every writer is atomic or append-only, so a killed run leaves readable files.
 
 Layout of `runs/<run_id>/`:
-  params.yaml     the resolved params the run was started with
+  params.yaml     the resolved params of the newest attempt (start or --resume): what produced the newest records
+  params_history.yaml  every attempt's params, one YAML document each, headed by its number, time and start point
   metrics.jsonl   one JSON record per logged step (loss terms, lr, grad norm, tokens/s, expert load, ...)
   train.json      training summary: median throughput after warm-up, final losses (DVC metrics)
   eval.json       evaluation results (DVC metrics)
@@ -66,9 +67,29 @@ class RunDir:
     def exists(self) -> bool:
         return self.params_file.exists()
 
+    def has_records(self) -> bool:
+        """Holds any of a run's records: what identifies a run written before output markers existed (`dvc repro`
+        removes params.yaml and checkpoints/ first, leaving e.g. eval.json)."""
+        files = (self.params_file, self.metrics_file, self.train_file, self.eval_file, self.events_file)
+        return any(f.exists() for f in (*files, self.checkpoints, self.history_file))
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "params_history.yaml"
+
     # ---- writers
     def write_params(self, params_yaml: str) -> None:
         atomic_write_text(self.params_file, params_yaml)
+
+    def record_attempt(self, params_yaml: str, start: str) -> int:
+        """Make `params_yaml` the run's params.yaml and append it to the history; returns the attempt number."""
+        n = 1
+        if self.history_file.exists():
+            n += sum(1 for _ in yaml.safe_load_all(self.history_file.read_text()))
+        with open(self.history_file, "a", encoding="utf-8") as f:
+            f.write(f"--- # attempt {n}, {time.strftime('%Y-%m-%dT%H:%M:%S')}, {start}\n{params_yaml}")
+        self.write_params(params_yaml)
+        return n
 
     def log_metrics(self, record: dict[str, Any]) -> None:
         append_jsonl(self.metrics_file, record)

@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,45 @@ def latest_checkpoint(checkpoints: Path) -> Path | None:
     return found[-1] if found else None
 
 
+@dataclass(frozen=True)
+class Resumable:
+    """A checkpoint read back whole: what `--resume` continues from."""
+
+    path: Path
+    state: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+
+
+def resumable_checkpoint(
+    checkpoints: Path, device: str | torch.device = "cpu", optimizer: bool = True
+) -> tuple[Resumable | None, list[str]]:
+    """The newest complete checkpoint whose files all read back (state, weights and, with `optimizer`, the optimizer
+    state), and one line per newer checkpoint skipped on the way, saying why (a disk error or a copy can damage a
+    checkpoint after its rename). Export and evaluation read only the weights: `optimizer=False`."""
+    skipped: list[str] = []
+    for ckpt in reversed(complete_checkpoints(Path(checkpoints))):
+        try:
+            state = json.loads((ckpt / STATE_FILE).read_text())
+            int(state["step"])
+            opt = load_optimizer_state(ckpt) if optimizer else None
+            found = Resumable(ckpt, state, load_model_tensors(ckpt, device), opt)
+        except Exception as e:  # noqa: BLE001 - whatever the damage (json, safetensors, pickle framing): fall back
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            skipped.append(f"{ckpt.name} ({type(e).__name__}: {detail})")
+            continue
+        return found, skipped
+    return None, skipped
+
+
+def newest_weights(checkpoints: Path) -> Resumable | None:
+    """The newest checkpoint whose weights read back (on CPU), warning about any newer damaged one."""
+    found, skipped = resumable_checkpoint(checkpoints, "cpu", optimizer=False)
+    for why in skipped:
+        log.warning("skipped unreadable checkpoint %s", why)
+    return found
+
+
 def read_state(ckpt: Path) -> dict[str, Any]:
     try:
         return json.loads((Path(ckpt) / STATE_FILE).read_text())
@@ -243,11 +283,11 @@ def load_student(run_dir: str | Path, device: str | torch.device = "cpu") -> tup
     spec_path = run_dir / STUDENT_SPEC
     if not spec_path.is_file():
         raise AmoeError(f"{run_dir}: no {STUDENT_SPEC}; is this a distill run directory (runs/<run>)?")
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
+    found = newest_weights(run_dir / "checkpoints")
+    if found is None:
         raise AmoeError(f"{run_dir}: no complete checkpoint yet; train it with `amoe distill` first")
     student, dims = build_from_spec(json.loads(spec_path.read_text()))
-    student.load_state_dict(load_model_tensors(ckpt, "cpu"))
+    student.load_state_dict(found.model)
     student = student.to(device).eval()
     phis = {name: {"summary": pair.summary, "patches": pair.patches} for name, pair in student.phis.items()}
     return student, dims, phis

@@ -12,6 +12,7 @@ writes the run directory (params, PHI-S fit, metrics, dvclive, checkpoints). Ste
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -26,15 +27,14 @@ from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_write_json
 from amoe_core.launch import distributed
+from amoe_core.outputs import claim_outputs, mark_output, written_by
 from amoe_core.progress import progress
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import components
 from amoe_core.train.checkpoint import (
     STUDENT_SPEC,
     latest_checkpoint,
-    load_model_tensors,
-    load_optimizer_state,
-    read_state,
+    resumable_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -45,6 +45,7 @@ from amoe_core.train.live import LiveLog
 from amoe_core.train.loop import DistillStep, Position, batches_forever, position_dict, timed, trim_records
 
 log = logging.getLogger(__name__)
+RUN_OUTPUT = "distill.run"  # the marker a run directory carries (amoe_core/outputs.py)
 
 
 def seed_everything(seed: int) -> None:
@@ -67,9 +68,21 @@ def run(params: Params, resume: bool = False) -> dict[str, Any]:
         torch.is_deterministic_algorithms_warn_only_enabled(),
     )
     try:
-        return _run(params, resume)
+        with _claim_run(params):
+            return _run(params, resume)
     finally:  # the process may go on (tests, sweeps): leave global torch settings as they were
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def _claim_run(params: Params) -> contextlib.AbstractContextManager:
+    """Rank 0 owns runs/<run> for the whole attempt: a second `amoe distill` on the same run is refused at once, and
+    a directory that is not a run is never written into (amoe_core/outputs.py)."""
+    if not distributed.init_distributed().is_main:  # idempotent; also exports a submitit job's RANK
+        return contextlib.nullcontext()
+    run_dir = RunDir(Path(params.distill.runs_dir) / params.distill.run)
+    if written_by(run_dir.path) is None and run_dir.has_records():  # a run from before output markers
+        mark_output(run_dir.path, RUN_OUTPUT)
+    return claim_outputs({"distill.run": run_dir.path}, owner=RUN_OUTPUT)
 
 
 def _run(params: Params, resume: bool) -> dict[str, Any]:
@@ -79,7 +92,8 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
         require_path("distill.selection", cfg.selection, "selection parquet")
     info = distributed.init_distributed()
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.run)
-    ckpt = latest_checkpoint(run_dir.checkpoints) if resume else None
+    resumed, skipped = resumable_checkpoint(run_dir.checkpoints, info.device) if resume else (None, [])
+    ckpt = resumed.path if resumed is not None else None
     if not resume and (run_dir.exists() or latest_checkpoint(run_dir.checkpoints) is not None):
         raise AmoeError(f"run {run_dir.path} already exists; pass --resume to continue it or set distill.run")
     distributed.barrier()  # every rank has looked before rank 0 creates anything
@@ -94,9 +108,13 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
             trim_records(run_dir.metrics_file, 0)
             run_dir.train_file.unlink(missing_ok=True)
         run_dir = RunDir.create(cfg.runs_dir, cfg.run)
-        if not run_dir.exists():
-            run_dir.write_params(dump_params(params))
-        run_dir.event(f"{'resume from ' + ckpt.name if ckpt else 'start'} (world size {info.world_size})")
+        mark_output(run_dir.path, RUN_OUTPUT)
+        for why in skipped:
+            log.warning("resume: skipped unreadable checkpoint %s", why)
+            run_dir.event(f"resume: skipped unreadable checkpoint {why}")
+        start = f"resume from {ckpt.name}" if ckpt else "start"
+        attempt = run_dir.record_attempt(dump_params(params), start)
+        run_dir.event(f"{start} (attempt {attempt}, world size {info.world_size})")
     distributed.barrier()
 
     def make_loader(epoch: int, start: int):  # noqa: ANN202
@@ -112,12 +130,11 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
         run_dir.event(f"PHI-S fitted on {fitted['images']} images")
     optimizer = components.optimizer(params, student)
     position, step = Position(), 0
-    if ckpt is not None:
-        state = read_state(ckpt)
-        unwrap(student).load_state_dict(load_model_tensors(ckpt, info.device))
-        opt_state = load_optimizer_state(ckpt)
-        if opt_state is not None:
-            optimizer.load_state_dict(opt_state)
+    if resumed is not None:
+        state = resumed.state
+        unwrap(student).load_state_dict(resumed.model)
+        if resumed.optimizer is not None:
+            optimizer.load_state_dict(resumed.optimizer)
         step = int(state["step"])
         position = Position(**state["data"])
         if state.get("world_size", 1) != info.world_size:

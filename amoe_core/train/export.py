@@ -15,8 +15,6 @@ or, timm-style, once this module is imported (it registers the name):
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +25,12 @@ from torch import nn
 
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
-from amoe_core.train.checkpoint import (
-    MODEL_FILE,
-    STUDENT_SPEC,
-    build_from_spec,
-    latest_checkpoint,
-    load_model_tensors,
-    read_state,
-)
+from amoe_core.io import atomic_dir
+from amoe_core.outputs import claim_outputs
+from amoe_core.train.checkpoint import MODEL_FILE, STUDENT_SPEC, build_from_spec, newest_weights
 
 CONFIG_FILE = "config.json"
+EXPORT_STAGE = "export"  # the marker an export directory carries (amoe_core/outputs.py)
 
 
 def resolve_run(params: Params, run: str) -> Path:
@@ -50,26 +44,23 @@ def resolve_run(params: Params, run: str) -> Path:
 def export_run(params: Params, run: str, out: str | Path | None = None) -> Path:
     """Write runs/<run>/export (or `out`) from the run's newest complete checkpoint; replaces an older export."""
     run_dir = resolve_run(params, run)
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
+    found = newest_weights(run_dir / "checkpoints")
+    if found is None:
         raise AmoeError(f"run {run_dir} has no complete checkpoint to export; train it first")
+    ckpt, tensors = found.path, found.model
     spec = json.loads((run_dir / STUDENT_SPEC).read_text())
     student, _ = build_from_spec(spec)  # validates that the weights fit the architecture before writing
-    tensors = load_model_tensors(ckpt)
     student.load_state_dict(tensors)
+    field = "--out" if out is not None else "export"
     out = Path(out) if out is not None else run_dir / "export"
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": spec["format"]})
-        config = {**spec, "source": {"run": run_dir.name, "checkpoint": ckpt.name, "step": read_state(ckpt)["step"]}}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    inputs = {"checkpoint": ckpt, "run spec": run_dir / STUDENT_SPEC}
+    # only an absent or empty directory, or an earlier export (its marker), is replaced: never the run itself, nor a
+    # model directory that merely looks alike (a teacher's config.json + model.safetensors)
+    with claim_outputs({field: out}, inputs, owner=EXPORT_STAGE):
+        with atomic_dir(out, EXPORT_STAGE, field) as tmp:
+            save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": spec["format"]})
+            source = {"run": run_dir.name, "checkpoint": ckpt.name, "step": found.state["step"]}
+            (tmp / CONFIG_FILE).write_text(json.dumps({**spec, "source": source}, indent=1) + "\n")
     print(f"exported {run_dir.name} ({ckpt.name}) -> {out}")
     return out
 

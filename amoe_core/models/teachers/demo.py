@@ -279,7 +279,7 @@ def save_teacher(kind: str, backbone: nn.Module, cfg: DemoTeacherConfig, out: Pa
     """save_pretrained into a temporary sibling directory, then swap it in: `out` is never half written."""
     from transformers import DINOv3ViTImageProcessor, Siglip2ImageProcessor
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "demo_teachers.out", legacy=(INFO_FILE,)) as tmp:
         with quiet_transformers():
             backbone.save_pretrained(tmp)
             if kind == "dinov3":

@@ -85,17 +85,38 @@ def _load_errors(name: str, source: str) -> Iterator[None]:
         raise AmoeError(f"teacher {name!r}: unsupported model in {source!r}: {first[:300]}") from None
 
 
+def refuse_custom_code(name: str, source: str) -> None:
+    """A checkpoint whose model type transformers does not know runs its own Python (`auto_map`): never here."""
+    from transformers import CONFIG_MAPPING
+
+    f = Path(source) / "config.json"
+    try:
+        cfg = json.loads(f.read_text()) if f.is_file() else {}
+    except (OSError, ValueError):
+        return  # transformers reports an unreadable config itself
+    if isinstance(cfg, dict) and cfg.get("auto_map") and cfg.get("model_type") not in CONFIG_MAPPING:
+        raise AmoeError(
+            f"teacher {name!r}: {source!r} needs custom code (auto_map in config.json, model_type "
+            f"{cfg.get('model_type')!r}), which amoe never runs; convert it: review its code, load it once with "
+            "trust_remote_code=True, save_pretrained the weights into a built-in transformers class, and point "
+            "teachers[].path at that directory"
+        )
+
+
 def load_config(name: str, source: str) -> Any:
     from transformers import AutoConfig
 
+    refuse_custom_code(name, source)
     with _load_errors(name, source):
-        return AutoConfig.from_pretrained(source)
+        # explicit False: with None transformers asks on stdin, and `echo y | amoe ...` would run the checkpoint's code
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
 
 
 def load_model(name: str, cls: Any, source: str, device: torch.device | str) -> nn.Module:
-    """`cls.from_pretrained(source)` frozen on `device` in the teacher compute dtype."""
+    """`cls.from_pretrained(source)` frozen on `device` in the teacher compute dtype; never the checkpoint's code."""
+    refuse_custom_code(name, source)
     with _load_errors(name, source):
-        model = cls.from_pretrained(source, dtype=compute_dtype(device))
+        model = cls.from_pretrained(source, dtype=compute_dtype(device), trust_remote_code=False)
     return freeze(model.to(device))
 
 

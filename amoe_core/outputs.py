@@ -1,0 +1,152 @@
+"""Output guard: a stage never deletes or replaces what it did not write, and one writer per output at a time.
+
+Three rules, checked before any work (`claim_outputs` applies all of them):
+- an output directory is absent, empty, or carries the marker file this stage wrote there (`MARKER`, naming the
+  stage); anything else is someone's data and is refused;
+- an output never overlaps an input: by resolved path, neither equals, contains nor sits inside the other;
+- one lock per output: `.<name>.lock` beside it, an flock held for the stage's lifetime with the holder's PID inside.
+  The kernel drops an flock when its holder dies, so a lock left by a killed process is taken over at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from amoe_core.errors import AmoeError, ConfigError
+
+MARKER = ".amoe-output.json"
+
+
+def _show(path: str | os.PathLike) -> str:
+    return repr(str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------- marker
+def written_by(path: str | os.PathLike) -> str | None:
+    """The stage whose marker `path` carries, or None."""
+    try:
+        return json.loads((Path(path) / MARKER).read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output(field: str, path: str | os.PathLike, stage: str, legacy: tuple[str, ...] = ()) -> None:
+    """Refuse an output that `stage` may not replace: a file, or a non-empty directory without its marker.
+
+    `stage` is the name in the marker: the output's params field (`sample.out`), or the command (`export`).
+    `legacy` names files that together identify an output written before markers existed (accepted as the stage's).
+    """
+    p = Path(path)
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{field} = {_show(path)}: {parent} is a file, not a folder; choose another output")
+            break
+    if not p.exists() and not p.is_symlink():
+        return
+    if not p.is_dir():
+        raise ConfigError(f"{field} = {_show(path)}: exists and is not a directory; choose a new or empty directory")
+    owner = written_by(p)
+    if owner == stage or (owner is None and legacy and all((p / f).exists() for f in legacy)):
+        return
+    if owner is None and not any(p.iterdir()):
+        return
+    what = f"was written by `{owner}`" if owner else "holds files this stage did not write"
+    raise ConfigError(
+        f"{field} = {_show(path)}: {what}; nothing there is replaced: choose a new or empty directory for {stage}"
+    )
+
+
+def mark_output(path: str | os.PathLike, stage: str) -> None:
+    """Record in `path` that `stage` owns it (what `check_output` accepts on the next run)."""
+    from amoe_core.io import atomic_write_json
+
+    atomic_write_json(Path(path) / MARKER, {"stage": stage})
+
+
+# ---------------------------------------------------------------------------------------------------------- overlap
+def _inside(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def check_disjoint(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str, str | os.PathLike]) -> None:
+    """Refuse an output that equals, contains or sits inside an input (resolved: symlinks and `..` followed)."""
+    for out_field, out in outputs.items():
+        o = Path(out).resolve()
+        for in_field, src in inputs.items():
+            i = Path(src).resolve()
+            if _inside(o, i) or _inside(i, o):
+                raise ConfigError(
+                    f"{out_field} = {_show(out)} overlaps the input {in_field} = {_show(src)}: writing there would "
+                    "replace or delete what the stage reads; choose an output outside its inputs"
+                )
+
+
+# ---------------------------------------------------------------------------------------------------------- lock
+def lock_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p.parent / f".{p.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(field: str, path: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of output `path` for the block; a second writer fails at once naming the holder's PID."""
+    lp = lock_path(path)
+    try:
+        lp.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{field} = {_show(path)}: cannot create its folder ({e.strerror})") from None
+    while True:
+        fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AmoeError(
+                f"{field} = {_show(path)} is being written by PID {holder} (lock {lp}); wait for it to finish "
+                "or stop it, or choose another output"
+            ) from None
+        # The previous holder may have removed the file between our open and our flock: then we hold a lock on a
+        # deleted inode that nobody else sees, so start over on the current file.
+        try:
+            same = os.stat(lp).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lp)  # while still holding it: a waiter that opened the old file retries on a new one
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def claim_outputs(
+    outputs: Mapping[str, str | os.PathLike],
+    inputs: Mapping[str, str | os.PathLike] | None = None,
+    owner: str | None = None,
+    legacy: tuple[str, ...] = (),
+) -> Iterator[None]:
+    """All three rules for one stage run: outputs {field: path} disjoint from inputs, each replaceable (its marker
+    names `owner`, default its field), each locked. Checked again once the locks are held: a concurrent writer may
+    have created an output meanwhile."""
+    check_disjoint(outputs, inputs or {})
+    for field, path in outputs.items():
+        check_output(field, path, owner or field, legacy)
+    with contextlib.ExitStack() as stack:
+        for field, path in outputs.items():
+            stack.enter_context(output_lock(field, path))
+        for field, path in outputs.items():
+            check_output(field, path, owner or field, legacy)
+        yield
