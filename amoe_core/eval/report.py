@@ -24,6 +24,7 @@ from amoe_core.tracking.variants import (
     group_variants,
     knn_avg_per_seed,
     lookup,
+    mean_std,
     short,
     train_values,
 )
@@ -50,15 +51,6 @@ PAPER_FINDINGS = {
         "token-balanced packing trains faster (20k vs 7.5k tokens/s) and does not forget low resolutions",
     ),
 }
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    m = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{100 * m:.1f}"
-    return f"{100 * m:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

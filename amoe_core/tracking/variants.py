@@ -71,6 +71,16 @@ def short(v: str) -> str:
     return Path(v).stem if "/" in v else v
 
 
+def mean_std(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    """ "mean ± std" over seeds (accuracies in %), the mean alone for one seed, "-" for none."""
+    if not values:
+        return "-"
+    m = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{scale * m:.{digits}f}"
+    return f"{scale * m:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
+
+
 def lookup(tree: dict[str, Any], *path: str) -> Any:
     """tree[p0][p1]...; None when any level is missing."""
     for p in path:
