@@ -349,7 +349,10 @@ def main() -> None:
         include_sweeps = st.checkbox("Show sweep trials", value=False, key="sweeps")
     data = load_runs(runs_dir, include_sweeps, loaders.runs_fingerprint(runs_dir, include_sweeps))
     with st.sidebar:
-        chosen = st.multiselect("Variants", data["variants"], default=data["variants"], key=f"variants-{include_sweeps}")
+        # keyed by what the options come from: another runs directory starts with all its variants selected
+        chosen = st.multiselect(
+            "Variants", data["variants"], default=data["variants"], key=f"variants-{runs_dir}-{include_sweeps}"
+        )
         selected = [r for r in data["runs"] if data["labels"][r] in chosen]
         st.caption(f"{len(selected)} of {len(data['runs'])} runs selected.")
         st.caption(f"Curation: `{roots['curation']}`  \nOptuna storage: `{roots['storage']}`")

@@ -12,12 +12,18 @@ import pandas as pd
 
 ROW_PX = 22  # height of one bar row; a chart is rows x ROW_PX + its axes
 PANEL = {"width": 260, "height": 180}  # one small-multiple panel
-PALETTE = "tableau20"  # 20 distinguishable colours; variants beyond that repeat (the legend still names them)
+# tableau10's colours are far apart; tableau20 adds a light shade of each, for pages with more than ten variants
+PALETTES = ((10, "tableau10"), (20, "tableau20"))
 
 
 def variant_colour(domain: list[str], title: str = "variant") -> alt.Color:
-    """Colour by variant with a fixed domain, so a variant has the same colour on every chart."""
-    return alt.Color("variant:N", title=title, scale=alt.Scale(domain=domain, scheme=PALETTE), sort=domain)
+    """Colour by variant with a fixed domain, so a variant has the same colour on every chart; the legend sits
+    below the chart, where long variant names are not cut off."""
+    scheme = next((s for n, s in PALETTES if len(domain) <= n), PALETTES[-1][1])
+    legend = alt.Legend(orient="bottom", columns=3, labelLimit=0)
+    return alt.Color(
+        "variant:N", title=title, scale=alt.Scale(domain=domain, scheme=scheme), sort=domain, legend=legend
+    )
 
 
 def loss_curves(df: pd.DataFrame, domain: list[str]) -> alt.FacetChart:

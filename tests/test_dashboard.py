@@ -299,4 +299,3 @@ def test_changed_file_shows_on_rerun_and_missing_roots_are_explained(app, fixtur
     infos = " ".join(i.value for i in at.info)
     assert "No runs under" in infos and "No Optuna storage" in infos
     assert not (tmp_path / "none.db").exists()  # looking at the page never creates a database
-
