@@ -9,7 +9,7 @@ import pytest
 
 from amoe_core.config import dump_params, load_params
 from amoe_core.errors import AmoeError
-from amoe_core.eval.report import build_report, group_variants
+from amoe_core.eval.report import build_report, group_variants, summary_lines
 from amoe_core.tracking.runs import RunDir, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,3 +126,11 @@ def test_committed_results_regenerate_identically(tmp_path: Path, monkeypatch: p
     ablated = [v for v in variants if "steps" not in v.label]
     assert len(ablated) == 5 and all(v.seeds == [0, 1, 2] for v in ablated)  # the issue asks for >= 3 seeds
     assert [v.label for v in variants if v not in ablated] == ["steps=900"]  # the one-seed training-length check
+
+
+def test_summary_lines_give_evaluate_a_readable_ending():
+    ev = _eval(0.8125, 0.4)
+    lines = summary_lines(ev, "64px", "k20")
+    assert "fmnist student:ensemble at 64px: kNN k20 81.2%, linear 81.2%" in lines  # 81.25 -> half to even
+    assert "clipart student:ensemble at 64px: kNN k20 40.0%, linear 40.0%" in lines
+    assert "fidelity to dino: summary_cos 0.900, patch_cos 0.800, cka 0.700, spearman 0.600" in lines
