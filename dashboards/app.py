@@ -222,6 +222,7 @@ def eval_view(data: dict[str, Any], selected: list[str]) -> None:
     )
     teacher_rows = [teachers.assign(feature=f) for f in shown]  # a teacher is the reference line in every row
     both = pd.concat([per_run, *teacher_rows], ignore_index=True)
+    both["feature"] = both.feature.str.replace(":", " ")  # a facet header drops the colon: "student ensemble"
     domain = data["variants"] + sorted(teachers.variant.unique())
     st.altair_chart(charts.accuracy_vs_resolution(both, k, domain))
 
@@ -244,6 +245,8 @@ def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
     )
     k = c2.selectbox("k", ks, index=_k_index(ks), key="tvs_k")
     sub = cmp[(cmp.resolution == res) & (cmp.k == k)]
+    rank = {v: i for i, v in enumerate(data["variants"])}
+    sub = sub.sort_values("variant", key=lambda s: s.map(rank), kind="stable")  # the reference first, as the report
     summary = sub.groupby(["variant", "dataset", "teacher"], sort=False).agg(
         student=("accuracy_student", lambda x: loaders.mean_std(list(x))),
         teacher_acc=("accuracy_teacher", "first"),
@@ -252,7 +255,8 @@ def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
     )
     summary["teacher_acc"] = (100 * summary.teacher_acc).round(1)
     summary["delta"] = (100 * summary.delta).round(1)
-    st.dataframe(summary.reset_index().rename(columns={"teacher_acc": "teacher alone", "delta": "student - teacher"}))
+    names = {"teacher_acc": "teacher alone", "delta": "student - teacher"}
+    st.dataframe(summary.reset_index().rename(columns=names), hide_index=True)
     domain = [f"teacher {t}" for t in sorted(sub.teacher.unique())] + data["variants"]
     pairs = sorted({(d, t) for d, t in zip(sub.dataset, sub.teacher)})
     cols = st.columns(2)
@@ -271,9 +275,11 @@ def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
             ],
             ignore_index=True,
         )
-        title = f"{d}: teacher {t} alone vs the student's {t} adaptor ({res} px, k={k})"
+        title = f"{d}, {res} px: teacher {t} vs the student's {t} adaptor"
         # the key includes the resolution: a new chart element per choice, sized for its own rows
-        cols[i % 2].altair_chart(charts.teacher_vs_student(rows, domain, title), key=f"tvs-{d}-{t}-{res}-{k}")
+        cols[i % 2].altair_chart(
+            charts.teacher_vs_student(rows, domain, title), width="content", key=f"tvs-{d}-{t}-{res}-{k}"
+        )
 
 
 def sweep_view(storage: str) -> None:

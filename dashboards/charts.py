@@ -10,7 +10,10 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-ROW_PX = 22  # height of one bar row; a chart is rows x ROW_PX + its axes
+ROW_PX = 22  # height of one bar row
+# `height` is the plot area alone (title, axes and legend come on top): Streamlit's default for a single chart, "fit",
+# squeezes everything into `height`, which collapses a bar chart whose height was set from its rows.
+PAD = alt.AutoSizeParams(type="pad", contains="padding")
 PANEL = {"width": 260, "height": 180}  # one small-multiple panel
 # tableau10's colours are far apart; tableau20 adds a light shade of each, for pages with more than ten variants
 PALETTES = ((10, "tableau10"), (20, "tableau20"))
@@ -91,16 +94,18 @@ def teacher_vs_student(df: pd.DataFrame, domain: list[str], title: str) -> alt.L
     adaptor for that teacher (mean over seeds, error bar = std). `df`: (variant, run, accuracy in %)."""
     order = list(dict.fromkeys(df.variant))
     height = ROW_PX * len(order)
+    colour = variant_colour(domain)
+    colour.legend = None  # the rows are labelled: a legend would only repeat them
     base = alt.Chart(df).encode(
         y=alt.Y("variant:N", sort=order, title=None, axis=alt.Axis(labelLimit=360)),
-        color=variant_colour(domain, title="teacher / variant"),
+        color=colour,
     )
     bars = base.mark_bar().encode(
         x=alt.X("mean(accuracy):Q", title="kNN accuracy %", scale=alt.Scale(domain=[0, 100])),
         tooltip=["variant", alt.Tooltip("mean(accuracy):Q", format=".1f", title="mean %"), "count()"],
     )
-    spread = base.mark_errorbar(extent="stdev", color="black").encode(x=alt.X("accuracy:Q"))
-    return (bars + spread).properties(title=title, width=420, height=height)
+    spread = base.mark_errorbar(extent="stdev", color="black").encode(x=alt.X("accuracy:Q", title="kNN accuracy %"))
+    return (bars + spread).properties(title=title, width=300, height=height, autosize=PAD)
 
 
 def sweep_history(df: pd.DataFrame, objective: str) -> alt.LayerChart:
@@ -125,7 +130,7 @@ def importance(df: pd.DataFrame, title: str) -> alt.Chart:
             y=alt.Y("parameter:N", sort="-x", axis=alt.Axis(labelLimit=0), title=None),  # full names, not cut
             tooltip=["parameter", alt.Tooltip("importance:Q", format=".3f")],
         )
-        .properties(height=ROW_PX * max(len(df), 1))
+        .properties(height=ROW_PX * max(len(df), 1), autosize=PAD)
     )
 
 

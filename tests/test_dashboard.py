@@ -237,13 +237,13 @@ def test_teacher_vs_student_bars_are_sized_by_their_rows(app, fixture_root):
     row = cmp[(cmp.variant == "c_max=256") & (cmp.dataset == "fmnist") & (cmp.teacher == "dino")].iloc[0]
     teacher = fixture_root["teachers"]["knn"]["fmnist"]["teacher:dino"]["64px"]["k20"]
     assert row["teacher alone"] == pytest.approx(round(100 * teacher, 1))
-    bars = [s for s in _chart_specs(app) if "alone vs the student" in json.dumps(s.get("title", ""))]
+    bars = [s for s in _chart_specs(app) if "vs the student's" in json.dumps(s.get("title", ""))]
     assert len(bars) == 4  # 2 datasets x 2 teachers
-    for spec in bars:  # teacher + 2 variants = 3 rows of ROW_PX
-        assert spec["height"] == 3 * 22
+    for spec in bars:  # teacher + 2 variants = 3 rows of ROW_PX for the plot area ("pad": axes come on top)
+        assert spec["height"] == 3 * 22 and spec["autosize"]["type"] == "pad"
     app.selectbox(key="tvs_res").select(32).run()
-    bars = [s for s in _chart_specs(app) if "alone vs the student" in json.dumps(s.get("title", ""))]
-    assert len(bars) == 4 and all(s["height"] == 3 * 22 and "(32 px" in s["title"] for s in bars)
+    bars = [s for s in _chart_specs(app) if "vs the student's" in json.dumps(s.get("title", ""))]
+    assert len(bars) == 4 and all(s["height"] == 3 * 22 and ", 32 px:" in s["title"] for s in bars)
 
 
 def test_sweep_view_lists_every_trial_with_its_objective_name(app, fixture_root):

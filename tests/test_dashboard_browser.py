@@ -3,7 +3,7 @@ through Playwright, on the fixture runs and on the committed results/ablations.
 
 Every tab and widget is used once and the page is checked as a person sees it: tables read back through the
 dataframe's own "Download as CSV" button, charts measured on screen. Saves artifacts/dashboard*.png (CI artifacts;
-`AMOE_SCREENSHOTS=docs` writes the README's docs/dashboard.png instead). Skipped without chromium or Playwright.
+`AMOE_SCREENSHOTS=docs` writes the README's docs/dashboard*.png instead). Skipped without chromium or Playwright.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ FLAGS = [
     "--disable-sync",
 ]
 ROW_PX = 22  # dashboards/charts.py: one bar row
-AXES_PX = 160  # title, axis labels and padding around a bar chart's rows: generous, the bug was ~600 px
+AXES_PX = 120  # title and x axis drawn around a bar chart's rows; the old bug drew bars ~600 px below their axes
 
 
 def _free_port() -> int:
@@ -100,9 +100,17 @@ def _combobox(scope, label: str):
 
 def _csv(page, table) -> pd.DataFrame:
     """A table's content as a person downloads it (the dataframe toolbar's "Download as CSV")."""
-    table.hover()
+    button = table.get_by_role("button", name="Download as CSV")
+    for _ in range(5):  # the toolbar fades in while the pointer rests on the table
+        table.scroll_into_view_if_needed()
+        table.hover(position={"x": 30, "y": 15})
+        try:
+            button.wait_for(state="visible", timeout=3000)
+            break
+        except Exception:
+            page.mouse.move(0, 0)
     with page.expect_download() as dl:
-        table.get_by_role("button", name="Download as CSV").click()
+        button.click()
     return pd.read_csv(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8-sig")))
 
 
@@ -224,7 +232,11 @@ def test_every_tab_and_widget_in_chromium(dashboard):
                 assert len(boxes) == 4  # 2 datasets x 2 teachers
                 for element, drawn in boxes:
                     rows = 3  # teacher alone + two variants
-                    assert rows * ROW_PX <= drawn <= rows * ROW_PX + AXES_PX, (res, element, drawn)
+                    assert rows * ROW_PX <= drawn <= rows * ROW_PX + AXES_PX, (
+                        res,
+                        element,
+                        drawn,
+                    )
                     assert abs(element - drawn) < 40, (res, element, drawn)  # nothing drawn far below its axes
             _select(page, "k", "100")
 
@@ -252,6 +264,8 @@ def test_every_tab_and_widget_in_chromium(dashboard):
             assert "report.runs_dir" not in runs.columns
             page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
             _tab(page, "Evaluation")
+            _select(page, "Resolution (px)", "64")
+            _select(page, "k", "20")
             _visible_charts(page).first.scroll_into_view_if_needed()
             _visible_charts(page).first.screenshot(path=str(shots / "dashboard_resolution.png"))
             _tab(page, "Teachers vs student")
