@@ -9,6 +9,7 @@ dataframe's own "Download as CSV" button, charts measured on screen. Saves artif
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import socket
@@ -118,6 +119,11 @@ def _visible_charts(page):
     return page.locator('[data-testid="stVegaLiteChart"]:visible')
 
 
+def _newest_run(runs: Path) -> str:
+    """The run whose metrics.jsonl was written last (the Live tab's default)."""
+    return max((p for p in runs.glob("*/metrics.jsonl")), key=lambda p: p.stat().st_mtime).parent.name
+
+
 def _chart_boxes(page) -> list[tuple[float, float]]:
     """(element height, drawn canvas/svg height) of every visible chart."""
     out = []
@@ -210,6 +216,11 @@ def test_every_tab_and_widget_in_chromium(dashboard):
             # ---- Live tab: the newest run, followed
             _tab(page, "Live")
             assert page.get_by_text(re.compile(r"step 5 of 5")).count() >= 1
+            # the run goes on training: the view follows without any click (auto-refresh while metrics.jsonl grows)
+            live = dashboard["fixture"]["runs"] / _newest_run(dashboard["fixture"]["runs"]) / "metrics.jsonl"
+            with live.open("a") as f:
+                f.write(json.dumps({"step": 6, "lr": 1e-3, "tokens_per_s": 1.0, "loss/total": 0.5}) + "\n")
+            page.get_by_text(re.compile(r"step 6 of 5")).wait_for(timeout=30_000)
             page.get_by_text(re.compile("^Auto-refresh every")).click()
             _settle(page)
             _select(page, "Run (most recently written first)", "alpha")
