@@ -13,9 +13,10 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 # Third-party loggers whose routine messages read as failures: faiss's loader reports at INFO that the AVX2 build
-# is missing (`ModuleNotFoundError ... swigfaiss_avx2`) before loading the generic one; matplotlib announces
-# (WARNING) that it builds its font cache on first use. Both are normal; `-v` shows them again.
-QUIET_LOGGERS = {"faiss.loader": logging.WARNING, "matplotlib.font_manager": logging.ERROR}
+# is missing (`ModuleNotFoundError ... swigfaiss_avx2`) before loading the generic one; matplotlib warns that it
+# builds its font cache on first use, or uses a temporary cache directory when ~/.config is not writable. All are
+# normal; `-v` shows them again.
+QUIET_LOGGERS = {"faiss.loader": logging.WARNING, "matplotlib": logging.ERROR}
 
 
 def is_quiet() -> bool:
