@@ -82,12 +82,15 @@ def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> di
         "linear": tagged([loaders.linear_rows(n, e) for n, e in evals.items()], loaders.linear_rows("", {})),
         "fidelity": tagged([loaders.fidelity_rows(n, e) for n, e in evals.items()], loaders.fidelity_rows("", {})),
         "teachers_knn": loaders.knn_rows(TEACHERS_RUN, teachers),
-        "pca": {
-            n: str(r.path / evals[n].get("pca_maps", "pca_maps.png"))
-            for n, r in names.items()
-            if (r.path / evals[n].get("pca_maps", "pca_maps.png")).exists()
-        },
+        "pca": {n: str(p) for n, r in names.items() if (p := pca_file(r, evals[n])) is not None},
     }
+
+
+def pca_file(run: RunDir, ev: dict[str, Any]) -> Path | None:
+    """The run's PCA image named in eval.json, only when it exists inside the run directory (the page shows no
+    file outside the roots it was given)."""
+    path = (run.path / str(ev.get("pca_maps", "pca_maps.png"))).resolve()
+    return path if path.is_relative_to(run.path.resolve()) and path.is_file() else None
 
 
 def storage_key(storage: str) -> tuple:

@@ -299,3 +299,17 @@ def test_changed_file_shows_on_rerun_and_missing_roots_are_explained(app, fixtur
     infos = " ".join(i.value for i in at.info)
     assert "No runs under" in infos and "No Optuna storage" in infos
     assert not (tmp_path / "none.db").exists()  # looking at the page never creates a database
+
+
+def test_images_outside_a_run_directory_are_never_shown(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    (runs / "evil").mkdir(parents=True)
+    (runs / "evil" / "params.yaml").write_text(yaml.safe_dump({"distill": {"run": "evil"}}))
+    (runs / "evil" / "eval.json").write_text(json.dumps({"pca_maps": "../secret.png"}))
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(runs / "secret.png")
+    monkeypatch.setenv("AMOE_RUNS_DIR", str(runs))
+    monkeypatch.setenv("AMOE_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'none.db'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert not at.get("image") and any("No pca_maps.png" in i.value for i in at.info)
