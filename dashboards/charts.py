@@ -73,7 +73,12 @@ def accuracy_vs_resolution(df: pd.DataFrame, k: int, domain: list[str]) -> alt.F
     panel per dataset (columns) and feature (rows). `df` holds one row per run: (variant, run, dataset, feature,
     resolution, accuracy in %)."""
     base = alt.Chart().encode(
-        x=alt.X("resolution:Q", title="input resolution (px)", scale=alt.Scale(zero=False)),
+        x=alt.X(
+            "resolution:Q",
+            title="input resolution (px)",
+            scale=alt.Scale(zero=False),
+            axis=alt.Axis(values=sorted(int(r) for r in df.resolution.unique())),  # ticks at evaluated resolutions
+        ),
         color=variant_colour(domain),
     )
     line = base.mark_line(point=True).encode(
