@@ -66,6 +66,12 @@ def _export(params: Params, args: argparse.Namespace) -> None:
     (export_siglino if args.format == "siglino" else export_run)(params, args.run, args.out)
 
 
+def _dashboard(params: Params, args: argparse.Namespace) -> None:
+    from amoe_core.dashboard import launch
+
+    launch(params, args.host, args.port, args.allow_remote, args.runs, args.curation, args.storage)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     root = argparse.ArgumentParser(prog="amoe", description=__doc__.splitlines()[0])
@@ -144,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--collect-only", action="store_true", help="only copy finished experiments' runs to ablate.out")
     command(groups, "report", _stage("report"), "generate docs/RESULTS.md from the runs")
+    p = command(groups, "dashboard", _dashboard, "serve the Streamlit dashboard on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only unless --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (the page has no login)")
+    p.add_argument("--runs", action="append", default=None, help="runs directory the page may show (repeatable)")
+    p.add_argument("--curation", default=None, help="curation directory (default: sample.out's parent)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sweep.storage)")
     return root
 
 

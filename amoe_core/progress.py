@@ -12,6 +12,12 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
+# Third-party loggers whose routine messages read as failures: faiss's loader reports at INFO that the AVX2 build
+# is missing (`ModuleNotFoundError ... swigfaiss_avx2`) before loading the generic one; matplotlib warns that it
+# builds its font cache on first use, or uses a temporary cache directory when ~/.config is not writable. All are
+# normal; `-v` shows them again.
+QUIET_LOGGERS = {"faiss.loader": logging.WARNING, "matplotlib": logging.ERROR}
+
 
 def is_quiet() -> bool:
     return os.environ.get("AMOE_QUIET", "") not in ("", "0") or os.environ.get("CI", "") not in ("", "0", "false")
@@ -29,3 +35,5 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         os.environ["AMOE_QUIET"] = "1"
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name, floor in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level if verbose else max(level, floor))

@@ -1,16 +1,19 @@
-"""AMoE dashboard: `streamlit run dashboards/app.py` (binds 127.0.0.1, see .streamlit/config.toml).
+"""AMoE dashboard: `amoe dashboard` (binds 127.0.0.1; `streamlit run dashboards/app.py` from the checkout works too).
 
-Reads only what the stages wrote: runs/<run>/{params.yaml, metrics.jsonl, eval.json, pca_maps.png},
-runs/_teachers/eval.json, data/curation/{selection/report.json, plots/*.png} and the Optuna storage. Every loader
-is cached on the files' modification times, so a page load recomputes nothing and a finished stage shows up on the
-next rerun. Roots come from the sidebar, defaulting to AMOE_RUNS_DIR / AMOE_CURATION_DIR / AMOE_OPTUNA_STORAGE, else
-to params.yaml.
+Reads only what the stages wrote: runs/<run>/{params.yaml, metrics.jsonl, train.json, eval.json, pca_maps.png},
+runs/_teachers/eval.json, runs/_sweep/<study>/<trial>/ (hidden by default), data/curation/{selection/report.json,
+plots/*.png} and the Optuna storage. Runs are grouped into variants (params that differ; seeds folded into
+mean ± std) by the same `amoe_core.tracking` code as `amoe report`. Every loader is cached on the files'
+modification times. The directories and the storage are fixed by whoever launched the page (AMOE_RUNS_DIR, a
+list separated by the OS path separator, AMOE_CURATION_DIR, AMOE_OPTUNA_STORAGE; else params.yaml): a visitor can
+switch between the allowed runs directories but cannot point the page anywhere else.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,47 +28,69 @@ import loaders  # noqa: E402
 
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir  # noqa: E402
 
+LIVE_REFRESH_S = 2.0
+
 
 # ---------------------------------------------------------------------------------------------------------- roots
-def default_roots() -> dict[str, str]:
-    """Roots from the environment, else from ./params.yaml (distill.runs_dir, sample.out, sweep.storage)."""
-    roots = {"runs": "runs", "curation": "data/curation", "storage": "sqlite:///runs/optuna.db"}
+def allowed_roots() -> dict[str, Any]:
+    """Roots from the environment (set by `amoe dashboard`), else from ./params.yaml: the runs directories
+    (distill.runs_dir, and report.runs_dir when it exists), the curation directory and the Optuna storage."""
+    roots: dict[str, Any] = {"runs": ["runs"], "curation": "data/curation", "storage": "sqlite:///runs/optuna.db"}
     try:
         from amoe_core.config import load_params
 
         p = load_params()
-        roots = {"runs": str(p.distill.runs_dir), "curation": str(p.sample.out.parent), "storage": p.sweep.storage}
+        runs = [str(p.distill.runs_dir)] + [str(p.report.runs_dir)] * Path(p.report.runs_dir).is_dir()
+        roots = {"runs": list(dict.fromkeys(runs)), "curation": str(p.sample.out.parent), "storage": p.sweep.storage}
     except Exception:  # a broken params.yaml must not take the dashboard down; defaults still work
         pass
-    env = {"runs": "AMOE_RUNS_DIR", "curation": "AMOE_CURATION_DIR", "storage": "AMOE_OPTUNA_STORAGE"}
-    return {k: os.environ.get(env[k], v) for k, v in roots.items()}
+    if os.environ.get("AMOE_RUNS_DIR"):
+        roots["runs"] = [d for d in os.environ["AMOE_RUNS_DIR"].split(os.pathsep) if d]
+    roots["curation"] = os.environ.get("AMOE_CURATION_DIR", roots["curation"])
+    roots["storage"] = os.environ.get("AMOE_OPTUNA_STORAGE", roots["storage"])
+    return roots
 
 
 # ---------------------------------------------------------------------------------------------------------- cached
 @st.cache_data(show_spinner=False, max_entries=8)
-def load_runs(runs_dir: str, fingerprint_key: tuple) -> dict[str, Any]:
+def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> dict[str, Any]:
     """Every frame the run views need; `fingerprint_key` (file mtimes) invalidates the cache when a file changes."""
-    runs = loaders.student_runs(runs_dir)
-    evals = {r.id: r.eval() for r in runs}
+    runs = loaders.student_runs(runs_dir, include_sweeps)
+    names = {loaders.run_name(r, runs_dir): r for r in runs}
+    labels = loaders.variant_labels(runs, runs_dir)
+    evals = {n: r.eval() for n, r in names.items()}
     teachers = RunDir(Path(runs_dir) / TEACHERS_RUN).eval()
-    empty_knn = loaders.knn_rows("", {})
+
+    def tagged(frames: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
+        df = pd.concat(frames or [empty], ignore_index=True)
+        return df.assign(variant=df.run.map(labels))
+
     return {
-        "ids": [r.id for r in runs],
-        "table": loaders.runs_table(runs),
-        "curves": {r.id: loaders.loss_curves(r) for r in runs},
-        "load": {r.id: loaders.expert_load(r) for r in runs},
-        "knn": pd.concat([loaders.knn_rows(i, e) for i, e in evals.items()] or [empty_knn], ignore_index=True),
-        "linear": pd.concat([loaders.linear_rows(i, e) for i, e in evals.items()] or [loaders.linear_rows("", {})]),
-        "fidelity": pd.concat(
-            [loaders.fidelity_rows(i, e) for i, e in evals.items()] or [loaders.fidelity_rows("", {})]
+        "runs": list(names),
+        "labels": labels,
+        "variants": loaders.variant_order(labels.values()),
+        "main_res": loaders.main_resolution_px(runs[0].params()) if runs else 64,
+        "variants_table": loaders.variants_table(runs, runs_dir),
+        "table": loaders.runs_table(runs, runs_dir),
+        "curves": tagged(
+            [loaders.loss_curves(r, n) for n, r in names.items()], loaders.loss_curves(RunDir(Path()), "")
         ),
+        "load": pd.concat(
+            [loaders.expert_load(r, n) for n, r in names.items()] or [loaders.expert_load(RunDir(Path()), "")]
+        ),
+        "knn": tagged([loaders.knn_rows(n, e) for n, e in evals.items()], loaders.knn_rows("", {})),
+        "linear": tagged([loaders.linear_rows(n, e) for n, e in evals.items()], loaders.linear_rows("", {})),
+        "fidelity": tagged([loaders.fidelity_rows(n, e) for n, e in evals.items()], loaders.fidelity_rows("", {})),
         "teachers_knn": loaders.knn_rows(TEACHERS_RUN, teachers),
-        "pca": {
-            r.id: str(r.path / evals[r.id].get("pca_maps", "pca_maps.png"))
-            for r in runs
-            if (r.path / evals[r.id].get("pca_maps", "pca_maps.png")).exists()
-        },
+        "pca": {n: str(p) for n, r in names.items() if (p := pca_file(r, evals[n])) is not None},
     }
+
+
+def pca_file(run: RunDir, ev: dict[str, Any]) -> Path | None:
+    """The run's PCA image named in eval.json, only when it exists inside the run directory (the page shows no
+    file outside the roots it was given)."""
+    path = (run.path / str(ev.get("pca_maps", "pca_maps.png"))).resolve()
+    return path if path.is_relative_to(run.path.resolve()) and path.is_file() else None
 
 
 def storage_key(storage: str) -> tuple:
@@ -78,6 +103,7 @@ def load_sweep(storage: str, key: tuple) -> dict[str, Any]:
     names = loaders.study_names(storage)
     return {
         "studies": names,
+        "objective": {n: loaders.objective_name(storage, n) for n in names},
         "trials": {n: loaders.sweep_trials(storage, n) for n in names},
         "importance": {n: loaders.param_importance(storage, n) for n in names},
     }
@@ -91,20 +117,71 @@ def load_curation(curation_dir: str, key: tuple) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------- views
+def _resolution_index(options: list[int], main: int) -> int:
+    """Selectors start at the runs' evaluate.main_resolution (the resolution the headline numbers use)."""
+    return options.index(main) if main in options else 0
+
+
+def _k_index(ks: list[int]) -> int:
+    return ks.index(20) if 20 in ks else 0
+
+
 def runs_view(data: dict[str, Any], selected: list[str]) -> None:
-    st.subheader("Runs")
-    st.caption("Key metrics and every parameter that differs between runs.")
-    st.dataframe(data["table"], hide_index=True)
-    if not selected:
-        return
-    curves = pd.concat([data["curves"][r] for r in selected], ignore_index=True)
+    st.subheader("Variants")
+    st.caption(
+        "Runs whose params differ only by seed form one variant (the grouping of `amoe report`); numbers are "
+        "mean ± std over its seeds. Accuracies in %, at the runs' main resolution."
+    )
+    vt = data["variants_table"]
+    st.dataframe(vt[vt.variant.isin(set(data["labels"][r] for r in selected))], hide_index=True)
+    with st.expander("Single runs (key metrics and every condition param that differs)"):
+        st.dataframe(data["table"][data["table"].run.isin(selected)], hide_index=True)
+    curves = data["curves"][data["curves"].run.isin(selected)]
     if not curves.empty:
         terms = sorted(curves.term.unique())
         shown = st.multiselect("Loss terms", terms, default=terms, key="terms")
-        st.altair_chart(charts.loss_curves(curves[curves.term.isin(shown)]))
-    for r in selected:
-        if not data["load"][r].empty:
-            st.altair_chart(charts.expert_load(data["load"][r]))
+        st.altair_chart(charts.loss_curves(curves[curves.term.isin(shown)], data["variants"]))
+    load = data["load"][data["load"].run.isin(selected)]
+    if not load.empty:
+        st.caption("Uniform routing is 1 / number of experts in every cell; one colour scale for all runs.")
+        st.altair_chart(charts.expert_load(load))
+    if curves.empty and load.empty:
+        st.info("No metrics.jsonl among the selected runs (collected ablation runs keep only train.json).")
+
+
+def live_view(data: dict[str, Any], runs_dir: str) -> None:
+    st.subheader("Live training")
+    runs = [RunDir(Path(runs_dir) / n) for n in data["runs"]]
+    growing = sorted((r for r in runs if r.metrics_file.exists()), key=lambda r: -r.metrics_file.stat().st_mtime)
+    if not growing:
+        st.info("No run with a metrics.jsonl here: start one with `amoe distill -S distill.run=NAME`.")
+        return
+    names = [loaders.run_name(r, runs_dir) for r in growing]
+    name = st.selectbox("Run (most recently written first)", names, key="live_run")
+    follow = st.toggle(f"Auto-refresh every {LIVE_REFRESH_S:.0f} s while it trains", value=True, key="live_follow")
+    run = RunDir(Path(runs_dir) / name)
+    every = LIVE_REFRESH_S if follow and not run.train_file.exists() else None  # train.json: the run has finished
+
+    @st.fragment(run_every=every)
+    def follow_run() -> None:
+        records = run.metrics()
+        target = int((run.params().get("distill") or {}).get("steps", 0)) or None
+        step = max((int(m["step"]) for m in records if "step" in m), default=0)
+        age = time.time() - run.metrics_file.stat().st_mtime
+        state = "finished" if run.train_file.exists() else f"last record {age:.0f} s ago"
+        st.markdown(f"**{name}**: step {step}" + (f" of {target}" if target else "") + f" ({state})")
+        if target:
+            st.progress(min(step / target, 1.0))
+        last = records[-1] if records else {}
+        cols = st.columns(3)
+        cols[0].metric("loss/total", f"{last.get('loss/total', float('nan')):.4f}")
+        cols[1].metric("tokens/s", f"{last.get('tokens_per_s', float('nan')):,.0f}")
+        cols[2].metric("lr", f"{last.get('lr', float('nan')):.2e}")
+        curves = loaders.loss_curves(run, name).assign(variant=data["labels"].get(name, name))
+        if not curves.empty:
+            st.altair_chart(charts.loss_curves(curves, data["variants"]))
+
+    follow_run()
 
 
 def eval_view(data: dict[str, Any], selected: list[str]) -> None:
@@ -112,30 +189,49 @@ def eval_view(data: dict[str, Any], selected: list[str]) -> None:
     if knn.empty:
         st.info("No eval.json among the selected runs yet: run `amoe evaluate RUN`.")
         return
-    st.subheader("kNN accuracy")
-    res = st.selectbox("Resolution (px)", sorted(knn.resolution.unique()), key="eval_res")
-    table = knn[knn.resolution == res].pivot_table(index=["run", "dataset", "feature"], columns="k", values="accuracy")
-    table.columns = [f"k={k}" for k in table.columns]
-    st.dataframe(table.reset_index(), hide_index=True)
-    lin = data["linear"][data["linear"].run.isin(selected)]
+    st.subheader("kNN accuracy (%)")
+    resolutions, ks = sorted(knn.resolution.unique()), sorted(knn.k.unique())
+    c1, c2, c3 = st.columns(3)
+    res = c1.selectbox(
+        "Resolution (px)", resolutions, index=_resolution_index(resolutions, data["main_res"]), key="eval_res"
+    )
+    k = c2.selectbox("k", ks, index=_k_index(ks), key="res_k")
+    features = sorted(knn.feature.unique())
+    head = loaders.headline_feature(features)
+    shown = c3.multiselect("Features", features, default=[head] if head else features, key="eval_feats")
+    at = knn[(knn.resolution == res) & (knn.k == k) & knn.feature.isin(shown)]
+    st.dataframe(loaders.mean_std_table(at, ["variant", "feature"], "dataset"), hide_index=True)
+    lin = data["linear"][data["linear"].run.isin(selected) & data["linear"].feature.isin(shown)]
     if not lin.empty:
-        st.subheader("Linear probe accuracy")
-        lt = lin.pivot_table(index=["run", "dataset", "feature"], columns="resolution", values="accuracy")
-        lt.columns = [f"{c}px" for c in lt.columns]
-        st.dataframe(lt.reset_index(), hide_index=True)
+        st.subheader("Linear probe accuracy (%)")
+        lt = lin.assign(resolution=lin.resolution.astype(str) + "px")
+        st.dataframe(loaders.mean_std_table(lt, ["variant", "feature", "dataset"], "resolution"), hide_index=True)
     fid = data["fidelity"][data["fidelity"].run.isin(selected)]
     if not fid.empty:
         st.subheader("Student-teacher fidelity")
-        st.dataframe(fid, hide_index=True)
+        metrics = [c for c in ("summary_cos", "patch_cos", "cka", "spearman") if c in fid.columns]
+        long = fid.melt(id_vars=["variant", "teacher"], value_vars=metrics, var_name="metric", value_name="value")
+        table = loaders.mean_std_table(long, ["variant", "teacher"], "metric", "value", scale=1, digits=3)
+        st.dataframe(table, hide_index=True)
+    with st.expander("Per run"):
+        per_run = at.pivot_table(index=["run", "variant", "feature"], columns="dataset", values="accuracy") * 100
+        st.dataframe(per_run.reset_index(), hide_index=True)
     st.subheader("Accuracy vs resolution")
-    ks = sorted(knn.k.unique())
-    k = st.selectbox("k", ks, index=ks.index(20) if 20 in ks else 0, key="res_k")
-    both = pd.concat([knn, data["teachers_knn"]], ignore_index=True)
-    st.altair_chart(charts.accuracy_vs_resolution(both, k))
+    per_run = knn[(knn.k == k) & knn.feature.isin(shown)].assign(accuracy=lambda d: 100 * d.accuracy)
+    teachers = data["teachers_knn"]
+    teachers = teachers[teachers.k == k]
+    teachers = teachers.assign(
+        variant="teacher " + teachers.feature.str.split(":").str[1], accuracy=100 * teachers.accuracy
+    )
+    teacher_rows = [teachers.assign(feature=f) for f in shown]  # a teacher is the reference line in every row
+    both = pd.concat([per_run, *teacher_rows], ignore_index=True)
+    both["feature"] = both.feature.str.replace(":", " ")  # a facet header drops the colon: "student ensemble"
+    domain = data["variants"] + sorted(teachers.variant.unique())
+    st.altair_chart(charts.accuracy_vs_resolution(both, k, domain))
 
 
 def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
-    st.subheader("Teacher vs student (kNN)")
+    st.subheader("Teacher vs student (kNN, %)")
     teachers = data["teachers_knn"]
     if teachers.empty:
         st.info("No teacher baselines yet: run `amoe evaluate --teachers` (writes runs/_teachers/eval.json).")
@@ -144,12 +240,49 @@ def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
     if cmp.empty:
         st.info("No student:<teacher> features of the selected runs match the teacher baselines.")
         return
-    res = st.selectbox("Resolution (px)", sorted(cmp.resolution.unique()), key="tvs_res")
-    ks = sorted(cmp.k.unique())
-    k = st.selectbox("k", ks, index=ks.index(20) if 20 in ks else 0, key="tvs_k")
+    cmp["variant"] = cmp.run.map(data["labels"])
+    resolutions, ks = sorted(cmp.resolution.unique()), sorted(cmp.k.unique())
+    c1, c2 = st.columns(2)
+    res = c1.selectbox(
+        "Resolution (px)", resolutions, index=_resolution_index(resolutions, data["main_res"]), key="tvs_res"
+    )
+    k = c2.selectbox("k", ks, index=_k_index(ks), key="tvs_k")
     sub = cmp[(cmp.resolution == res) & (cmp.k == k)]
-    st.dataframe(sub, hide_index=True)
-    st.altair_chart(charts.teacher_vs_student(sub))
+    rank = {v: i for i, v in enumerate(data["variants"])}
+    sub = sub.sort_values("variant", key=lambda s: s.map(rank), kind="stable")  # the reference first, as the report
+    summary = sub.groupby(["variant", "dataset", "teacher"], sort=False).agg(
+        student=("accuracy_student", lambda x: loaders.mean_std(list(x))),
+        teacher_acc=("accuracy_teacher", "first"),
+        delta=("delta", "mean"),
+        runs=("run", "count"),
+    )
+    summary["teacher_acc"] = (100 * summary.teacher_acc).round(1)
+    summary["delta"] = (100 * summary.delta).round(1)
+    names = {"teacher_acc": "teacher alone", "delta": "student - teacher"}
+    st.dataframe(summary.reset_index().rename(columns=names), hide_index=True)
+    domain = [f"teacher {t}" for t in sorted(sub.teacher.unique())] + data["variants"]
+    pairs = sorted({(d, t) for d, t in zip(sub.dataset, sub.teacher)})
+    cols = st.columns(2)
+    for i, (d, t) in enumerate(pairs):
+        part = sub[(sub.dataset == d) & (sub.teacher == t)]
+        rows = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "variant": [f"teacher {t}"],
+                        "run": [TEACHERS_RUN],
+                        "accuracy": [100 * part.accuracy_teacher.iloc[0]],
+                    }
+                ),
+                part.assign(accuracy=100 * part.accuracy_student)[["variant", "run", "accuracy"]],
+            ],
+            ignore_index=True,
+        )
+        title = f"{d}, {res} px: teacher {t} vs the student's {t} adaptor"
+        # the key includes the resolution: a new chart element per choice, sized for its own rows
+        cols[i % 2].altair_chart(
+            charts.teacher_vs_student(rows, domain, title), width="content", key=f"tvs-{d}-{t}-{res}-{k}"
+        )
 
 
 def sweep_view(storage: str) -> None:
@@ -167,15 +300,21 @@ def sweep_view(storage: str) -> None:
         return
     study = st.selectbox("Study", sweep["studies"], key="study")
     trials = sweep["trials"][study]
-    st.caption(f"Also browsable with `optuna-dashboard {storage}`.")
+    st.caption(f"Also browsable with `optuna-dashboard {storage}`. Trial runs live under runs/_sweep/{study}/.")
     if trials.empty:
         st.info("No trials yet.")
         return
     st.dataframe(trials, hide_index=True)
-    st.altair_chart(charts.sweep_history(trials))
+    st.altair_chart(charts.sweep_history(trials, sweep["objective"][study]))
     imp = sweep["importance"][study]
+    done = int((trials.state == "COMPLETE").sum())
     if not imp.empty:
-        st.altair_chart(charts.importance(imp))
+        if done < loaders.RELIABLE_TRIALS:
+            st.warning(
+                f"Parameter importance from only {done} finished trials: fANOVA needs about "
+                f"{loaders.RELIABLE_TRIALS} or more before its ranking means much."
+            )
+        st.altair_chart(charts.importance(imp, f"Parameter importance (fANOVA, {done} finished trials)"))
 
 
 def curation_view(curation_dir: str) -> None:
@@ -187,9 +326,13 @@ def curation_view(curation_dir: str) -> None:
         return
     scalars, frames, other = loaders.report_sections(cur["report"])
     if scalars:
-        st.dataframe(pd.DataFrame({"key": list(scalars), "value": [str(v) for v in scalars.values()]}), hide_index=True)
+        table = pd.DataFrame({"key": list(scalars), "value": [str(v) for v in scalars.values()]})
+        table["meaning"] = table.key.map(lambda k: loaders.CURATION_TERMS.get(k, ""))
+        st.dataframe(table, hide_index=True)
     for name, frame in frames.items():
         st.altair_chart(charts.labelled_values(frame, name.replace("_", " ")))
+        if name in loaders.CURATION_TERMS:
+            st.caption(loaders.CURATION_TERMS[name])
     if other:
         with st.expander("Other report fields"):
             st.json(other)
@@ -209,29 +352,36 @@ def pca_view(data: dict[str, Any], selected: list[str]) -> None:
 def main() -> None:
     st.set_page_config(page_title="AMoE runs", layout="wide")
     st.title("AMoE runs")
-    roots = default_roots()
+    roots = allowed_roots()
     with st.sidebar:
-        runs_dir = st.text_input("Runs directory", roots["runs"])
-        curation_dir = st.text_input("Curation directory", roots["curation"])
-        storage = st.text_input("Optuna storage", roots["storage"])
-    fp = loaders.runs_fingerprint(runs_dir)
-    data = load_runs(runs_dir, fp)
+        runs_dir = st.selectbox("Runs directory", roots["runs"], key="runs_dir")
+        include_sweeps = st.checkbox("Show sweep trials", value=False, key="sweeps")
+    data = load_runs(runs_dir, include_sweeps, loaders.runs_fingerprint(runs_dir, include_sweeps))
     with st.sidebar:
-        selected = st.multiselect("Runs", data["ids"], default=data["ids"][:6])
-    if not data["ids"]:
+        # keyed by what the options come from: another runs directory starts with all its variants selected
+        chosen = st.multiselect(
+            "Variants", data["variants"], default=data["variants"], key=f"variants-{runs_dir}-{include_sweeps}"
+        )
+        selected = [r for r in data["runs"] if data["labels"][r] in chosen]
+        st.caption(f"{len(selected)} of {len(data['runs'])} runs selected.")
+        st.caption(f"Curation: `{roots['curation']}`  \nOptuna storage: `{roots['storage']}`")
+    if not data["runs"]:
         st.info(f"No runs under {runs_dir!r} yet: `amoe distill` (or `make demo`) creates them.")
-    tabs = st.tabs(["Runs", "Evaluation", "Teachers vs student", "Sweep", "Curation", "PCA maps"])
-    with tabs[0]:
+    names = ["Runs", "Live", "Evaluation", "Teachers vs student", "Sweep", "Curation", "PCA maps"]
+    tabs = dict(zip(names, st.tabs(names)))
+    with tabs["Runs"]:
         runs_view(data, selected)
-    with tabs[1]:
+    with tabs["Live"]:
+        live_view(data, runs_dir)
+    with tabs["Evaluation"]:
         eval_view(data, selected)
-    with tabs[2]:
+    with tabs["Teachers vs student"]:
         teachers_view(data, selected)
-    with tabs[3]:
-        sweep_view(storage)
-    with tabs[4]:
-        curation_view(curation_dir)
-    with tabs[5]:
+    with tabs["Sweep"]:
+        sweep_view(roots["storage"])
+    with tabs["Curation"]:
+        curation_view(roots["curation"])
+    with tabs["PCA maps"]:
         pca_view(data, selected)
 
 

@@ -2,7 +2,8 @@
 
 Pure functions with no Streamlit import, so they are testable on their own; `app.py` caches them on file mtimes.
 Nothing here recomputes a result: every number comes from a file a stage wrote (params.yaml, metrics.jsonl,
-eval.json, report.json, the Optuna storage).
+train.json, eval.json, report.json, the Optuna storage), and runs are grouped into variants and summarised by the
+same `amoe_core.tracking` code that `amoe report` uses.
 """
 
 from __future__ import annotations
@@ -15,15 +16,34 @@ from typing import Any
 
 import pandas as pd
 
-from amoe_core.tracking.runs import RunDir, flatten, list_runs
+from amoe_core.tracking.runs import SWEEP_DIR, TEACHERS_RUN, RunDir, flatten, list_runs, sweep_runs
+from amoe_core.tracking.variants import (
+    Variant,
+    conditions,
+    eval_values,
+    group_variants,
+    knn_avg_per_seed,
+    lookup,
+    mean_std,
+    run_seed,
+    train_values,
+)
 
 MAIN_K = "k20"  # the DINO protocol's k (k=20, T=0.07) is the headline kNN number
+RELIABLE_TRIALS = 10  # fANOVA fits a random forest on the finished trials: with fewer, its ranking is mostly noise
 
 
 # ---------------------------------------------------------------------------------------------------------- runs
-def student_runs(runs_dir: str | Path) -> list[RunDir]:
-    """Student runs: run directories with a params.yaml, skipping internal ones (`_teachers`, `_submitit`)."""
-    return [r for r in list_runs(runs_dir) if not r.id.startswith("_")]
+def student_runs(runs_dir: str | Path, include_sweeps: bool = False) -> list[RunDir]:
+    """Student runs: run directories with a params.yaml, skipping internal ones (`_teachers`, `_submitit`); with
+    `include_sweeps`, also the Optuna trials under `_sweep/<study>/`."""
+    runs = [r for r in list_runs(runs_dir) if not r.id.startswith("_")]
+    return runs + (sweep_runs(runs_dir) if include_sweeps else [])
+
+
+def run_name(run: RunDir, runs_dir: str | Path) -> str:
+    """The run's path under `runs_dir` ("ref-s0-balanced", "_sweep/amoe-sweep/t0003"): unique, unlike the id."""
+    return run.path.relative_to(runs_dir).as_posix()
 
 
 def fingerprint(paths: Iterable[str | Path]) -> tuple[tuple[str, float], ...]:
@@ -37,18 +57,20 @@ def fingerprint(paths: Iterable[str | Path]) -> tuple[tuple[str, float], ...]:
     return tuple(out)
 
 
-def runs_fingerprint(runs_dir: str | Path) -> tuple[tuple[str, float], ...]:
+def runs_fingerprint(runs_dir: str | Path, include_sweeps: bool = False) -> tuple[tuple[str, float], ...]:
     files: list[Path] = []
-    for r in list_runs(runs_dir):
-        files += [r.params_file, r.metrics_file, r.eval_file]
+    for r in student_runs(runs_dir, include_sweeps) + [RunDir(Path(runs_dir) / TEACHERS_RUN)]:
+        files += [r.params_file, r.metrics_file, r.train_file, r.eval_file]
     return fingerprint(files)
 
 
-def differing_params(params_by_run: dict[str, dict[str, Any]]) -> list[str]:
-    """Dotted keys whose value is not the same in every run (a key missing from a run counts as different)."""
-    flat = {run: flatten(p) for run, p in params_by_run.items()}
-    keys = sorted(set().union(*[set(f) for f in flat.values()])) if flat else []
-    return [k for k in keys if len({json.dumps(f.get(k, "<missing>"), default=str) for f in flat.values()}) > 1]
+def variant_labels(runs: list[RunDir], runs_dir: str | Path) -> dict[str, str]:
+    """Run name -> its variant's label (the report's grouping); a sweep trial is its own variant, named by trial."""
+    trials = [r for r in runs if SWEEP_DIR in r.path.relative_to(runs_dir).parts[:1]]
+    plain = [r for r in runs if r not in trials]
+    labels = {run_name(r, runs_dir): v.label for v in group_variants(plain) for r in v.runs}
+    labels.update({run_name(r, runs_dir): "sweep " + run_name(r, runs_dir).split("/", 1)[1] for r in trials})
+    return labels
 
 
 def main_resolution(params: dict[str, Any], available: Iterable[str]) -> str | None:
@@ -56,8 +78,12 @@ def main_resolution(params: dict[str, Any], available: Iterable[str]) -> str | N
     avail = [a for a in available if a.endswith("px") and a[:-2].isdigit()]
     if not avail:
         return None
-    want = int((params.get("evaluate") or {}).get("main_resolution", 64))
+    want = main_resolution_px(params)
     return min(avail, key=lambda a: (abs(int(a[:-2]) - want), int(a[:-2])))
+
+
+def main_resolution_px(params: dict[str, Any]) -> int:
+    return int((params.get("evaluate") or {}).get("main_resolution", 64))
 
 
 def headline_feature(features: Iterable[str]) -> str | None:
@@ -69,49 +95,103 @@ def headline_feature(features: Iterable[str]) -> str | None:
     return student[0] if student else (feats[0] if feats else None)
 
 
-def run_summary(run: RunDir) -> dict[str, Any]:
-    """Key numbers of one run: steps done, last total loss, median throughput, headline kNN per dataset."""
-    metrics = run.metrics()
-    params = run.params()
-    row: dict[str, Any] = {"run": run.id}
-    steps = [m["step"] for m in metrics if "step" in m]
-    row["steps"] = max(steps) if steps else None
-    losses = [m["loss/total"] for m in metrics if "loss/total" in m]
-    row["loss/total (last)"] = losses[-1] if losses else None
-    tps = sorted(m["tokens_per_s"] for m in metrics if "tokens_per_s" in m)
-    row["tokens/s (median)"] = tps[len(tps) // 2] if tps else None
-    for dataset, by_feature in sorted((run.eval().get("knn") or {}).items()):
-        feat = headline_feature(by_feature)
-        if feat is None:
-            continue
-        res = main_resolution(params, by_feature[feat])
-        if res is not None:
-            row[f"kNN {dataset} ({feat.split(':', 1)[1]}, {res}, {MAIN_K})"] = by_feature[feat][res].get(MAIN_K)
-    return row
+def _headline(runs: list[RunDir]) -> tuple[list[str], str | None, str | None]:
+    """Datasets, student feature and resolution key the tables headline (from the first evaluated run)."""
+    first = next((r for r in runs if r.eval().get("knn")), None)
+    if first is None:
+        return [], None, None
+    knn = first.eval()["knn"]
+    datasets = sorted(knn)
+    feat = headline_feature(knn[datasets[0]])
+    res = main_resolution(first.params(), knn[datasets[0]].get(feat, {})) if feat else None
+    return datasets, feat, res
 
 
-def runs_table(runs: list[RunDir]) -> pd.DataFrame:
-    """One row per run: the key metrics, then every parameter whose value differs between the runs."""
+def _knn_column(dataset: str, feat: str, res: str) -> str:
+    return f"kNN {dataset} % ({feat.split(':', 1)[1]}, {res}, {MAIN_K})"
+
+
+def runs_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
+    """One row per run: variant, seed, the training summary (train.json), headline kNN in % per dataset, then every
+    condition param that differs between the runs (identity keys and other commands' sections left out)."""
     if not runs:
-        return pd.DataFrame(columns=["run"])
-    params = {r.id: r.params() for r in runs}
-    keys = differing_params(params)
+        return pd.DataFrame(columns=["run", "variant"])
+    labels = variant_labels(runs, runs_dir)
+    datasets, feat, res = _headline(runs)
+    conds = {run_name(r, runs_dir): conditions(r) for r in runs}
+    keys = sorted({k for c in conds.values() for k in c})
+    keys = [k for k in keys if len({c.get(k) for c in conds.values()}) > 1]
     rows = []
     for r in runs:
-        row = run_summary(r)
-        flat = flatten(params[r.id])
+        name = run_name(r, runs_dir)
+        summary = r.train_summary()
+        row: dict[str, Any] = {"run": name, "variant": labels[name], "seed": run_seed(r)}
+        row["steps"] = summary.get("steps")
+        row["loss/total (last)"] = lookup(summary, "loss", "total")
+        row["tokens/s (median)"] = summary.get("tokens_per_s")
+        for d in datasets:
+            acc = lookup(r.eval(), "knn", d, feat, res, MAIN_K) if feat and res else None
+            row[_knn_column(d, feat, res)] = 100 * acc if isinstance(acc, int | float) else None
         for k in keys:
-            v = flat.get(k)
+            v = flatten(r.params()).get(k)
             row[k] = json.dumps(v) if isinstance(v, list | dict) else v
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def variants_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
+    """One row per variant: its seeds and runs, then mean ± std over seeds of the numbers `amoe report` shows."""
+    if not runs:
+        return pd.DataFrame(columns=["variant"])
+    datasets, feat, res = _headline(runs)
+    labels = variant_labels(runs, runs_dir)
+    by_label: dict[str, Variant] = {}
+    for r in runs:
+        label = labels[run_name(r, runs_dir)]
+        by_label.setdefault(label, Variant(label=label, settings={})).runs.append(r)
+    rows = []
+    for label in variant_order(by_label):
+        v = by_label[label]
+        row: dict[str, Any] = {"variant": label, "seeds": ", ".join(map(str, v.seeds)), "runs": len(v.runs)}
+        row["steps"] = mean_std(train_values(v, "steps"), scale=1, digits=0)
+        row["loss/total (last)"] = mean_std(train_values(v, "loss", "total"), scale=1, digits=3)
+        row["tokens/s"] = mean_std(train_values(v, "tokens_per_s"), scale=1, digits=0)
+        if feat and res:
+            for d in datasets:
+                row[_knn_column(d, feat, res)] = mean_std(eval_values(v, "knn", d, feat, res, MAIN_K))
+            row[f"kNN avg % ({res}, {MAIN_K})"] = mean_std(knn_avg_per_seed(v, datasets, res, MAIN_K, feat))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def variant_order(labels: Iterable[str]) -> list[str]:
+    """Variant labels as the report orders them (the reference first), sweep trials last."""
+    return sorted(set(labels), key=lambda v: (v.startswith("sweep "), v != "reference", v))
+
+
+def mean_std_table(
+    df: pd.DataFrame, index: list[str], columns: str, value: str = "accuracy", scale: float = 100, digits: int = 1
+) -> pd.DataFrame:
+    """Pivot of "mean ± std" over the runs in each cell (accuracies in %), formatted like `amoe report`."""
+    if df.empty:
+        return pd.DataFrame(columns=index)
+    cells = df.groupby([*index, columns], sort=False)[value].apply(
+        lambda x: mean_std([float(v) for v in x], scale, digits)
+    )
+    table = cells.unstack(columns)
+    table.columns = [str(c) for c in table.columns]
+    table = table.reset_index()
+    if "variant" in index:  # the report's order: the reference first
+        rank = {v: i for i, v in enumerate(variant_order(table.variant))}
+        table = table.sort_values("variant", key=lambda s: s.map(rank), kind="stable").reset_index(drop=True)
+    return table
+
+
 # ---------------------------------------------------------------------------------------------------------- curves
-def loss_curves(run: RunDir) -> pd.DataFrame:
+def loss_curves(run: RunDir, name: str) -> pd.DataFrame:
     """Long frame (run, step, term, value) of every `loss/...` scalar in metrics.jsonl."""
     rows = [
-        {"run": run.id, "step": m["step"], "term": k.removeprefix("loss/"), "value": float(v)}
+        {"run": name, "step": m["step"], "term": k.removeprefix("loss/"), "value": float(v)}
         for m in run.metrics()
         if "step" in m
         for k, v in m.items()
@@ -120,13 +200,13 @@ def loss_curves(run: RunDir) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "step", "term", "value"])
 
 
-def expert_load(run: RunDir) -> pd.DataFrame:
+def expert_load(run: RunDir, name: str) -> pd.DataFrame:
     """The last logged expert load as a long frame (run, layer, expert, load): fraction of routed token slots."""
     last = next((m["expert_load"] for m in reversed(run.metrics()) if m.get("expert_load")), None)
     if last is None:
         return pd.DataFrame(columns=["run", "layer", "expert", "load"])
     rows = [
-        {"run": run.id, "layer": layer, "expert": e, "load": float(x)}
+        {"run": name, "layer": layer, "expert": e, "load": float(x)}
         for layer, loads in enumerate(last)
         for e, x in enumerate(loads)
     ]
@@ -193,15 +273,24 @@ def study_names(storage: str) -> list[str]:
     return sorted(optuna.study.get_all_study_names(storage=storage))
 
 
+def objective_name(storage: str, study: str) -> str:
+    """The study's metric name (`amoe sweep` names it), else a generic label for studies made elsewhere."""
+    import optuna
+
+    names = optuna.load_study(study_name=study, storage=storage).metric_names
+    return names[0] if names else "objective"
+
+
 def sweep_trials(storage: str, study: str) -> pd.DataFrame:
     """Every trial of a study: number, state, value, best value so far, and its parameters (columns params_*)."""
     import optuna
 
-    df = optuna.load_study(study_name=study, storage=storage).trials_dataframe(
-        attrs=("number", "value", "state", "params", "duration")
-    )
+    s = optuna.load_study(study_name=study, storage=storage)
+    df = s.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
     if df.empty:
         return df
+    if s.metric_names:  # a named objective becomes column `value_<name>`; the chart names it on its axis instead
+        df = df.rename(columns={f"value_{s.metric_names[0]}": "value"})
     df["state"] = df["state"].astype(str)
     done = df["value"].where(df["state"] == "COMPLETE")
     df["best so far"] = done.cummax()  # the objective (kNN accuracy) is maximised
@@ -209,7 +298,8 @@ def sweep_trials(storage: str, study: str) -> pd.DataFrame:
 
 
 def param_importance(storage: str, study: str) -> pd.DataFrame:
-    """Optuna's fANOVA parameter importances (needs at least two finished trials with varying parameters)."""
+    """Optuna's fANOVA parameter importances (computed from two finished trials on; the view warns below
+    `RELIABLE_TRIALS`)."""
     import optuna
 
     s = optuna.load_study(study_name=study, storage=storage)
@@ -224,6 +314,22 @@ def param_importance(storage: str, study: str) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------------- curation
+# What the curation report's numbers mean (amoe_core/curation/report.py computes them); shown beside them.
+CURATION_TERMS = {
+    "pool_images": "images in the shard set that curation chose from",
+    "target": "images each selection keeps (sample.target)",
+    "within": "how a cluster's quota is filled at the lowest level (sample.within)",
+    "largest_source": "the source with the largest share of the pool",
+    "source_shares": "fraction of each selection's images from each source",
+    "largest_source_share": "share of the pool's largest source in each selection (balancing should lower it)",
+    "top_level_clusters_represented": "top-level k-means clusters with at least one selected image",
+    "level1_cluster_balance": (
+        "balance = normalised entropy of the level-1 cluster sizes: 1 when every cluster holds the same number of "
+        "images, towards 0 when a few clusters hold almost all of them"
+    ),
+}
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     return json.loads(p.read_text()) if p.exists() else {}

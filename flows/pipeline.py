@@ -6,24 +6,47 @@ any of them with parameters. Stages run through `flows.tasks` (DVC decides what 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from prefect import flow
 
 from flows import tasks
+from flows.artifacts import STAGES
+
+# The stage names as a choice list (a drop-down in the Prefect UI); what each does is in stage_flow's docstring.
+Stage = Enum("Stage", {name.replace("-", "_"): name for name in STAGES}, type=str)
 
 CURATION = ("embed", "cluster", "sample")
 DATA = ("demo-pool", "ingest", "teachers-demo")
 
 
+def _describe_stages(fn: Callable) -> Callable:
+    """Fill `{stages}` in the docstring with what each stage does: Prefect shows it beside the `stage` field."""
+    what = "; ".join(f"{name}: {desc}" for name, (_, desc) in STAGES.items())
+    fn.__doc__ = (fn.__doc__ or "").replace("{stages}", f"which stage to run ({what}).")
+    return fn
+
+
 @flow(name="amoe-stage", log_prints=True)
+@_describe_stages
 def stage_flow(
-    stage: str, overrides: list[str] | None = None, params_file: str | None = None, use_dvc: bool = True
+    stage: Stage, overrides: list[str] | None = None, params_file: str | None = None, use_dvc: bool = True
 ) -> dict[str, Any]:
-    """Any single stage of amoe_core.stages by name (e.g. ingest, embed, evaluate, report)."""
-    if stage == "distill":
+    """Any single stage of the pipeline, by name.
+
+    Args:
+        stage: {stages}
+        overrides: params.yaml overrides in DVC's spelling, e.g. ["distill.steps=500"]; with any, the stage runs
+            directly instead of through `dvc repro`.
+        params_file: params file (default ./params.yaml).
+        use_dvc: let DVC skip the stage when its outputs are up to date.
+    """
+    name = Stage(stage).value
+    if name == "distill":
         return tasks.run_distill(overrides, params_file, use_dvc)
-    return tasks.run_stage(stage, overrides, params_file, use_dvc=use_dvc)
+    return tasks.run_stage(name, overrides, params_file, use_dvc=use_dvc)
 
 
 @flow(name="amoe-data", log_prints=True)

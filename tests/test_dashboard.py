@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,36 +56,49 @@ def _eval(run_index: int, features: list[str]) -> dict:
 STUDENT_FEATURES = ["student:dino", "student:ensemble", "student:native", "student:siglip"]
 
 
+RUNS = (  # name, seed, relational, c_max: alpha and alpha-s1 are one variant (seeds), beta another
+    ("alpha", 0, "arkd", 256),
+    ("alpha-s1", 1, "arkd", 256),
+    ("beta", 0, "rkd", 128),
+)
+
+
+def _write_run(run: Path, i: int, name: str, seed: int, relational: str, c_max: int, rng) -> None:
+    run.mkdir(parents=True)
+    params = {
+        "seed": 0,
+        "packing": {"c_max": c_max, "max_images_per_seq": 16},
+        "loss": {"relational": relational, "relational_weight": 1.0},
+        "distill": {"run": name, "steps": 5, "seed": seed},
+        "evaluate": {"main_resolution": 64},
+        "report": {"runs_dir": f"elsewhere-{i}"},  # another command's setting: never a column nor a variant
+    }
+    (run / "params.yaml").write_text(yaml.safe_dump(params))
+    with open(run / "metrics.jsonl", "w") as f:
+        for step in range(1, 6):
+            rec = {
+                "step": step,
+                "lr": 1e-3,
+                "tokens_per_s": 1000.0 * (i + 1) + step,
+                "loss/total": 10.0 / step + i,
+                "loss/dino/summary": 1.0 / step,
+                "loss/siglip/patch": 2.0 / step,
+                "loss/relational": 0.5 / step,
+                "expert_load": (rng.dirichlet(np.ones(4), size=3)).tolist(),
+            }
+            f.write(json.dumps(rec) + "\n")
+    (run / "eval.json").write_text(json.dumps(_eval(i, STUDENT_FEATURES)))
+    Image.fromarray(rng.integers(0, 255, (32, 96, 3), dtype=np.uint8)).save(run / "pca_maps.png")
+
+
 def write_fixture(root: Path) -> dict[str, Path]:
-    """Two runs (differing in loss.relational and packing.c_max), teacher baselines, curation outputs, a study."""
+    """Three runs (two seeds of one variant, one other variant differing in loss.relational and packing.c_max), a
+    sweep trial under _sweep/, teacher baselines, curation outputs, a study."""
     runs = root / "runs"
     rng = np.random.default_rng(0)
-    for i, (name, relational, c_max) in enumerate([("alpha", "arkd", 256), ("beta", "rkd", 128)]):
-        run = runs / name
-        run.mkdir(parents=True)
-        params = {
-            "seed": 0,
-            "packing": {"c_max": c_max, "max_images_per_seq": 16},
-            "loss": {"relational": relational, "relational_weight": 1.0},
-            "distill": {"run": name, "steps": 5},
-            "evaluate": {"main_resolution": 64},
-        }
-        (run / "params.yaml").write_text(yaml.safe_dump(params))
-        with open(run / "metrics.jsonl", "w") as f:
-            for step in range(1, 6):
-                rec = {
-                    "step": step,
-                    "lr": 1e-3,
-                    "tokens_per_s": 1000.0 * (i + 1) + step,
-                    "loss/total": 10.0 / step + i,
-                    "loss/dino/summary": 1.0 / step,
-                    "loss/siglip/patch": 2.0 / step,
-                    "loss/relational": 0.5 / step,
-                    "expert_load": (rng.dirichlet(np.ones(4), size=3)).tolist(),
-                }
-                f.write(json.dumps(rec) + "\n")
-        (run / "eval.json").write_text(json.dumps(_eval(i, STUDENT_FEATURES)))
-        Image.fromarray(rng.integers(0, 255, (32, 96, 3), dtype=np.uint8)).save(run / "pca_maps.png")
+    for i, (name, seed, relational, c_max) in enumerate(RUNS):
+        _write_run(runs / name, i, name, seed, relational, c_max, rng)
+    _write_run(runs / "_sweep" / "demo-sweep" / "t0000", 3, "t0000", 0, "none", 512, rng)
     (runs / "_teachers").mkdir()
     teachers = _eval(5, ["teacher:dino", "teacher:siglip"])
     (runs / "_teachers" / "eval.json").write_text(json.dumps(teachers))
@@ -96,6 +111,7 @@ def write_fixture(root: Path) -> dict[str, Path]:
         "top_level_clusters_represented": 20,
         "source_shares": {"balanced": {"fashion_mnist": 0.5, "openclipart": 0.4, "tuxpaint": 0.1}},
         "cluster_sizes_before": [50, 30, 10, 5],
+        "level1_cluster_balance": {"pool": 0.61, "balanced": 0.93},
     }
     (cur / "selection" / "report.json").write_text(json.dumps(report))
     Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).save(cur / "plots" / "cluster_sizes.png")
@@ -106,6 +122,9 @@ def write_fixture(root: Path) -> dict[str, Path]:
     study = optuna.create_study(
         study_name="demo-sweep", storage=storage, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
     )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["kNN accuracy (fixture)"])
     study.optimize(lambda t: t.suggest_float("x", 0, 1) * 0.5 + t.suggest_int("c", 1, 4) * 0.01, n_trials=6)
     return {"runs": runs, "curation": cur, "storage": storage, "teachers": teachers}  # type: ignore[dict-item]
 
@@ -134,51 +153,100 @@ def _frame(at: AppTest, columns: set[str]):
     raise AssertionError(f"no table with columns {columns}; tables: {[list(d.value.columns) for d in at.dataframe]}")
 
 
-def test_runs_table_holds_differing_params_and_key_metrics(app):
-    table = _frame(app, {"run", "loss.relational"}).set_index("run")
-    assert list(table.index) == ["alpha", "beta"]
-    # only params that differ are shown: seed and relational_weight are identical in both runs
-    assert {"loss.relational", "packing.c_max", "distill.run"} <= set(table.columns)
-    assert "seed" not in table.columns and "loss.relational_weight" not in table.columns
+def _chart_specs(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+
+
+def test_variants_fold_seeds_into_mean_and_std(app):
+    variants = _frame(app, {"variant", "seeds", "runs"}).set_index("variant")
+    # alpha and alpha-s1 differ only by seed and run name: one variant. Labels are the report's: each variant is
+    # named by where it departs from the modal settings (ties go to the first value: c_max 128, relational arkd)
+    assert list(variants.index) == ["c_max=256", "relational=rkd"]
+    ref = variants.loc["c_max=256"]
+    assert ref["seeds"] == "0, 1" and ref["runs"] == 2
+    col = "kNN clipart % (ensemble, 64px, k20)"
+    a, b = 100 * _acc(0, 1, 1, 1, 1), 100 * _acc(1, 1, 1, 1, 1)  # runs 0 and 1: clipart, ensemble, 64px, k20
+    assert ref[col] == f"{statistics.fmean([a, b]):.1f} ± {statistics.stdev([a, b]):.1f}"
+    # throughput: median of steps 2-5 (the first fifth is warm-up, tracking.summarize_training), then mean ± std
+    tps = [1003.5, 2003.5]
+    assert ref["tokens/s"] == f"{statistics.fmean(tps):.0f} ± {statistics.stdev(tps):.0f}"
+    # the sweep trial under _sweep/ is hidden by default
+    assert not any(v.startswith("sweep ") for v in variants.index)
+
+
+def test_runs_table_holds_differing_condition_params_and_key_metrics(app):
+    table = _frame(app, {"run", "variant", "loss.relational"}).set_index("run")
+    assert list(table.index) == ["alpha", "alpha-s1", "beta"]
+    # only condition params that differ; run identity (name, seed) and other commands' sections are not columns
+    assert {"loss.relational", "packing.c_max"} <= set(table.columns)
+    assert not {"distill.run", "distill.seed", "report.runs_dir", "loss.relational_weight"} & set(table.columns)
+    assert table.loc["alpha-s1", "seed"] == 1 and table.loc["alpha-s1", "variant"] == "c_max=256"
     assert table.loc["beta", "loss.relational"] == "rkd" and table.loc["alpha", "packing.c_max"] == 256
     assert table.loc["alpha", "steps"] == 5
-    assert table.loc["beta", "loss/total (last)"] == pytest.approx(10.0 / 5 + 1)
-    assert table.loc["beta", "tokens/s (median)"] == pytest.approx(2003.0)
-    # headline kNN: student:ensemble (feature index 1) at main_resolution 64px (index 1), k20 (index 1)
-    col = "kNN clipart (ensemble, 64px, k20)"
-    assert table.loc["beta", col] == pytest.approx(_acc(1, 1, 1, 1, 1))
+    assert table.loc["beta", "loss/total (last)"] == pytest.approx(10.0 / 5 + 2)
+    assert table.loc["beta", "tokens/s (median)"] == pytest.approx(3003.5)  # median of steps 2-5 (warm-up cut)
+    col = "kNN clipart % (ensemble, 64px, k20)"  # student:ensemble at main_resolution 64px, k20
+    assert table.loc["beta", col] == pytest.approx(100 * _acc(2, 1, 1, 1, 1))
+    assert not table.isna().any().any()
 
 
-def test_eval_tables_and_charts(app):
-    knn = _frame(app, {"run", "dataset", "feature", "k=20"})
-    # default resolution choice is the first (32px); every student feature of both runs is listed
-    assert len(knn) == 2 * len(DATASETS) * len(STUDENT_FEATURES)
-    row = knn[(knn.run == "alpha") & (knn.dataset == "fmnist") & (knn.feature == "student:native")].iloc[0]
-    assert row["k=100"] == pytest.approx(_acc(0, 0, 2, 0, 2))
-    lin = _frame(app, {"run", "dataset", "feature", "112px"})
-    r = lin[(lin.run == "beta") & (lin.dataset == "clipart") & (lin.feature == "student:siglip")].iloc[0]
-    assert r["112px"] == pytest.approx(_acc(1, 1, 3, 2, 9))
-    fid = _frame(app, {"run", "teacher", "cka"})
-    assert len(fid) == 4 and (fid.cka == 0.7).all()
-    specs = [json.loads(c.proto.spec) for c in app.get("vega_lite_chart")]
+def test_sweep_trials_show_on_demand(app):
+    app.sidebar.checkbox(key="sweeps").check().run()
+    assert not app.exception
+    variants = _frame(app, {"variant", "seeds", "runs"})
+    assert "sweep demo-sweep/t0000" in set(variants.variant)
+    table = _frame(app, {"run", "variant"})
+    assert "_sweep/demo-sweep/t0000" in set(table.run)
+
+
+def test_eval_tables_default_to_the_main_resolution(app):
+    assert app.selectbox(key="eval_res").value == 64 and app.selectbox(key="tvs_res").value == 64
+    assert app.selectbox(key="res_k").value == 20
+    knn = _frame(app, {"variant", "feature", "fmnist", "clipart"})
+    ref = knn[(knn.variant == "c_max=256") & (knn.feature == "student:ensemble")].iloc[0]
+    a, b = 100 * _acc(0, 0, 1, 1, 1), 100 * _acc(1, 0, 1, 1, 1)
+    assert ref["fmnist"] == f"{statistics.fmean([a, b]):.1f} ± {statistics.stdev([a, b]):.1f}"
+    app.selectbox(key="eval_res").select(32).run()
+    knn = _frame(app, {"variant", "feature", "fmnist", "clipart"})
+    beta = knn[knn.variant == "relational=rkd"].iloc[0]
+    assert beta["clipart"] == f"{100 * _acc(2, 1, 1, 0, 1):.1f}"  # one seed: the value alone
+    lin = _frame(app, {"variant", "feature", "dataset", "64px"})
+    r = lin[(lin.variant == "relational=rkd") & (lin.dataset == "clipart")].iloc[0]
+    assert r["64px"] == f"{100 * _acc(2, 1, 1, 1, 9):.1f}"
+    fid = _frame(app, {"variant", "teacher", "cka"})
+    assert len(fid) == 4 and (fid.cka == "0.700 ± 0.000").sum() == 2
+
+
+def test_charts_colour_by_variant_with_one_legend_entry_each(app):
+    specs = _chart_specs(app)
     titles = json.dumps(specs)
-    # loss curves, expert load per run, accuracy vs resolution, teacher vs student, sweep history, curation
-    assert "Loss terms" in titles and "Expert load (alpha)" in titles and "Expert load (beta)" in titles
-    assert "Sweep history" in titles and "source shares" in titles
-    assert any("resolution (px)" in json.dumps(s) for s in specs)
+    assert "Loss terms" in titles and "Expert load" in titles and "Sweep history" in titles
+    res = next(s for s in specs if "kNN accuracy vs resolution" in json.dumps(s.get("title", "")))
+    colour = res["spec"]["layer"][0]["encoding"]["color"]
+    # the colour scale's domain lists each variant once, then each teacher: one legend entry per line
+    assert colour["field"] == "variant"
+    assert colour["scale"]["domain"] == ["c_max=256", "relational=rkd", "teacher dino", "teacher siglip"]
+    assert set(res["facet"]) == {"column", "row"}  # dataset x feature panels
+    # the same variant keeps its colour on the loss chart: same domain, same scheme
+    loss = next(s for s in specs if s.get("title") == "Loss terms")
+    assert loss["spec"]["encoding"]["color"]["scale"]["domain"][:2] == colour["scale"]["domain"][:2]
 
 
-def test_teacher_vs_student_delta(app, fixture_root):
-    cmp = _frame(app, {"accuracy_student", "accuracy_teacher", "delta"})
-    # k=20 at the first resolution (32px); student:dino is feature 0 of the runs, teacher:dino feature 0 of teachers
-    row = cmp[(cmp.run == "alpha") & (cmp.dataset == "fmnist") & (cmp.teacher == "dino")].iloc[0]
-    teacher = fixture_root["teachers"]["knn"]["fmnist"]["teacher:dino"]["32px"]["k20"]
-    assert row.accuracy_teacher == pytest.approx(teacher)
-    assert row.delta == pytest.approx(_acc(0, 0, 0, 0, 1) - teacher)
-    assert set(cmp.teacher) == {"dino", "siglip"}
+def test_teacher_vs_student_bars_are_sized_by_their_rows(app, fixture_root):
+    cmp = _frame(app, {"variant", "dataset", "teacher", "student", "teacher alone"})
+    row = cmp[(cmp.variant == "c_max=256") & (cmp.dataset == "fmnist") & (cmp.teacher == "dino")].iloc[0]
+    teacher = fixture_root["teachers"]["knn"]["fmnist"]["teacher:dino"]["64px"]["k20"]
+    assert row["teacher alone"] == pytest.approx(round(100 * teacher, 1))
+    bars = [s for s in _chart_specs(app) if "vs the student's" in json.dumps(s.get("title", ""))]
+    assert len(bars) == 4  # 2 datasets x 2 teachers
+    for spec in bars:  # teacher + 2 variants = 3 rows of ROW_PX for the plot area ("pad": axes come on top)
+        assert spec["height"] == 3 * 22 and spec["autosize"]["type"] == "pad"
+    app.selectbox(key="tvs_res").select(32).run()
+    bars = [s for s in _chart_specs(app) if "vs the student's" in json.dumps(s.get("title", ""))]
+    assert len(bars) == 4 and all(s["height"] == 3 * 22 and ", 32 px:" in s["title"] for s in bars)
 
 
-def test_sweep_view_lists_every_trial(app, fixture_root):
+def test_sweep_view_lists_every_trial_with_its_objective_name(app, fixture_root):
     import optuna
 
     trials = _frame(app, {"number", "value", "best so far"})
@@ -186,16 +254,31 @@ def test_sweep_view_lists_every_trial(app, fixture_root):
     assert len(trials) == len(study.trials) == 6
     assert trials["best so far"].iloc[-1] == pytest.approx(study.best_value)
     assert trials["value"].tolist() == pytest.approx([t.value for t in study.trials])
+    history = next(s for s in _chart_specs(app) if s.get("title") == "Sweep history")
+    assert history["layer"][0]["encoding"]["y"]["title"] == "kNN accuracy (fixture)"
+    assert history["layer"][0]["encoding"]["x"]["axis"]["format"] == "d"  # whole trial numbers
+    warnings = " ".join(w.value for w in app.warning)
+    assert "only 6 finished trials" in warnings  # fANOVA on too few trials is flagged
 
 
 def test_images_and_curation(app):
     captions = [c for im in app.get("image") for c in im.captions]
     assert any(c.startswith("alpha:") for c in captions) and "cluster_sizes" in captions
-    report = _frame(app, {"key", "value"})
+    report = _frame(app, {"key", "value", "meaning"})
     assert dict(zip(report.key, report.value))["top_level_clusters_represented"] == "20"
+    assert any("normalised entropy" in c.value for c in app.caption)  # "balance" is defined where it is shown
 
 
-def test_changed_file_shows_on_rerun_and_missing_roots_are_explained(app, fixture_root, tmp_path):
+def test_live_view_follows_the_newest_run(app, fixture_root):
+    newest = fixture_root["runs"] / "beta" / "metrics.jsonl"
+    os.utime(newest, (newest.stat().st_atime, newest.stat().st_mtime + 10))
+    app.run()
+    assert app.selectbox(key="live_run").value == "beta"
+    assert app.toggle(key="live_follow").value is True
+    assert any("step 5 of 5" in m.value for m in app.markdown)
+
+
+def test_changed_file_shows_on_rerun_and_missing_roots_are_explained(app, fixture_root, tmp_path, monkeypatch):
     ev = fixture_root["runs"] / "alpha" / "eval.json"
     data = json.loads(ev.read_text())
     data["knn"]["fmnist"]["student:ensemble"]["64px"]["k20"] = 0.123
@@ -203,11 +286,30 @@ def test_changed_file_shows_on_rerun_and_missing_roots_are_explained(app, fixtur
     os.utime(ev, (ev.stat().st_atime, ev.stat().st_mtime + 5))  # a later mtime, even on coarse clocks
     app.run()
     table = _frame(app, {"run", "loss.relational"}).set_index("run")
-    assert table.loc["alpha", "kNN fmnist (ensemble, 64px, k20)"] == pytest.approx(0.123)
+    assert table.loc["alpha", "kNN fmnist % (ensemble, 64px, k20)"] == pytest.approx(12.3)
 
-    app.sidebar.text_input[0].set_value(str(tmp_path / "none")).run()
-    app.sidebar.text_input[2].set_value(f"sqlite:///{tmp_path / 'none.db'}").run()
-    assert not app.exception
-    infos = " ".join(i.value for i in app.info)
+    # the page offers only the roots it was launched with: no text box to type a path or a storage URL into
+    assert len(app.sidebar.text_input) == 0
+    monkeypatch.setenv("AMOE_RUNS_DIR", os.pathsep.join([str(tmp_path / "none"), str(fixture_root["runs"])]))
+    monkeypatch.setenv("AMOE_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'none.db'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="runs_dir").options == [str(tmp_path / "none"), str(fixture_root["runs"])]
+    infos = " ".join(i.value for i in at.info)
     assert "No runs under" in infos and "No Optuna storage" in infos
     assert not (tmp_path / "none.db").exists()  # looking at the page never creates a database
+
+
+def test_images_outside_a_run_directory_are_never_shown(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    (runs / "evil").mkdir(parents=True)
+    (runs / "evil" / "params.yaml").write_text(yaml.safe_dump({"distill": {"run": "evil"}}))
+    (runs / "evil" / "eval.json").write_text(json.dumps({"pca_maps": "../secret.png"}))
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(runs / "secret.png")
+    monkeypatch.setenv("AMOE_RUNS_DIR", str(runs))
+    monkeypatch.setenv("AMOE_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'none.db'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert not at.get("image") and any("No pca_maps.png" in i.value for i in at.info)

@@ -1,11 +1,17 @@
-"""A real browser loads the running dashboard: `streamlit run` on 127.0.0.1 + Debian chromium driven by Playwright.
+"""A real browser drives the running dashboard: `amoe dashboard` (started from another directory) + Debian chromium
+through Playwright, on the fixture runs and on the committed results/ablations.
 
-Saves artifacts/dashboard.png (a CI artifact path). Skipped when chromium or Playwright is not installed.
+Every tab and widget is used once and the page is checked as a person sees it: tables read back through the
+dataframe's own "Download as CSV" button, charts measured on screen. Saves artifacts/dashboard*.png (CI artifacts;
+`AMOE_SCREENSHOTS=docs` writes the README's docs/dashboard*.png instead). Skipped without chromium or Playwright.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,11 +19,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_dashboard import write_fixture
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
+ABLATIONS = ROOT / "results" / "ablations"
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -28,6 +36,8 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+ROW_PX = 22  # dashboards/charts.py: one bar row
+AXES_PX = 120  # title and x axis drawn around a bar chart's rows; the old bug drew bars ~600 px below their axes
 
 
 def _free_port() -> int:
@@ -36,12 +46,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(
-                f"streamlit exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
+                f"dashboard exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
             )
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
@@ -49,62 +59,240 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None
                     return
         except OSError:
             time.sleep(0.3)
-    raise AssertionError(f"streamlit not healthy at {url} after {timeout}s")
+    raise AssertionError(f"dashboard not healthy at {url} after {timeout}s")
 
 
-@pytest.mark.slow
-def test_dashboard_renders_in_chromium(tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+def _listening(pid: int, port: int) -> list[str]:
+    """Local addresses (from `ss -ltnp`) that `pid` listens on with `port`."""
+    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True, check=True).stdout
+    return [
+        line.split()[3] for line in out.splitlines() if f"pid={pid}," in line and line.split()[3].endswith(f":{port}")
+    ]
+
+
+def _settle(page) -> None:
+    """Wait for the rerun a widget change started to finish (the status widget shows while the script runs)."""
+    try:  # a rerun may finish before the widget shows; a slow one shows it within a moment
+        page.wait_for_selector('[data-testid="stStatusWidget"]', state="attached", timeout=1500)
+    except Exception:
+        pass
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=120_000)
+    page.wait_for_timeout(300)
+    assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
+        '[data-testid="stException"]'
+    ).first.inner_text()
+
+
+def _tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    _settle(page)
+
+
+def _select(page, label: str, option: str, scope=None) -> None:
+    """Pick `option` in the visible selectbox labelled `label`."""
+    _combobox(scope or page, label).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    _settle(page)
+
+
+def _combobox(scope, label: str):
+    return scope.get_by_role("combobox", name=label, exact=True).locator("visible=true").first
+
+
+def _csv(page, table) -> pd.DataFrame:
+    """A table's content as a person downloads it (the dataframe toolbar's "Download as CSV")."""
+    button = table.get_by_role("button", name="Download as CSV")
+    for _ in range(5):  # the toolbar fades in while the pointer rests on the table
+        table.scroll_into_view_if_needed()
+        table.hover(position={"x": 30, "y": 15})
+        try:
+            button.wait_for(state="visible", timeout=3000)
+            break
+        except Exception:
+            page.mouse.move(0, 0)
+    with page.expect_download() as dl:
+        button.click()
+    return pd.read_csv(io.StringIO(Path(dl.value.path()).read_text(encoding="utf-8-sig")))
+
+
+def _visible_charts(page):
+    return page.locator('[data-testid="stVegaLiteChart"]:visible')
+
+
+def _newest_run(runs: Path) -> str:
+    """The run whose metrics.jsonl was written last (the Live tab's default)."""
+    return max((p for p in runs.glob("*/metrics.jsonl")), key=lambda p: p.stat().st_mtime).parent.name
+
+
+def _chart_boxes(page) -> list[tuple[float, float]]:
+    """(element height, drawn canvas/svg height) of every visible chart."""
+    out = []
+    for i in range(_visible_charts(page).count()):
+        chart = _visible_charts(page).nth(i)
+        drawn = chart.locator("canvas, svg.marks").first.bounding_box()
+        out.append((chart.bounding_box()["height"], drawn["height"]))
+    return out
+
+
+@pytest.fixture
+def dashboard(tmp_path):
+    pytest.importorskip("playwright.sync_api")
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} missing (apt-get install -y chromium)")
     fx = write_fixture(tmp_path)
+    elsewhere = tmp_path / "elsewhere"  # `amoe dashboard` works from any directory: no .streamlit/ config here
+    elsewhere.mkdir()
     port = _free_port()
-    env = {
-        **os.environ,
-        "AMOE_RUNS_DIR": str(fx["runs"]),
-        "AMOE_CURATION_DIR": str(fx["curation"]),
-        "AMOE_OPTUNA_STORAGE": fx["storage"],
-        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "dashboards/app.py",
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-    ]  # address 127.0.0.1 comes from .streamlit/config.toml
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for key in ("AMOE_RUNS_DIR", "AMOE_CURATION_DIR", "AMOE_OPTUNA_STORAGE"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "amoe_core.cli", "dashboard", "--port", str(port), "--runs", str(fx["runs"])]
+    cmd += ["--runs", str(ABLATIONS), "--curation", str(fx["curation"]), "--storage", fx["storage"]]
+    proc = subprocess.Popen(cmd, cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc)
-        shot = ROOT / "artifacts" / "dashboard.png"
-        shot.parent.mkdir(exist_ok=True)
-        with sync_api.sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
-                page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)
-                page.wait_for_selector('[data-testid="stVegaLiteChart"]', timeout=60_000)
-                page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=60_000)
-                assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 3  # loss curves + expert loads
-                # a rendered chart draws a canvas or svg; an errored one shows only text
-                assert page.locator(
-                    '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg'
-                ).count()
-                assert page.get_by_text("AMoE runs").count() >= 1
-                assert page.locator('[data-testid="stException"]').count() == 0
-                page.screenshot(path=str(shot), full_page=True)
-            finally:
-                browser.close()
-        assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
+        yield {"port": port, "pid": proc.pid, "fixture": fx}
     finally:
-        proc.terminate()
+        proc.terminate()  # `amoe dashboard` execs streamlit: this pid is the server itself
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_dashboard_refuses_a_network_address_without_the_flag(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "amoe_core.cli", "dashboard", "--host", "0.0.0.0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "not a loopback address" in out.stderr and "--allow-remote" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_every_tab_and_widget_in_chromium(dashboard):
+    from playwright.sync_api import sync_playwright
+
+    port = dashboard["port"]
+    # bound to the loopback interface only, although started from a directory without .streamlit/config.toml
+    assert _listening(dashboard["pid"], port) == [f"127.0.0.1:{port}"]
+    shots = ROOT / ("docs" if os.environ.get("AMOE_SCREENSHOTS") == "docs" else "artifacts")
+    shots.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
+            # without the File System Access API the CSV button falls back to a plain download Playwright can catch
+            page.add_init_script("delete window.showSaveFilePicker")
+            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)
+            _settle(page)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            # no field to type a path or storage URL into: only the launcher's roots are offered
+            assert sidebar.locator('[data-testid="stTextInput"]').count() == 0
+
+            # ---- Runs tab on the fixture: variants first, loss curves and expert load coloured by variant
+            variants = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').first)
+            assert list(variants.variant) == ["c_max=256", "relational=rkd"]
+            assert variants.set_index("variant").loc["c_max=256", "seeds"] == "0, 1"
+            assert _visible_charts(page).count() == 2  # loss terms + expert load
+            box = page.locator('[data-testid="stMultiSelect"]:visible').filter(has_text="Loss terms")
+            box.get_by_role("button", name=re.compile("^Remove")).first.click()  # drop one loss term
+            _settle(page)
+            assert _visible_charts(page).count() == 2
+            sidebar.get_by_text("Show sweep trials").click()
+            _settle(page)
+            variants = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').first)
+            assert "sweep demo-sweep/t0000" in set(variants.variant)
+            sidebar.get_by_text("Show sweep trials").click()
+            _settle(page)
+
+            # ---- Live tab: the newest run, followed
+            _tab(page, "Live")
+            assert page.get_by_text(re.compile(r"step 5 of 5")).count() >= 1
+            # the run goes on training: the view follows without any click (auto-refresh while metrics.jsonl grows)
+            live = dashboard["fixture"]["runs"] / _newest_run(dashboard["fixture"]["runs"]) / "metrics.jsonl"
+            with live.open("a") as f:
+                f.write(json.dumps({"step": 6, "lr": 1e-3, "tokens_per_s": 1.0, "loss/total": 0.5}) + "\n")
+            page.get_by_text(re.compile(r"step 6 of 5")).wait_for(timeout=30_000)
+            page.get_by_text(re.compile("^Auto-refresh every")).click()
+            _settle(page)
+            _select(page, "Run (most recently written first)", "alpha")
+            assert page.get_by_text(re.compile(r"alpha: step 5")).count() >= 1
+
+            # ---- Evaluation: resolution defaults to evaluate.main_resolution, k to 20
+            _tab(page, "Evaluation")
+            assert _combobox(page, "Resolution (px)").input_value() == "64"
+            assert _combobox(page, "k").input_value() == "20"
+            _select(page, "Resolution (px)", "112")
+            _select(page, "k", "10")
+            assert _visible_charts(page).count() == 1
+
+            # ---- Teachers vs student: switch 64 -> 32 px; charts keep heights that fit their rows
+            _tab(page, "Teachers vs student")
+            for res in ("64", "32"):
+                if res == "32":
+                    _select(page, "Resolution (px)", "32")
+                boxes = _chart_boxes(page)
+                assert len(boxes) == 4  # 2 datasets x 2 teachers
+                for element, drawn in boxes:
+                    rows = 3  # teacher alone + two variants
+                    assert rows * ROW_PX <= drawn <= rows * ROW_PX + AXES_PX, (
+                        res,
+                        element,
+                        drawn,
+                    )
+                    assert abs(element - drawn) < 40, (res, element, drawn)  # nothing drawn far below its axes
+            _select(page, "k", "100")
+
+            # ---- Sweep, Curation, PCA
+            _tab(page, "Sweep")
+            _select(page, "Study", "demo-sweep")
+            assert page.get_by_text("only 6 finished trials").count() == 1
+            assert _visible_charts(page).count() == 2  # history + importance
+            _tab(page, "Curation")
+            assert page.get_by_text(re.compile("normalised entropy")).count() >= 1
+            _tab(page, "PCA maps")
+            assert page.locator('[data-testid="stImage"]:visible').count() == 3
+
+            # ---- results/ablations: no None anywhere in the runs table; one legend entry per variant
+            _tab(page, "Runs")
+            _select(page, "Runs directory", str(ABLATIONS), scope=sidebar)
+            assert _combobox(sidebar, "Runs directory").input_value() == str(ABLATIONS)
+            variants = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').first)
+            assert len(variants) == 6 and variants.variant.iloc[0] == "reference"
+            assert variants.set_index("variant").loc["reference", "kNN fmnist % (ensemble, 64px, k20)"] == "75.1 ± 0.2"
+            page.get_by_text("Single runs").click()
+            _settle(page)
+            runs = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').nth(1))
+            assert len(runs) == 16 and not runs.isna().any().any(), runs[runs.isna().any(axis=1)]
+            assert "report.runs_dir" not in runs.columns
+            page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+            _tab(page, "Evaluation")
+            _select(page, "Resolution (px)", "64")
+            _select(page, "k", "20")
+            _visible_charts(page).first.scroll_into_view_if_needed()
+            _visible_charts(page).first.screenshot(path=str(shots / "dashboard_resolution.png"))
+            _tab(page, "Teachers vs student")
+            _select(page, "Resolution (px)", "32")
+            for element, drawn in _chart_boxes(page):
+                rows = 7  # teacher alone + six variants
+                assert rows * ROW_PX <= drawn <= rows * ROW_PX + AXES_PX and abs(element - drawn) < 40
+
+            # ---- the sidebar's variant filter: dropping one variant drops its bars and its table row
+            sidebar.get_by_role("button", name="Remove steps=900").click()
+            _settle(page)
+            for element, drawn in _chart_boxes(page):
+                assert 6 * ROW_PX <= drawn <= 6 * ROW_PX + AXES_PX and abs(element - drawn) < 40
+            page.screenshot(path=str(shots / "dashboard_teachers.png"))
+            _tab(page, "Runs")
+            variants = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').first)
+            assert "steps=900" not in set(variants.variant) and len(variants) == 5
+        finally:
+            browser.close()

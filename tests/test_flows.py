@@ -138,3 +138,42 @@ def test_serve_builds_one_deployment_per_flow():
     assert sorted(d.name for d in deps) == sorted(f.name for f in pipeline.FLOWS)
     scheduled = [d.name for d in deps if d.schedules]
     assert scheduled == ["amoe-pipeline"]
+
+
+def test_stage_choices_are_the_registry_and_each_has_a_command():
+    from amoe_core.cli import build_parser
+    from amoe_core.stages import STAGES
+    from flows.artifacts import STAGES as DESCRIBED
+
+    assert [s.value for s in pipeline.Stage] == list(STAGES) == list(DESCRIBED)
+    parser = build_parser()
+    for command, what in DESCRIBED.values():
+        args = parser.parse_args(command.split()[1:])  # every reproducing command is a real `amoe` command
+        assert args.handler is not None and what
+
+
+def test_evaluate_ends_with_an_artifact_of_its_results(calls, tmp_path, monkeypatch):
+    """The artifact reads the run's real files: kNN of the headline feature, train summary, run directory."""
+    import json
+
+    from prefect.artifacts import Artifact
+
+    from amoe_core.config import dump_params, load_params
+    from amoe_core.tracking.runs import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    run = RunDir.create("runs", "r7")
+    run.write_params(dump_params(load_params(None, ["distill.run=r7"])))
+    for step in range(1, 6):
+        run.log_metrics({"step": step, "tokens_per_s": 1000.0 + step, "loss/total": 1.0 / step})
+    run.write_train_summary()
+    knn = {"64px": {"k20": 0.8125}, "32px": {"k20": 0.5}}
+    run.eval_file.write_text(json.dumps({"knn": {"fmnist": {"student:ensemble": knn, "student:native": knn}}}))
+
+    pipeline.evaluation_flow(run="r7", overrides=["evaluate.batch_size=32"])
+    md = Artifact.get("amoe-evaluate").data
+    assert f"`{run.path.resolve()}`" in md
+    assert "| kNN fmnist, student:ensemble (64px, k20) | 81.2% |" in md  # 81.25 rounds half to even
+    assert "| steps | 5 |" in md and "| final loss | 0.2000 |" in md
+    assert "amoe evaluate r7 -S evaluate.batch_size=32" in md
+    assert "dvc exp run -S evaluate.batch_size=32" in md

@@ -9,7 +9,7 @@ import pytest
 
 from amoe_core.config import dump_params, load_params
 from amoe_core.errors import AmoeError
-from amoe_core.eval.report import build_report, group_variants
+from amoe_core.eval.report import build_report, group_variants, summary_lines
 from amoe_core.tracking.runs import RunDir, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,3 +126,39 @@ def test_committed_results_regenerate_identically(tmp_path: Path, monkeypatch: p
     ablated = [v for v in variants if "steps" not in v.label]
     assert len(ablated) == 5 and all(v.seeds == [0, 1, 2] for v in ablated)  # the issue asks for >= 3 seeds
     assert [v.label for v in variants if v not in ablated] == ["steps=900"]  # the one-seed training-length check
+
+
+def test_summary_lines_give_evaluate_a_readable_ending():
+    ev = _eval(0.8125, 0.4)
+    lines = summary_lines(ev, "64px", "k20")
+    assert "fmnist student:ensemble at 64px: kNN k20 81.2%, linear 81.2%" in lines  # 81.25 -> half to even
+    assert "clipart student:ensemble at 64px: kNN k20 40.0%, linear 40.0%" in lines
+    assert "fidelity to dino: summary_cos 0.900, patch_cos 0.800, cka 0.700, spearman 0.600" in lines
+
+
+def test_amoe_report_says_where_it_wrote_and_nothing_alarming(tmp_path: Path) -> None:
+    """A first run on a fresh machine: matplotlib builds its font cache (a WARNING), faiss's loader logs INFO lines
+    about the AVX builds it lacks. The user sees one line, where the report went."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "RESULTS.md"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MPLCONFIGDIR": str(tmp_path / "fresh-mpl")}
+    # faiss imported after logging is set up, as a curation or evaluation stage imports it
+    code = (
+        "import sys; from amoe_core.progress import setup_logging; setup_logging(); import faiss; "
+        "from amoe_core.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "report", "-S", f"report.out={out}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"INFO amoe_core.eval.report: wrote {out}"), lines
+    assert out.read_text() == (REPO / "docs" / "RESULTS.md").read_text()

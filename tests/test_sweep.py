@@ -30,7 +30,8 @@ def synthetic(trial: optuna.Trial, params) -> float:
     for step in range(3):
         trial.report(value - 1.0 / (step + 1), step)
     marker = Path(os.environ["AMOE_TEST_SWEEP_MARKERS"]) / f"{trial.number}.json"
-    marker.write_text(json.dumps({"pid": os.getpid(), "run": params.distill.run, "steps": params.distill.steps}))
+    run = {"pid": os.getpid(), "run": params.distill.run, "runs_dir": str(params.distill.runs_dir)}
+    marker.write_text(json.dumps({**run, "steps": params.distill.steps}))
     return value
 
 
@@ -69,7 +70,7 @@ def test_two_parallel_workers_lose_no_trial_and_export_applies(tmp_path, monkeyp
     assert len({r["pid"] for r in runs}) == 2 and os.getpid() not in {r["pid"] for r in runs}  # two real workers
     for t, r in zip(trials, runs):
         assert t.value == pytest.approx(expected_value(t.params))  # the params the objective saw were the trial's
-        assert r["run"] == f"par-t{t.number:04d}"
+        assert r["run"] == f"t{t.number:04d}" and r["runs_dir"] == str(tmp_path / "runs" / "_sweep" / "par")
         assert r["steps"] == 20480 // (t.params["packing.c_max"] * params.packing.seqs_per_step)  # fixed compute
         assert len(t.intermediate_values) == 3
 
@@ -140,8 +141,27 @@ def test_distill_knn_objective_scores_and_prunes(tmp_path, monkeypatch):
     t0 = study.trials[0]
     assert t0.value == pytest.approx(0.8 - 0.001)  # mean over the two datasets of student:ensemble k20 at 64px
     assert t0.intermediate_values == {s: pytest.approx(-0.1) for s in range(1, 5)}  # -(mean of feature terms)
-    assert not (tmp_path / "runs" / "real-t0003" / "eval.json").exists()  # pruned before the evaluation
+    trials = tmp_path / "runs" / "_sweep" / "real"  # trial runs stay out of runs/ (and out of list_runs)
+    assert (trials / "t0000" / "eval.json").exists()
+    assert not (trials / "t0003" / "eval.json").exists()  # pruned before the evaluation
+    assert not list((tmp_path / "runs").glob("*/params.yaml")) and not list((tmp_path / "runs").glob("real*"))
     assert t0.user_attrs["overrides"] == ["loss.relational=arkd"]
+    assert t0.user_attrs["run_dir"] == str(trials / "t0000")
+    # the objective is named, and the intermediate values are explained where optuna-dashboard shows them
+    assert study.metric_names == ["kNN accuracy (student:ensemble, 64px, k=20, mean over datasets)"]
+    assert "negated mean feature loss" in study.user_attrs["intermediate_values"]
+
+
+def test_one_line_per_finished_trial_and_no_optuna_chatter(tmp_path, monkeypatch, caplog):
+    _fake_stages(monkeypatch, {"arkd": 0.1, "rkd": 0.2, "none": 5.0}, accuracy=0.8)
+    params = _params(tmp_path, "sweep.search=[loss.relational]", "sweep.steps=2", "sweep.study=lines")
+    search.load_study(params)  # the study exists: joining it must not print "Using an existing study"
+    with caplog.at_level("INFO"):
+        search.work(params.model_dump(mode="json"), 3, 0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "amoe.sweep"]
+    assert len(lines) == 3 and all(line.startswith(f"trial {i}: kNN accuracy") for i, line in enumerate(lines))
+    assert str(tmp_path / "runs" / "_sweep" / "lines" / "t0002") in lines[2]
+    assert not [r for r in caplog.records if r.name.startswith("optuna")]
 
 
 def test_bad_sweep_settings_fail_with_one_clear_line(tmp_path):

@@ -34,6 +34,7 @@ from amoe_core.eval.knn import knn_accuracy, knn_ensemble_accuracy
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
+from amoe_core.eval.report import summary_lines
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ def evaluate(
     device = device or _device()
     bank = TeacherBank(params.teachers, device)
     results: dict[str, Any] = {"knn": {}, "linear": {}, "fidelity": {}, "pca_maps": PCA_FILE}
-    samples: list[list[torch.Tensor]] = []  # per dataset: test images at the main resolution (fidelity, PCA)
+    samples: list[list[torch.Tensor]] = []  # per dataset: test images at the main resolution (fidelity)
+    tests: list[LabelledSet] = []  # per dataset: the test split (PCA maps)
     for ds in cfg.datasets:
         train, test = load_pair(ds.train, ds.test, cfg.max_train_per_dataset, params.seed)
         log.info(
@@ -123,6 +125,7 @@ def evaluate(
         )
         knn_ds, lin_ds = results["knn"].setdefault(ds.name, {}), results["linear"].setdefault(ds.name, {})
         for res in res_list:
+            log.info("evaluate %s %dpx: features, kNN%s", ds.name, res, ", linear probe" * (res == cfg.main_resolution))
             ftr = _split_features(params, bank, student, ds.name, "train", train, res)
             fte = _split_features(params, bank, student, ds.name, "test", test, res)
             for name in ftr:
@@ -150,9 +153,11 @@ def evaluate(
                     lin_ds.setdefault(name, {})[f"{res}px"] = probe.test_accuracy
         n = min(FIDELITY_IMAGES, len(test))
         samples.append([test.image(i, cfg.main_resolution) for i in range(n)])
+        tests.append(test)
 
     extractors = [bank.extractor(t) for t in bank.specs] + ([student] if student is not None else [])
     if student is not None:
+        log.info("evaluate: fidelity to the teachers on %d test images", sum(len(s) for s in samples))
         feats = [_features_of(extractors, torch.stack(s), cfg.batch_size) for s in samples]
         for t in bank.specs:
             if f"student:{t}" not in feats[0]:
@@ -166,19 +171,22 @@ def evaluate(
             s_pat = torch.cat([f[f"student:{t}"].patches.flatten(0, 1) for f in feats]).numpy()
             t_pat = torch.cat([f[f"teacher:{t}"].patches.flatten(0, 1) for f in feats]).numpy()
             results["fidelity"][t] = fidelity(s_sum, t_sum, s_pat, t_pat)
-    _write_pca(params, out, samples, extractors)
+    log.info("evaluate: PCA feature maps of %d test images", min(cfg.pca_images, sum(len(s) for s in samples)))
+    _write_pca(params, out, tests, extractors, max(res_list))
     write_resolution_csv(results["knn"], out.path / RESOLUTION_CSV)
     plot_resolution(results["knn"], 20 if 20 in cfg.ks else cfg.ks[0], out.path / RESOLUTION_PNG)
     out.write_eval(results)
+    for line in summary_lines(results, f"{cfg.main_resolution}px", f"k{20 if 20 in cfg.ks else cfg.ks[0]}"):
+        log.info("%s", line)
+    log.info("wrote %s (+ %s, %s, %s)", out.eval_file, RESOLUTION_CSV, RESOLUTION_PNG, PCA_FILE)
     return results
 
 
-def _write_pca(params: Params, out: RunDir, samples: list[list[torch.Tensor]], extractors: list[Extractor]) -> None:
-    """First `pca_images` test images, taken round-robin over the datasets; one column per feature source."""
-    picked: list[torch.Tensor] = []
-    for i in range(max(len(s) for s in samples)):
-        picked += [s[i] for s in samples if i < len(s)]
-    picked = picked[: params.evaluate.pca_images]
+def _write_pca(params: Params, out: RunDir, tests: list[LabelledSet], extractors: list[Extractor], res: int) -> None:
+    """First `pca_images` test images, taken round-robin over the datasets, at the highest evaluated resolution (more
+    patches per map than at the main one); one column per feature source."""
+    pairs = [(i, t) for i in range(max(len(t) for t in tests)) for t in tests if i < len(t)]
+    picked = [t.image(i, res) for i, t in pairs[: params.evaluate.pca_images]]
     feats = _features_of(extractors, torch.stack(picked), params.evaluate.batch_size)
     order = sorted(feats, key=lambda n: (not n.startswith("teacher:"), n == "student:native", n))
     columns = {}

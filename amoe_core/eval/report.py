@@ -10,21 +10,26 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_text
-from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, flatten, list_runs
+from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, list_runs
+from amoe_core.tracking.variants import (
+    Variant,
+    eval_values,
+    evaluated_resolutions,
+    group_variants,
+    knn_avg_per_seed,
+    lookup,
+    mean_std,
+    short,
+    train_values,
+)
 
 log = logging.getLogger(__name__)
-
-# Keys that identify a run but not an experimental condition.
-IDENTITY_KEYS = {"distill.seed", "distill.run", "distill.runs_dir"}
-# Sections that configure other commands (the report itself, the ablation queue, sweeps), never a run's result.
-OTHER_COMMANDS = ("report.", "ablate.", "sweep.")
 
 # The paper's findings (AMoE / SigLino, arXiv 2512.20157), compared by direction of effect at demo scale.
 # name: (the param ablated, the value the paper finds best, the paper's claim)
@@ -48,73 +53,6 @@ PAPER_FINDINGS = {
 }
 
 
-@dataclass
-class Variant:
-    label: str
-    settings: dict[str, Any]
-    runs: list[RunDir] = field(default_factory=list)
-
-    @property
-    def seeds(self) -> list[int]:
-        return sorted(int(r.params().get("distill", {}).get("seed", 0)) for r in self.runs)
-
-
-def group_variants(runs: list[RunDir]) -> list[Variant]:
-    """Group runs by their params minus identity keys. The reference variant takes, for every key that differs
-    between groups, its most common value (ties: the first in sorted order); every other variant is labelled by the
-    settings where it departs from the reference."""
-    flat = {
-        r.id: {
-            k: repr(v)
-            for k, v in flatten(r.params()).items()
-            if k not in IDENTITY_KEYS and not k.startswith(OTHER_COMMANDS)
-        }
-        for r in runs
-    }
-    all_keys = sorted({k for f in flat.values() for k in f})
-    differing = [k for k in all_keys if len({f.get(k) for f in flat.values()}) > 1]
-    groups: dict[tuple, Variant] = {}
-    for r in sorted(runs, key=lambda r: r.id):
-        settings = {k: flat[r.id].get(k, "-") for k in differing}
-        groups.setdefault(tuple(settings.items()), Variant(label="", settings=settings)).runs.append(r)
-    reference = {k: _modal([v.settings[k] for v in groups.values()]) for k in differing}
-    for v in groups.values():
-        departs = [f"{k.split('.')[-1]}={_short(x)}" for k, x in v.settings.items() if x != reference[k]]
-        v.label = ", ".join(departs) or ("reference" if differing else "all runs")
-    return sorted(groups.values(), key=lambda v: (v.label != "reference", v.label))
-
-
-def _modal(values: list[str]) -> str:
-    return sorted(set(values), key=lambda x: (-values.count(x), x))[0]
-
-
-def _short(v: str) -> str:
-    v = v.strip("'\"")
-    return Path(v).stem if "/" in v else v
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    m = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{100 * m:.1f}"
-    return f"{100 * m:.1f} ± {100 * statistics.stdev(values):.1f}"
-
-
-def _get(tree: dict[str, Any], *path: str) -> Any:
-    for p in path:
-        if not isinstance(tree, dict) or p not in tree:
-            return None
-        tree = tree[p]
-    return tree
-
-
-def _values(variant: Variant, *path: str) -> list[float]:
-    vals = [_get(r.eval(), *path) for r in variant.runs]
-    return [float(v) for v in vals if isinstance(v, int | float)]
-
-
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -131,7 +69,7 @@ def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ense
     first_eval = runs[0].eval()
     datasets = sorted(first_eval.get("knn", {}))
     res = _main_resolution(first_eval)
-    teachers = sorted({f.split(":", 1)[1] for d in datasets for f in _get(teacher_eval, "knn", d) or {}})
+    teachers = sorted({f.split(":", 1)[1] for d in datasets for f in lookup(teacher_eval, "knn", d) or {}})
     fidelity_teachers = sorted({t for r in runs for t in r.eval().get("fidelity", {})})
 
     parts = [
@@ -147,7 +85,7 @@ def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ense
             [
                 [
                     v.label,
-                    *(_short(x) for x in v.settings.values()),
+                    *(short(x) for x in v.settings.values()),
                     ", ".join(map(str, v.seeds)),
                     ", ".join(r.id for r in v.runs),
                 ]
@@ -161,14 +99,14 @@ def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ense
     header = ["model"] + [f"{d} kNN" for d in datasets] + [f"{d} linear" for d in datasets] + ["kNN avg"]
     rows = []
     for t in teachers:
-        knn = [_get(teacher_eval, "knn", d, f"teacher:{t}", res, k) for d in datasets]
-        lin = [_get(teacher_eval, "linear", d, f"teacher:{t}", res) for d in datasets]
+        knn = [lookup(teacher_eval, "knn", d, f"teacher:{t}", res, k) for d in datasets]
+        lin = [lookup(teacher_eval, "linear", d, f"teacher:{t}", res) for d in datasets]
         avg = statistics.fmean(x for x in knn if x is not None) if any(x is not None for x in knn) else None
         rows.append([f"teacher `{t}`"] + [mean_std([x] if x is not None else []) for x in knn + lin + [avg]])
     for v in variants:
-        knn = [_values(v, "knn", d, student_feature, res, k) for d in datasets]
-        lin = [_values(v, "linear", d, student_feature, res) for d in datasets]
-        avgs = _per_seed_knn_avg(v, datasets, res, k, student_feature)
+        knn = [eval_values(v, "knn", d, student_feature, res, k) for d in datasets]
+        lin = [eval_values(v, "linear", d, student_feature, res) for d in datasets]
+        avgs = knn_avg_per_seed(v, datasets, res, k, student_feature)
         rows.append([f"student ({v.label})"] + [mean_std(x) for x in knn + lin] + [mean_std(avgs)])
     parts += [_table(header, rows), ""]
 
@@ -184,7 +122,7 @@ def build_report(runs_dir: Path, out: Path, student_feature: str = "student:ense
         for t in fidelity_teachers:
             fid_rows.append(
                 [v.label, t]
-                + [mean_std(_values(v, "fidelity", t, m)) for m in ("summary_cos", "patch_cos", "cka", "spearman")]
+                + [mean_std(eval_values(v, "fidelity", t, m)) for m in ("summary_cos", "patch_cos", "cka", "spearman")]
             )
     parts += [_table(["variant", "teacher", "summary cos", "patch cos", "CKA", "Spearman"], fid_rows), ""]
     parts += ["## Throughput", "", _throughput_table(variants), ""]
@@ -217,11 +155,11 @@ def _expert_check(
         return ["No teacher baselines (`amoe evaluate --teachers`): nothing to compare against."]
     lines = []
     teacher_scores = {
-        t.split(":", 1)[1]: {d: _get(teacher_eval, "knn", d, t, res, k) for d in datasets}
-        for t in sorted({f for d in datasets for f in _get(teacher_eval, "knn", d) or {}})
+        t.split(":", 1)[1]: {d: lookup(teacher_eval, "knn", d, t, res, k) for d in datasets}
+        for t in sorted({f for d in datasets for f in lookup(teacher_eval, "knn", d) or {}})
     }
     for v in variants:
-        student = {d: statistics.fmean(x) for d in datasets if (x := _values(v, "knn", d, feat, res, k))}
+        student = {d: statistics.fmean(x) for d in datasets if (x := eval_values(v, "knn", d, feat, res, k))}
         if len(student) != len(datasets):
             continue
         checks = []
@@ -243,25 +181,19 @@ def _throughput_table(variants: list[Variant]) -> str:
     for v in variants:
         cells = []
         for key in ("tokens_per_s", "images_per_s"):
-            vals = [float(x) for r in v.runs if isinstance(x := r.train_summary().get(key), int | float)]
+            vals = train_values(v, key)
             sd = f" ± {statistics.stdev(vals):,.0f}" if len(vals) > 1 else ""
             cells.append(f"{statistics.fmean(vals):,.0f}{sd}" if vals else "-")
         rows.append([v.label, *cells])
     return _table(["variant", "tokens/s", "images/s"], rows)
 
 
-def _resolutions(runs: list[RunDir], datasets: list[str], feat: str) -> list[str]:
-    """Every evaluated resolution of `feat` in these runs, lowest first ("32px", "64px", ...)."""
-    found = {r for run in runs for d in datasets for r in _get(run.eval(), "knn", d, feat) or {}}
-    return sorted(found, key=lambda s: int(s.rstrip("px")))
-
-
 def _resolution_table(variants: list[Variant], datasets: list[str], k: str, feat: str) -> str:
     """kNN at every evaluated resolution: the batching finding is about the low and high ends."""
-    resolutions = _resolutions([r for v in variants for r in v.runs], datasets, feat)
+    resolutions = evaluated_resolutions([r for v in variants for r in v.runs], datasets, feat)
     header = ["variant"] + [f"{d} {r}" for d in datasets for r in resolutions]
     rows = [
-        [v.label] + [mean_std(_values(v, "knn", d, feat, r, k)) for d in datasets for r in resolutions]
+        [v.label] + [mean_std(eval_values(v, "knn", d, feat, r, k)) for d in datasets for r in resolutions]
         for v in variants
     ]
     return _table(header, rows)
@@ -278,10 +210,10 @@ def _resolution_plot(variants: list[Variant], datasets: list[str], k: str, feat:
     for ax, d in zip(axes[0], datasets):
         for v in variants:
             evs = [r.eval() for r in v.runs]
-            resolutions = _resolutions(v.runs, [d], feat)
+            resolutions = evaluated_resolutions(v.runs, [d], feat)
             means = []
             for r in resolutions:
-                vals = [x for e in evs if (x := _get(e, "knn", d, feat, r, k)) is not None]
+                vals = [x for e in evs if (x := lookup(e, "knn", d, feat, r, k)) is not None]
                 means.append(100 * statistics.fmean(vals) if vals else float("nan"))
             if resolutions:
                 ax.plot([int(r[:-2]) for r in resolutions], means, marker="o", label=v.label)
@@ -301,21 +233,11 @@ def _resolution_plot(variants: list[Variant], datasets: list[str], k: str, feat:
     return path
 
 
-def _per_seed_knn_avg(v: Variant, datasets: list[str], res: str, k: str, feat: str) -> list[float]:
-    """Per run: the kNN accuracy averaged over the datasets (runs missing a dataset are left out)."""
-    out = []
-    for r in v.runs:
-        accs = [_get(r.eval(), "knn", d, feat, res, k) for d in datasets]
-        if all(isinstance(a, int | float) for a in accs):
-            out.append(statistics.fmean(accs))
-    return out
-
-
 def _per_domain(a: Variant, b: Variant, datasets: list[str], res: str, k: str, feat: str) -> str:
     """Per dataset mean kNN, e.g. 'clipart 41.2 vs 38.0, fmnist 75.0 vs 77.8': an average can hide a trade-off."""
     parts = []
     for d in datasets:
-        x, y = _values(a, "knn", d, feat, res, k), _values(b, "knn", d, feat, res, k)
+        x, y = eval_values(a, "knn", d, feat, res, k), eval_values(b, "knn", d, feat, res, k)
         if x and y:
             parts.append(f"{d} {100 * statistics.fmean(x):.1f} vs {100 * statistics.fmean(y):.1f}")
     return ", ".join(parts)
@@ -346,7 +268,7 @@ def _verdict(ours: list[float], theirs: list[float], not_worse: bool = False) ->
 def _ablation_pair(variants: list[Variant], key: str, expected: str) -> tuple[Variant, list[Variant]] | None:
     """The variant with `key` = the paper's winner (the reference if it qualifies) and the variants that differ from
     it in `key` alone."""
-    candidates = [v for v in variants if key in v.settings and _short(v.settings[key]) == expected]
+    candidates = [v for v in variants if key in v.settings and short(v.settings[key]) == expected]
     for base in sorted(candidates, key=lambda v: v.label != "reference"):
         others = [
             v
@@ -369,12 +291,12 @@ def _findings(variants: list[Variant], datasets: list[str], res: str, k: str, fe
             lines.append("  - not ablated in these runs.")
             continue
         base, others = pair
-        ours = _per_seed_knn_avg(base, datasets, res, k, feat)
+        ours = knn_avg_per_seed(base, datasets, res, k, feat)
         for o in others:
-            theirs = _per_seed_knn_avg(o, datasets, res, k, feat)
+            theirs = knn_avg_per_seed(o, datasets, res, k, feat)
             if ours and theirs:
                 lines.append(
-                    f"  - kNN avg at {res}, {expected} {100 * statistics.fmean(ours):.1f} vs {_short(o.settings[key])} "
+                    f"  - kNN avg at {res}, {expected} {100 * statistics.fmean(ours):.1f} vs {short(o.settings[key])} "
                     f"{100 * statistics.fmean(theirs):.1f}: {_verdict(ours, theirs, not_worse=name == 'batching')}; "
                     + _per_domain(base, o, datasets, res, k, feat)
                 )
@@ -386,24 +308,35 @@ def _findings(variants: list[Variant], datasets: list[str], res: str, k: str, fe
 def _batching_details(base: Variant, other: Variant, datasets: list[str], k: str, feat: str) -> list[str]:
     """Throughput, and accuracy at the lowest and highest evaluated resolution (the forgetting question)."""
     out = []
-    tput = [
-        [float(x) for r in v.runs if isinstance(x := r.train_summary().get("tokens_per_s"), int | float)]
-        for v in (base, other)
-    ]
+    tput = [train_values(v, "tokens_per_s") for v in (base, other)]
     if all(tput):
         ratio = statistics.fmean(tput[0]) / statistics.fmean(tput[1])
         out.append(
-            f"tokens/s, packed / {_short(other.settings['packing.mode'])}: {ratio:.2f}x: {'holds' if ratio > 1 else 'does not hold'}"
+            f"tokens/s, packed / {short(other.settings['packing.mode'])}: {ratio:.2f}x: {'holds' if ratio > 1 else 'does not hold'}"
         )
-    resolutions = _resolutions(base.runs, datasets, feat)
+    resolutions = evaluated_resolutions(base.runs, datasets, feat)
     for r in dict.fromkeys([resolutions[0], resolutions[-1]] if resolutions else []):  # low and high ends
-        ours, theirs = (_per_seed_knn_avg(v, datasets, r, k, feat) for v in (base, other))
+        ours, theirs = (knn_avg_per_seed(v, datasets, r, k, feat) for v in (base, other))
         if ours and theirs:
             out.append(
-                f"kNN avg at {r}, packed {100 * statistics.fmean(ours):.1f} vs {_short(other.settings['packing.mode'])} "
+                f"kNN avg at {r}, packed {100 * statistics.fmean(ours):.1f} vs {short(other.settings['packing.mode'])} "
                 f"{100 * statistics.fmean(theirs):.1f}: {_verdict(ours, theirs, not_worse=True)}"
             )
     return out
+
+
+def summary_lines(ev: dict[str, Any], res: str, k: str) -> list[str]:
+    """One run's eval.json in a few lines for the terminal: kNN and linear probe per dataset and feature at the main
+    resolution, then fidelity per teacher."""
+    lines = []
+    for d in sorted(ev.get("knn") or {}):
+        for feat in sorted(ev["knn"][d]):
+            knn, lin = lookup(ev, "knn", d, feat, res, k), lookup(ev, "linear", d, feat, res)
+            cells = [f"kNN {k} {100 * knn:.1f}%" if knn is not None else "", f"linear {100 * lin:.1f}%" if lin else ""]
+            lines.append(f"{d} {feat} at {res}: " + ", ".join(c for c in cells if c))
+    for t, m in sorted((ev.get("fidelity") or {}).items()):
+        lines.append(f"fidelity to {t}: " + ", ".join(f"{name} {v:.3f}" for name, v in m.items()))
+    return lines
 
 
 def run(params: Params) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -19,7 +20,7 @@ import optuna
 from amoe_core.config import Params, apply_override, validate_params
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.stages import stage_function
-from amoe_core.tracking.runs import RunDir
+from amoe_core.tracking.runs import SWEEP_DIR, RunDir
 
 Objective = Callable[[optuna.Trial, Params], float]
 
@@ -32,8 +33,24 @@ def with_overrides(params: Params, overrides: list[str]) -> Params:
     return validate_params(tree)
 
 
-def trial_run_id(study: str, number: int) -> str:
-    return f"{study}-t{number:04d}"
+def trial_run_id(number: int) -> str:
+    return f"t{number:04d}"
+
+
+def trial_runs_dir(params: Params) -> Path:
+    """runs/_sweep/<study>/: trials stay out of runs/ (the dashboard shows them on demand, `amoe report` never)."""
+    return Path(params.distill.runs_dir) / SWEEP_DIR / params.sweep.study
+
+
+def objective_name(params: Params) -> str:
+    """The study's metric name, as Optuna and optuna-dashboard show it."""
+    s = params.sweep
+    return f"kNN accuracy ({s.feature}, {params.evaluate.main_resolution}px, k={s.k}, mean over datasets)"
+
+
+# What the intermediate values are (a study user attribute, shown by optuna-dashboard): the pruner compares them in
+# the study's direction (maximise), hence the sign.
+INTERMEDIATE = "negated mean feature loss (summary + patch terms, PHI-S space) per logged step; higher is better"
 
 
 def trial_steps(params: Params) -> int:

@@ -22,8 +22,17 @@ import yaml
 from amoe_core.config import Params, SweepConfig, validate_params
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_write_text
+from amoe_core.progress import setup_logging
 from amoe_core.sweep import space
-from amoe_core.sweep.objective import load_objective, trial_run_id, trial_steps, with_overrides
+from amoe_core.sweep.objective import (
+    INTERMEDIATE,
+    load_objective,
+    objective_name,
+    trial_run_id,
+    trial_runs_dir,
+    trial_steps,
+    with_overrides,
+)
 
 log = logging.getLogger("amoe.sweep")
 
@@ -56,9 +65,12 @@ def open_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
 
 
 def load_study(params: Params, worker: int = 0) -> optuna.Study:
-    """Create the study or join it; each worker seeds its own TPE sampler so parallel workers do not propose twins."""
+    """Create the study or join it; each worker seeds its own TPE sampler so parallel workers do not propose twins.
+    Optuna's own INFO lines ("Using an existing study", one per trial per worker) are silenced: `report_trial`
+    prints one line per finished trial instead."""
     cfg = params.sweep
-    return optuna.create_study(
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
         study_name=cfg.study,
         storage=open_storage(cfg),
         direction="maximize",
@@ -66,6 +78,27 @@ def load_study(params: Params, worker: int = 0) -> optuna.Study:
         pruner=optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner_startup_trials),
         load_if_exists=True,
     )
+    if not study.metric_names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since optuna 3.2
+            study.set_metric_names([objective_name(params)])
+        study.set_user_attr("intermediate_values", INTERMEDIATE)
+    return study
+
+
+def report_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """One line per finished trial (an Optuna callback): its outcome, the best so far and where its run is."""
+    run = trial.user_attrs.get("run_dir", "")
+    took = f"{trial.duration.total_seconds():.0f} s" if trial.duration else "-"
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        best = study.best_trial
+        log.info(
+            "trial %d: %s = %.4f (best %.4f, trial %d), %s, %s",
+            trial.number, study.metric_names[0] if study.metric_names else "objective", trial.value,
+            best.value, best.number, took, run,
+        )  # fmt: skip
+    else:
+        log.info("trial %d: %s, %s, %s", trial.number, trial.state.name.lower(), took, run)
 
 
 def make_objective(params: Params) -> Callable[[optuna.Trial], float]:
@@ -76,8 +109,17 @@ def make_objective(params: Params) -> Callable[[optuna.Trial], float]:
         point = space.suggest(trial, params)
         p = with_overrides(params, [*params.sweep.overrides, *point])
         steps = trial_steps(p)
-        run_id = trial_run_id(params.sweep.study, trial.number)
-        p = with_overrides(p, [f"distill.run={run_id}", f"distill.steps={steps}", f"distill.checkpoint_every={steps}"])
+        runs_dir, run_id = trial_runs_dir(params), trial_run_id(trial.number)
+        trial.set_user_attr("run_dir", str(runs_dir / run_id))
+        p = with_overrides(
+            p,
+            [
+                f"distill.runs_dir={runs_dir}",
+                f"distill.run={run_id}",
+                f"distill.steps={steps}",
+                f"distill.checkpoint_every={steps}",
+            ],
+        )
         return fn(trial, p)
 
     return objective
@@ -85,11 +127,13 @@ def make_objective(params: Params) -> Callable[[optuna.Trial], float]:
 
 def work(params_tree: dict[str, Any], n_trials: int, worker: int) -> None:
     """One worker: run `n_trials` trials of the shared study (a process entry point, so it takes plain data)."""
+    setup_logging()  # a spawned worker starts with no logging set up; AMOE_QUIET is inherited
     params = validate_params(params_tree)
     study = load_study(params, worker)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A user-fixable problem in one trial (e.g. an invalid combination) fails that trial, not the sweep.
-    study.optimize(make_objective(params), n_trials=n_trials, catch=(AmoeError,), gc_after_trial=True)
+    study.optimize(
+        make_objective(params), n_trials=n_trials, catch=(AmoeError,), gc_after_trial=True, callbacks=[report_trial]
+    )
 
 
 def split(n: int, workers: int) -> list[int]:

@@ -24,6 +24,7 @@ import yaml
 from amoe_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: `amoe evaluate --teachers`, the teachers' own baselines
+SWEEP_DIR = "_sweep"  # runs/_sweep/<study>/<trial>/: `amoe sweep` trials, kept out of list_runs (report, ablations)
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,13 @@ def list_runs(runs_dir: str | Path) -> list[RunDir]:
     if not root.is_dir():
         return []
     return [RunDir(p.parent) for p in sorted(root.glob("*/params.yaml"))]
+
+
+def sweep_runs(runs_dir: str | Path, study: str | None = None) -> list[RunDir]:
+    """Trial runs of `amoe sweep` (runs_dir/_sweep/<study>/<trial>), of one study or all, sorted by path."""
+    root = Path(runs_dir) / SWEEP_DIR
+    pattern = f"{study}/*/params.yaml" if study else "*/*/params.yaml"
+    return [RunDir(p.parent) for p in sorted(root.glob(pattern))] if root.is_dir() else []
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

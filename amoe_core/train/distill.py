@@ -125,9 +125,11 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
     if info.is_main and not (run_dir.path / STUDENT_SPEC).exists():
         atomic_write_json(run_dir.path / STUDENT_SPEC, student_spec(params, teachers))
     if ckpt is None and info.is_main:  # PHI-S on rank 0; wrapping broadcasts it with the weights
+        log.info("fitting PHI-S on %d images of teacher features (a minute on CPU)", params.loss.phis_samples)
         fitted = components.fit_phis(student, teachers, make_loader(0, 0), params.loss.phis_samples)
         components.save_phis(student, run_dir.path)
         run_dir.event(f"PHI-S fitted on {fitted['images']} images")
+        log.info("PHI-S fitted on %d images; training %s for %d steps", fitted["images"], cfg.run, cfg.steps)
     optimizer = components.optimizer(params, student)
     position, step = Position(), 0
     if resumed is not None:
