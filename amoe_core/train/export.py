@@ -90,15 +90,21 @@ def amoe_student(pretrained: bool = False, pretrained_cfg: Any = None, pretraine
 def export_siglino(params: Params, run: str, out: str | Path | None = None) -> Path:
     """`amoe export RUN --format siglino`: the run's newest checkpoint in the released SigLino format
     (checkpoint.pt + config.json, loadable by the release's `SigLino(SigLinoArgs(**config))`); default
-    runs/<run>/export-siglino."""
+    runs/<run>/export-siglino. The same output rules as `export_run`: only an absent, empty or earlier export
+    directory is replaced, as a whole."""
     from amoe_core.models.siglino import save
 
     run_dir = resolve_run(params, run)
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
+    found = newest_weights(run_dir / "checkpoints")
+    if found is None:
         raise AmoeError(f"run {run_dir} has no complete checkpoint to export; train it first")
     student, _ = build_from_spec(json.loads((run_dir / STUDENT_SPEC).read_text()))
-    student.load_state_dict(load_model_tensors(ckpt))
-    out = save(student, Path(out) if out is not None else run_dir / "export-siglino")
-    print(f"exported {run_dir.name} ({ckpt.name}) in the SigLino release format -> {out}")
+    student.load_state_dict(found.model)
+    field = "--out" if out is not None else "export"
+    out = Path(out) if out is not None else run_dir / "export-siglino"
+    inputs = {"checkpoint": found.path, "run spec": run_dir / STUDENT_SPEC}
+    with claim_outputs({field: out}, inputs, owner=EXPORT_STAGE):
+        with atomic_dir(out, EXPORT_STAGE, field) as tmp:
+            save(student, tmp)
+    print(f"exported {run_dir.name} ({found.path.name}) in the SigLino release format -> {out}")
     return out
