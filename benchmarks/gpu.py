@@ -1,6 +1,7 @@
 """GPU check: one command that proves and measures every GPU code path of the platform (issue 18).
 
     python benchmarks/gpu.py [--out gpu_report.json] [--student siglino-moe-0.3B] [--smoke]
+    scripts/gpu-check prepare && scripts/gpu-check run      # on a bare offline GPU machine (wheels travel along)
 
 Runs on one GPU, offline, in a few minutes; `--smoke` runs every row at tiny sizes on whatever device there is (CPU
 included: `make test` runs it so the command keeps working between GPU runs). Each row is a check or a measurement;
@@ -230,6 +231,42 @@ def check_bf16(rep: Report, device: torch.device, params: Params, teachers: dict
     ok = f32 and f16 and math.isfinite(l16) and err < 0.05
     rep.add("bf16 autocast step ~ float32", "ok" if ok else "fail", err, "rel loss diff",
             f"loss fp32 {l32:.4f} bf16 {l16:.4f}, grads finite: {f16}")  # fmt: skip
+
+
+def check_faiss(rep: Report, smoke: bool) -> None:
+    """The platform's k-means (amoe_core.curation.kmeans) with faiss GPU indexes vs the same run on CPU indexes."""
+    try:
+        import faiss
+
+        from amoe_core.curation import kmeans as km
+    except ImportError as e:
+        rep.add("faiss GPU k-means == CPU", "skip", note=f"faiss not importable ({e})")
+        return
+    if not hasattr(faiss, "StandardGpuResources"):
+        rep.add("faiss GPU k-means == CPU", "skip", note="faiss-gpu not importable (pip install -e '.[gpu]')")
+        return
+    if faiss.get_num_gpus() == 0:
+        rep.add("faiss GPU k-means == CPU", "skip", note="faiss-gpu sees no GPU")
+        return
+    n, d, k = (5000, 16, 20) if smoke else (500_000, 128, 4096)
+    x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    t0 = time.perf_counter()
+    c_gpu, obj_gpu = km.kmeans(x, k, 10, "l2", seed=0)
+    t_gpu = time.perf_counter() - t0
+    on_gpu = km.use_gpu
+    km.use_gpu = lambda: False  # the same code path on faiss CPU indexes
+    try:
+        t0 = time.perf_counter()
+        c_cpu, obj_cpu = km.kmeans(x, k, 10, "l2", seed=0)
+        t_cpu = time.perf_counter() - t0
+    finally:
+        km.use_gpu = on_gpu
+    agree = float((km.assign(x, c_gpu, "l2")[0] == km.assign(x, c_cpu, "l2")[0]).mean())
+    gap = abs(obj_gpu[-1] - obj_cpu[-1]) / obj_cpu[-1]
+    # GPU and CPU GEMMs sum in another order: a few borderline points may move (the 2-process test allows 1%)
+    ok = agree >= 0.99 and gap < 0.01
+    rep.add("faiss GPU k-means == CPU", "ok" if ok else "fail", agree, "points agreeing",
+            f"{n}x{d}, k={k}: objective gap {gap:.1e}; GPU {t_gpu:.1f} s vs CPU {t_cpu:.1f} s")  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------------------------- real size
@@ -488,6 +525,7 @@ def main() -> None:
     rep.run("attention packed == per image (fwd+bwd)", lambda: check_attention(rep, device, args.smoke))
     rep.run("nccl 1-rank all_reduce", lambda: check_nccl(rep, device))
     rep.run("moe grouped GEMM == expert loop", lambda: check_moe(rep, device, args.smoke))
+    rep.run("faiss GPU k-means == CPU", lambda: check_faiss(rep, args.smoke))
     rep.run("real size", lambda: real_size(rep, device, args))
     env["seconds"] = round(time.perf_counter() - t0, 1)
     Path(args.out).write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rep.rows]}, indent=1))
