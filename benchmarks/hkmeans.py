@@ -9,8 +9,9 @@ only as far as it is touched). Sides:
   resampled   the same with `--level1-steps` k-means runs at level 1 (Vo et al.'s resampling there too)
   2 procs     the hierarchy on 2 torch.distributed (gloo) processes, each holding half of the points
 Targets: hierarchy / flat <= 1.3 (levels above the first run on centroids); 2 processes: peak memory per process
-about half of one process's. The default (200k x 128, k 2000/200/20) takes ~10 minutes on 2 busy cores; larger
-sizes by flag (e.g. --points 1000000 --levels 10000,1000,100); `--smoke` runs tiny sizes in seconds.
+about half of one process's. The default (200k x 128, k 1500/150/15) took 4 minutes on 2 shared cores (k 2000/200/20
+took 14 on very busy ones); larger sizes by flag (e.g. --points 1000000 --levels 10000,1000,100); `--smoke` runs
+tiny sizes in seconds.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", type=int, default=200_000)
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--levels", type=ints, default=[2000, 200, 20])
+    ap.add_argument("--levels", type=ints, default=[1500, 150, 15])
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--steps", type=int, default=4, help="k-means runs per level above the first (step 0 included)")
     ap.add_argument("--level1-steps", type=int, default=4, help="k-means runs at level 1 on the resampled side")

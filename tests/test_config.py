@@ -80,3 +80,12 @@ def test_override_syntax_errors() -> None:
 def test_dump_round_trips() -> None:
     p = load_params(REPO / "params.yaml", ["seed=7"])
     assert Params.model_validate(yaml.safe_load(dump_params(p))) == p
+
+
+def test_renamed_resampling_keys_say_what_they_became(tmp_path: Path) -> None:
+    """Issue 20 aligned the resampling keys with Vo et al.'s reference config; `resample_steps` also changed meaning
+    (the first k-means now counts as step 0), so an old params file must not silently run one step short."""
+    old = tmp_path / "params.yaml"
+    old.write_text("cluster:\n  resample_steps: [1, 3, 3]\n")
+    with pytest.raises(ConfigError, match=r"resample_steps was renamed to resampling_steps \(= old value \+ 1"):
+        load_params(old)
