@@ -6,6 +6,8 @@ Three rules, checked before any work (`claim_outputs` applies all of them):
 - an output never overlaps an input: by resolved path, neither equals, contains nor sits inside the other;
 - one lock per output: `.<name>.lock` beside it, an flock held for the stage's lifetime with the holder's PID inside.
   The kernel drops an flock when its holder dies, so a lock left by a killed process is taken over at once.
+  A job of several processes is one writer: its rank 0 holds the lock, and processes a lock holder launched (a
+  stage relaunching itself under torchrun) find it in `HELD_LOCKS` and do not ask again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from amoe_core.errors import AmoeError, ConfigError
 
 MARKER = ".amoe-output.json"
+HELD_LOCKS = "AMOE_HELD_LOCKS"  # environment: lock files held by this process or the one that launched it
 
 
 def _show(path: str | os.PathLike) -> str:
@@ -93,10 +96,30 @@ def lock_path(path: str | os.PathLike) -> Path:
     return p.parent / f".{p.name}.lock"
 
 
+def job_rank() -> int:
+    """This process's rank in its job, known before torch.distributed starts: torchrun's RANK, or the task's rank
+    inside a submitit job (SLURM or local executor); 0 for a lone process."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if "SUBMITIT_EXECUTOR" in os.environ:
+        import submitit
+
+        with contextlib.suppress(RuntimeError):
+            return int(submitit.JobEnvironment().global_rank)
+    return 0
+
+
 @contextlib.contextmanager
 def output_lock(field: str, path: str | os.PathLike) -> Iterator[None]:
-    """Hold the lock of output `path` for the block; a second writer fails at once naming the holder's PID."""
+    """Hold the lock of output `path` for the block; a second writer fails at once naming the holder's PID.
+
+    Other ranks of a job, and processes launched by the holder, write under the holder's lock (no lock of their own).
+    """
     lp = lock_path(path)
+    held = [h for h in os.environ.get(HELD_LOCKS, "").split(os.pathsep) if h]
+    if str(lp.absolute()) in held or job_rank() != 0:
+        yield
+        return
     try:
         lp.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -121,11 +144,13 @@ def output_lock(field: str, path: str | os.PathLike) -> Iterator[None]:
         if same:
             break
         os.close(fd)
+    os.environ[HELD_LOCKS] = os.pathsep.join([*held, str(lp.absolute())])  # inherited by what this stage launches
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        os.environ[HELD_LOCKS] = os.pathsep.join(held)
         with contextlib.suppress(OSError):
             os.unlink(lp)  # while still holding it: a waiter that opened the old file retries on a new one
         os.close(fd)

@@ -133,12 +133,14 @@ def test_embed_resumes_each_part(pool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A part that finished is not recomputed; parts of another process count are dropped."""
     from amoe_core.config import load_params
     from amoe_core.curation import embed
+    from amoe_core.outputs import mark_output
 
     tmp, encoder = pool
     params = load_params(_params(tmp, encoder, "resume"), [])
     out = Path(params.embed.out)
     manifest = pd.read_parquet(tmp / "shards" / "manifest.parquet")
     (out / "parts" / "00000-of-00003").mkdir(parents=True)  # left over from a 3-process run
+    mark_output(out, "embed.out")  # what rank 0 wrote first in that earlier run
     # part 0 of 1 already complete from an earlier, killed run: its rows must be taken as they are
     part = embed.part_dir(out, 0, 1)
     part.mkdir(parents=True)
