@@ -308,6 +308,7 @@ def test_images_outside_a_run_directory_are_never_shown(tmp_path, monkeypatch):
     (runs / "evil" / "eval.json").write_text(json.dumps({"pca_maps": "../secret.png"}))
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(runs / "secret.png")
     monkeypatch.setenv("AMOE_RUNS_DIR", str(runs))
+    monkeypatch.setenv("AMOE_CURATION_DIR", str(tmp_path / "no-curation"))  # not the checkout's (its plots are images)
     monkeypatch.setenv("AMOE_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'none.db'}")
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
