@@ -200,7 +200,7 @@ def check_moe(rep: Report, device: torch.device, smoke: bool) -> None:
             f"{experts} experts x {hidden}, top-{top_k}, {tokens} tokens, outputs and all gradients")  # fmt: skip
 
 
-def tiny_setup(device: torch.device, teacher_dirs: dict[str, Path], cfg: PackingConfig, student: str) -> Params:
+def distill_params(teacher_dirs: dict[str, Path], cfg: PackingConfig, student: str) -> Params:
     """Params of a distillation on the given teacher directories and packing (the CLI's own validation)."""
     teachers = [{"name": n, "kind": n, "path": str(d)} for n, d in teacher_dirs.items()]
     for t in teachers:
@@ -347,7 +347,7 @@ def real_size(rep: Report, device: torch.device, args: argparse.Namespace) -> No
     batches, padded = [b.to(device) for b in packed], [b.to(device) for b in padded]
     with tempfile.TemporaryDirectory() as tmp:
         dirs = real_teacher_dirs(Path(tmp), args.smoke)
-        params = tiny_setup(device, dirs, cfg, "tiny" if args.smoke else args.student)
+        params = distill_params(dirs, cfg, "tiny" if args.smoke else args.student)
         teachers = components.load_teachers(params, device)  # the platform's loaders: bf16 on CUDA, frozen
     with torch.inference_mode():
         for name, t in teachers.items():
