@@ -23,7 +23,7 @@ STAGES: dict[str, str] = {
     "evaluate": "amoe_core.eval.evaluate:run",
     "sweep": "amoe_core.sweep.search:run",
     "ablate": "amoe_core.experiments.ablations:run",
-    "report": "amoe_core.eval.report:run",
+    "report": "amoe_core.experiments.report:run",
 }
 
 

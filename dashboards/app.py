@@ -26,7 +26,8 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # amoe_core whe
 import charts  # noqa: E402
 import loaders  # noqa: E402
 
-from amoe_core.tracking.runs import TEACHERS_RUN, RunDir  # noqa: E402
+from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs  # noqa: E402
+from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order  # noqa: E402
 
 LIVE_REFRESH_S = 2.0
 
@@ -55,7 +56,7 @@ def allowed_roots() -> dict[str, Any]:
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> dict[str, Any]:
     """Every frame the run views need; `fingerprint_key` (file mtimes) invalidates the cache when a file changes."""
-    runs = loaders.student_runs(runs_dir, include_sweeps)
+    runs = student_runs(runs_dir, include_sweeps)
     names = {loaders.run_name(r, runs_dir): r for r in runs}
     labels = loaders.variant_labels(runs, runs_dir)
     evals = {n: r.eval() for n, r in names.items()}
@@ -68,8 +69,8 @@ def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> di
     return {
         "runs": list(names),
         "labels": labels,
-        "variants": loaders.variant_order(labels.values()),
-        "main_res": loaders.main_resolution_px(runs[0].params()) if runs else 64,
+        "variants": variant_order(labels.values()),
+        "main_res": main_resolution_px(runs[0].params()) if runs else 64,
         "variants_table": loaders.variants_table(runs, runs_dir),
         "table": loaders.runs_table(runs, runs_dir),
         "curves": tagged(
@@ -197,7 +198,7 @@ def eval_view(data: dict[str, Any], selected: list[str]) -> None:
     )
     k = c2.selectbox("k", ks, index=_k_index(ks), key="res_k")
     features = sorted(knn.feature.unique())
-    head = loaders.headline_feature(features)
+    head = headline_feature(features)
     shown = c3.multiselect("Features", features, default=[head] if head else features, key="eval_feats")
     at = knn[(knn.resolution == res) & (knn.k == k) & knn.feature.isin(shown)]
     st.dataframe(loaders.mean_std_table(at, ["variant", "feature"], "dataset"), hide_index=True)

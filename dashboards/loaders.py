@@ -16,31 +16,27 @@ from typing import Any
 
 import pandas as pd
 
-from amoe_core.tracking.runs import SWEEP_DIR, TEACHERS_RUN, RunDir, flatten, list_runs, sweep_runs
+from amoe_core.tracking.runs import SWEEP_DIR, TEACHERS_RUN, RunDir, flatten, student_runs
 from amoe_core.tracking.variants import (
+    HEADLINE_K,
     Variant,
     conditions,
+    differing_keys,
     eval_values,
     group_variants,
+    headline,
     knn_avg_per_seed,
     lookup,
     mean_std,
     run_seed,
     train_values,
+    variant_order,
 )
 
-MAIN_K = "k20"  # the DINO protocol's k (k=20, T=0.07) is the headline kNN number
 RELIABLE_TRIALS = 10  # fANOVA fits a random forest on the finished trials: with fewer, its ranking is mostly noise
 
 
 # ---------------------------------------------------------------------------------------------------------- runs
-def student_runs(runs_dir: str | Path, include_sweeps: bool = False) -> list[RunDir]:
-    """Student runs: run directories with a params.yaml, skipping internal ones (`_teachers`, `_submitit`); with
-    `include_sweeps`, also the Optuna trials under `_sweep/<study>/`."""
-    runs = [r for r in list_runs(runs_dir) if not r.id.startswith("_")]
-    return runs + (sweep_runs(runs_dir) if include_sweeps else [])
-
-
 def run_name(run: RunDir, runs_dir: str | Path) -> str:
     """The run's path under `runs_dir` ("ref-s0-balanced", "_sweep/amoe-sweep/t0003"): unique, unlike the id."""
     return run.path.relative_to(runs_dir).as_posix()
@@ -73,42 +69,8 @@ def variant_labels(runs: list[RunDir], runs_dir: str | Path) -> dict[str, str]:
     return labels
 
 
-def main_resolution(params: dict[str, Any], available: Iterable[str]) -> str | None:
-    """The "<res>px" key closest to the run's evaluate.main_resolution (64 when the run does not say)."""
-    avail = [a for a in available if a.endswith("px") and a[:-2].isdigit()]
-    if not avail:
-        return None
-    want = main_resolution_px(params)
-    return min(avail, key=lambda a: (abs(int(a[:-2]) - want), int(a[:-2])))
-
-
-def main_resolution_px(params: dict[str, Any]) -> int:
-    return int((params.get("evaluate") or {}).get("main_resolution", 64))
-
-
-def headline_feature(features: Iterable[str]) -> str | None:
-    """The student feature a runs table shows: the ensemble when evaluated, else the first student feature."""
-    feats = sorted(features)
-    if "student:ensemble" in feats:
-        return "student:ensemble"
-    student = [f for f in feats if f.startswith("student:")]
-    return student[0] if student else (feats[0] if feats else None)
-
-
-def _headline(runs: list[RunDir]) -> tuple[list[str], str | None, str | None]:
-    """Datasets, student feature and resolution key the tables headline (from the first evaluated run)."""
-    first = next((r for r in runs if r.eval().get("knn")), None)
-    if first is None:
-        return [], None, None
-    knn = first.eval()["knn"]
-    datasets = sorted(knn)
-    feat = headline_feature(knn[datasets[0]])
-    res = main_resolution(first.params(), knn[datasets[0]].get(feat, {})) if feat else None
-    return datasets, feat, res
-
-
 def _knn_column(dataset: str, feat: str, res: str) -> str:
-    return f"kNN {dataset} % ({feat.split(':', 1)[1]}, {res}, {MAIN_K})"
+    return f"kNN {dataset} % ({feat.split(':', 1)[1]}, {res}, {HEADLINE_K})"
 
 
 def runs_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
@@ -117,10 +79,9 @@ def runs_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
     if not runs:
         return pd.DataFrame(columns=["run", "variant"])
     labels = variant_labels(runs, runs_dir)
-    datasets, feat, res = _headline(runs)
+    datasets, feat, res = headline(runs)
     conds = {run_name(r, runs_dir): conditions(r) for r in runs}
-    keys = sorted({k for c in conds.values() for k in c})
-    keys = [k for k in keys if len({c.get(k) for c in conds.values()}) > 1]
+    keys = differing_keys(conds.values())
     rows = []
     for r in runs:
         name = run_name(r, runs_dir)
@@ -130,7 +91,7 @@ def runs_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
         row["loss/total (last)"] = lookup(summary, "loss", "total")
         row["tokens/s (median)"] = summary.get("tokens_per_s")
         for d in datasets:
-            acc = lookup(r.eval(), "knn", d, feat, res, MAIN_K) if feat and res else None
+            acc = lookup(r.eval(), "knn", d, feat, res, HEADLINE_K) if feat and res else None
             row[_knn_column(d, feat, res)] = 100 * acc if isinstance(acc, int | float) else None
         for k in keys:
             v = flatten(r.params()).get(k)
@@ -143,7 +104,7 @@ def variants_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
     """One row per variant: its seeds and runs, then mean ± std over seeds of the numbers `amoe report` shows."""
     if not runs:
         return pd.DataFrame(columns=["variant"])
-    datasets, feat, res = _headline(runs)
+    datasets, feat, res = headline(runs)
     labels = variant_labels(runs, runs_dir)
     by_label: dict[str, Variant] = {}
     for r in runs:
@@ -158,15 +119,10 @@ def variants_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
         row["tokens/s"] = mean_std(train_values(v, "tokens_per_s"), scale=1, digits=0)
         if feat and res:
             for d in datasets:
-                row[_knn_column(d, feat, res)] = mean_std(eval_values(v, "knn", d, feat, res, MAIN_K))
-            row[f"kNN avg % ({res}, {MAIN_K})"] = mean_std(knn_avg_per_seed(v, datasets, res, MAIN_K, feat))
+                row[_knn_column(d, feat, res)] = mean_std(eval_values(v, "knn", d, feat, res, HEADLINE_K))
+            row[f"kNN avg % ({res}, {HEADLINE_K})"] = mean_std(knn_avg_per_seed(v, datasets, res, HEADLINE_K, feat))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def variant_order(labels: Iterable[str]) -> list[str]:
-    """Variant labels as the report orders them (the reference first), sweep trials last."""
-    return sorted(set(labels), key=lambda v: (v.startswith("sweep "), v != "reference", v))
 
 
 def mean_std_table(

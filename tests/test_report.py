@@ -9,7 +9,9 @@ import pytest
 
 from amoe_core.config import dump_params, load_params
 from amoe_core.errors import AmoeError
-from amoe_core.eval.report import build_report, group_variants, summary_lines
+from amoe_core.eval.summary import summary_lines
+from amoe_core.experiments.report import build_report
+from amoe_core.tracking.variants import group_variants
 from amoe_core.tracking.runs import RunDir, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,5 +162,5 @@ def test_amoe_report_says_where_it_wrote_and_nothing_alarming(tmp_path: Path) ->
     )
     assert proc.returncode == 0, proc.stderr
     lines = (proc.stdout + proc.stderr).strip().splitlines()
-    assert len(lines) == 1 and lines[0].endswith(f"INFO amoe_core.eval.report: wrote {out}"), lines
+    assert len(lines) == 1 and lines[0].endswith(f"INFO amoe_core.experiments.report: wrote {out}"), lines
     assert out.read_text() == (REPO / "docs" / "RESULTS.md").read_text()

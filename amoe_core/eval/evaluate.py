@@ -34,7 +34,7 @@ from amoe_core.eval.knn import knn_accuracy, knn_ensemble_accuracy
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
-from amoe_core.eval.report import summary_lines
+from amoe_core.eval.summary import summary_lines
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 
 log = logging.getLogger(__name__)

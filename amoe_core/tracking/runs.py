@@ -147,6 +147,13 @@ def list_runs(runs_dir: str | Path) -> list[RunDir]:
     return [RunDir(p.parent) for p in sorted(root.glob("*/params.yaml"))]
 
 
+def student_runs(runs_dir: str | Path, include_sweeps: bool = False) -> list[RunDir]:
+    """Student runs: run directories with a params.yaml, skipping internal ones (`_teachers`, `_submitit`); with
+    `include_sweeps`, also the Optuna trials under `_sweep/<study>/`."""
+    runs = [r for r in list_runs(runs_dir) if not r.id.startswith("_")]
+    return runs + (sweep_runs(runs_dir) if include_sweeps else [])
+
+
 def sweep_runs(runs_dir: str | Path, study: str | None = None) -> list[RunDir]:
     """Trial runs of `amoe sweep` (runs_dir/_sweep/<study>/<trial>), of one study or all, sorted by path."""
     root = Path(runs_dir) / SWEEP_DIR

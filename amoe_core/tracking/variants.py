@@ -7,12 +7,14 @@ show the same variants and the same values. Only params.yaml, train.json (or met
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from amoe_core.tracking.runs import RunDir, flatten
 
+HEADLINE_K = "k20"  # the DINO protocol's k (k=20, T=0.07) is the headline kNN number
 # Keys that identify a run but not an experimental condition.
 IDENTITY_KEYS = {"distill.seed", "distill.run", "distill.runs_dir"}
 # Sections that configure other commands (the report itself, the ablation queue, sweeps), never a run's result.
@@ -43,13 +45,18 @@ def conditions(run: RunDir) -> dict[str, str]:
     }
 
 
+def differing_keys(flat: Iterable[dict[str, str]]) -> list[str]:
+    """The condition keys (see `conditions`) whose value is not the same in every run, sorted."""
+    flat = list(flat)
+    return sorted(k for k in {k for f in flat for k in f} if len({f.get(k) for f in flat}) > 1)
+
+
 def group_variants(runs: list[RunDir]) -> list[Variant]:
     """Group runs by their params minus identity keys. The reference variant takes, for every key that differs
     between groups, its most common value (ties: the first in sorted order); every other variant is labelled by the
     settings where it departs from the reference."""
     flat = {r.id: conditions(r) for r in runs}
-    all_keys = sorted({k for f in flat.values() for k in f})
-    differing = [k for k in all_keys if len({f.get(k) for f in flat.values()}) > 1]
+    differing = differing_keys(flat.values())
     groups: dict[tuple, Variant] = {}
     for r in sorted(runs, key=lambda r: r.id):
         settings = {k: flat[r.id].get(k, "-") for k in differing}
@@ -59,6 +66,11 @@ def group_variants(runs: list[RunDir]) -> list[Variant]:
         departs = [f"{k.split('.')[-1]}={short(x)}" for k, x in v.settings.items() if x != reference[k]]
         v.label = ", ".join(departs) or ("reference" if differing else "all runs")
     return sorted(groups.values(), key=lambda v: (v.label != "reference", v.label))
+
+
+def variant_order(labels: Iterable[str]) -> list[str]:
+    """Variant labels in the report's order: the reference first, then by label, sweep trials last."""
+    return sorted(set(labels), key=lambda v: (v.startswith("sweep "), v != "reference", v))
 
 
 def _modal(values: list[str]) -> str:
@@ -116,3 +128,38 @@ def evaluated_resolutions(runs: list[RunDir], datasets: list[str], feat: str) ->
     """Every evaluated resolution of `feat` in these runs, lowest first ("32px", "64px", ...)."""
     found = {r for run in runs for d in datasets for r in lookup(run.eval(), "knn", d, feat) or {}}
     return sorted(found, key=lambda s: int(s.rstrip("px")))
+
+
+def main_resolution(params: dict[str, Any], available: Iterable[str]) -> str | None:
+    """The "<res>px" key closest to the run's `evaluate.main_resolution` (64 when the run does not say): the
+    resolution every headline number is read at."""
+    avail = [a for a in available if a.endswith("px") and a[:-2].isdigit()]
+    if not avail:
+        return None
+    want = main_resolution_px(params)
+    return min(avail, key=lambda a: (abs(int(a[:-2]) - want), int(a[:-2])))
+
+
+def main_resolution_px(params: dict[str, Any]) -> int:
+    return int((params.get("evaluate") or {}).get("main_resolution", 64))
+
+
+def headline_feature(features: Iterable[str]) -> str | None:
+    """The student feature headline numbers use: the ensemble when evaluated, else the first student feature."""
+    feats = sorted(features)
+    if "student:ensemble" in feats:
+        return "student:ensemble"
+    student = [f for f in feats if f.startswith("student:")]
+    return student[0] if student else (feats[0] if feats else None)
+
+
+def headline(runs: list[RunDir]) -> tuple[list[str], str | None, str | None]:
+    """Datasets, student feature and resolution key that tables headline, from the first evaluated run."""
+    first = next((r for r in runs if r.eval().get("knn")), None)
+    if first is None:
+        return [], None, None
+    knn = first.eval()["knn"]
+    datasets = sorted(knn)
+    feat = headline_feature(knn[datasets[0]])
+    res = main_resolution(first.params(), knn[datasets[0]].get(feat, {})) if feat else None
+    return datasets, feat, res
