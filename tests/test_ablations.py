@@ -80,17 +80,22 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_plan_is_seed_major_and_only_the_seed_changes_between_repeats() -> None:
-    exps = ablations.plan(3)
-    assert [e.name for e in exps[:5]] == ["ref-s0", "loss-none-s0", "loss-rkd-s0", "batching-fixed-s0", "long-s0"]
-    assert len(exps) == 13 and len({e.name for e in exps}) == 13
-    assert [e.name for e in exps if e.name.startswith("long")] == ["long-s0"]  # one seed: a check, not an ablation
+    exps = ablations.plan(3, base={"distill.steps": "900", "loss.relational": "rkd"})
+    assert [e.name for e in exps[:6]] == ["ref-s0", "loss-none-s0", "loss-rkd-s0", "batching-fixed-s0", "data-1000-s0", "data-2000-s0"]  # fmt: skip
+    assert len(exps) == 14 and len({e.name for e in exps}) == 14
+    # the data-scaling points: one seed each, the whole pipeline (a new selection, students on both)
+    assert [e.name for e in exps if e.name.startswith("data")] == ["data-1000-s0", "data-2000-s0"]
     by_name = {e.name: e for e in exps}
-    assert by_name["loss-rkd-s2"].queue_command() == [
-        "dvc", "exp", "run", "--queue", "-n", "loss-rkd-s2",
-        "-S", "loss.relational=rkd", "-S", "distill.seed=2", "evaluate@balanced",
+    assert by_name["data-2000-s0"].target is None and by_name["data-2000-s0"].overrides["sample.target"] == "2000"
+    # the base overrides reach every experiment, under the variant's own setting
+    assert by_name["loss-none-s2"].queue_command() == [
+        "dvc", "exp", "run", "--queue", "-n", "loss-none-s2",
+        "-S", "distill.steps=900", "-S", "loss.relational=none", "-S", "distill.seed=2", "evaluate@balanced",
     ]  # fmt: skip
     # the reference experiment reproduces the whole pipeline: students on both selections (the data ablation)
-    assert by_name["ref-s1"].target is None and by_name["ref-s1"].overrides == {"distill.seed": "1"}
+    assert by_name["ref-s1"].target is None
+    assert by_name["ref-s1"].overrides == {"distill.steps": "900", "loss.relational": "rkd", "distill.seed": "1"}
+    assert ablations.plan(1, ["ref"])[0].overrides == {"distill.seed": "0"}
     with pytest.raises(AmoeError, match="unknown ablation variant.*'loss-l2'.*known: ref, loss-none"):
         ablations.plan(1, ["loss-l2"])
 

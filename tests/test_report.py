@@ -10,9 +10,10 @@ import pytest
 from amoe_core.config import dump_params, load_params
 from amoe_core.errors import AmoeError
 from amoe_core.eval.summary import summary_lines
+from amoe_core.experiments.findings import Effect, verdict
 from amoe_core.experiments.report import build_report
-from amoe_core.tracking.variants import group_variants
 from amoe_core.tracking.runs import RunDir, list_runs
+from amoe_core.tracking.variants import group_variants
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,6 +61,9 @@ def runs(tmp_path: Path) -> Path:
         for seed, (fm, ca) in enumerate(scores):
             # seed 0 has train.json; the others fall back to metrics.jsonl (runs from before train.json)
             _make_run(root, f"{name}-s{seed}", overrides + [f"distill.seed={seed}"], _eval(fm, ca), tps, seed == 0)
+    for selection, (fm, ca) in (("balanced", (0.75, 0.35)), ("random", (0.78, 0.36))):  # data scaling, one seed
+        overrides = ["sample.target=1000", f"distill.selection=data/curation/selection/{selection}.parquet"]
+        _make_run(root, f"data-1000-{selection}", overrides, _eval(fm, ca), 1000.0, True)
     teachers = RunDir.create(root, "_teachers")  # `amoe evaluate --teachers` writes eval.json only
     teachers.write_eval(
         {
@@ -74,9 +78,11 @@ def runs(tmp_path: Path) -> Path:
 
 def test_variants_are_labelled_by_their_departure_from_the_reference(runs: Path) -> None:
     variants = group_variants([r for r in list_runs(runs) if r.id != "_teachers"])
-    assert [v.label for v in variants] == ["reference", "mode=fixed", "relational=none", "selection=random"]
-    assert [v.seeds for v in variants] == [[0, 1, 2]] * 4
-    assert sorted(variants[0].settings) == ["distill.selection", "loss.relational", "packing.mode"]
+    assert [v.label for v in variants] == [
+        "reference", "mode=fixed", "relational=none", "selection=random", "selection=random, target=1000", "target=1000"
+    ]  # fmt: skip
+    assert [v.seeds for v in variants] == [[0, 1, 2]] * 4 + [[0], [0]]
+    assert sorted(variants[0].settings) == ["distill.selection", "loss.relational", "packing.mode", "sample.target"]
 
 
 def _avg(scores: list[tuple[float, float]]) -> list[float]:
@@ -98,19 +104,30 @@ def test_report_numbers_findings_and_regeneration_is_identical(runs: Path, tmp_p
     # throughput: median after warm-up, the same whether read from train.json or recomputed from metrics.jsonl
     assert "| reference | 1,000 ± 0 | 50 ± 0 |" in text and "| mode=fixed | 500 ± 0 | 25 ± 0 |" in text
 
-    # findings: arkd vs none by 10 points, 2 standard errors = 2 * sqrt(2 * 1.5^2 / 3) = 2.4 points
-    assert "kNN avg at 64px, arkd 61.5 vs none 51.5: holds (+10.0 points, 2 s.e. = 2.4)" in text
-    assert "kNN avg at 64px, balanced 61.5 vs random 64.5: does not hold: reversed (-3.0 points" in text
-    assert "2 s.e. = 2.4); clipart 42.0 vs 45.0, fmnist 81.0 vs 84.0" in text  # per domain: no hidden trade-off
-    assert "tokens/s, packed / fixed: 2.00x: holds" in text
-    # packing's claim is "no forgetting": equal accuracy at the low resolution is a hold, not a miss
-    assert "kNN avg at 32px, packed 51.5 vs fixed 51.5: holds: no loss beyond seed noise (+0.0 points" in text
+    # findings: arkd vs none by 10 points; s.e. of the difference = sqrt(1.5^2 / 3 + 1.5^2 / 3) = 1.2 points,
+    # detectable = 2.84 s.e. = 3.5 points
+    assert "kNN avg at 64px, arkd 61.5 vs none 51.5: ours +10.0 ± 1.2, detectable 3.5, paper +0.09: **holds**" in text
+    assert (
+        "balanced 61.5 vs random 64.5: ours -3.0 ± 1.2, detectable 3.5, paper +2.42: **does not hold: reversed**"
+        in text
+    )
+    assert "reversed**; clipart 42.0 vs 45.0, fmnist 81.0 vs 84.0" in text  # per domain: no hidden trade-off
+    assert "tokens/s, packed / fixed: 2.00x (paper 2.67x): **holds**" in text
+    # packing's claim is "no forgetting": equal accuracy at the low resolution is a hold, not a miss (fixed's seeds
+    # spread 0.5: s.e. = sqrt(1.5^2 / 3 + 0.5^2 / 3) = 0.9)
+    assert (
+        "kNN avg at 32px, packed 51.5 vs fixed 51.5: ours +0.0 ± 0.9, detectable 2.6: **holds: no loss beyond" in text
+    )
     assert "| reference | 32.0 ± 2.0 | 42.0 ± 2.0 | 43.0 ± 2.0 | 71.0 ± 1.0 | 81.0 ± 1.0 | 82.0 ± 1.0 |" in text
+    # data scaling: the 1000-image selections (one seed each) beside the reference's 4000 (three seeds)
+    assert "| 1,000 | 55.0 (1 seed) | 57.0 (1 seed) |" in text
+    assert "| 4,000 | 61.5 ± 1.5 (3 seeds) | 64.5 ± 1.5 (3 seeds) |" in text
+    assert (out.parent / "results_data_scaling.png").stat().st_size > 0
 
-    png = out.parent / "results_resolution.png"
-    first = (out.read_bytes(), png.read_bytes())
+    pngs = [out.parent / "results_resolution.png", out.parent / "results_data_scaling.png"]
+    first = [out.read_bytes(), *(p.read_bytes() for p in pngs)]
     build_report(runs, out)
-    assert (out.read_bytes(), png.read_bytes()) == first
+    assert [out.read_bytes(), *(p.read_bytes() for p in pngs)] == first
 
 
 def test_report_without_evaluated_runs_is_a_clear_error(tmp_path: Path) -> None:
@@ -164,3 +181,24 @@ def test_amoe_report_says_where_it_wrote_and_nothing_alarming(tmp_path: Path) ->
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith(f"INFO amoe_core.experiments.report: wrote {out}"), lines
     assert out.read_text() == (REPO / "docs" / "RESULTS.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("diff", "se", "paper", "not_worse", "expected"),
+    [
+        (3.0, 1.0, 1.0, False, "holds"),  # beyond 2 s.e.
+        (-3.0, 1.0, 1.0, False, "does not hold: reversed"),
+        # within noise: the paper's 2.42 is below 2.84 s.e. = 2.84: this design could not have seen it
+        (0.5, 1.0, 2.42, False, "too small to see here: the paper's +2.42 is below the detectable 2.8"),
+        # within noise, and the paper's 3.0 is above the detectable 2.84: it would have shown, 4 times in 5
+        (0.5, 1.0, 3.0, False, "does not hold: within seed noise, where the paper's effect would have shown"),
+        (-1.5, 1.0, None, True, "holds: no loss beyond seed noise"),
+        (-2.5, 1.0, None, True, "does not hold: worse"),
+        (2.5, 1.0, None, True, "holds: better"),
+        (0.4, 0.0, 1.0, False, "holds (one seed)"),
+    ],
+)
+def test_verdict_tells_does_not_hold_from_too_small_to_see(
+    diff: float, se: float, paper: float | None, not_worse: bool, expected: str
+) -> None:
+    assert verdict(Effect(diff, se), paper, not_worse) == expected

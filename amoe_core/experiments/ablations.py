@@ -6,7 +6,9 @@ edited by hand between variants and `dvc exp show` lists them all with their par
   random selection, which is the data ablation;
 - `loss-none-sN`, `loss-rkd-sN`: the relational term off / symmetric RKD, balanced selection only;
 - `batching-fixed-sN`: a fixed number of images per step carrying packed mode's token budget on average;
-- `long-s0`: 3x the steps, one seed: whether the student falls short of the expert teachers for lack of training.
+- `data-1000-s0`, `data-2000-s0`: the whole pipeline with smaller selections (`sample.target`), one seed: the
+  data-scaling view (kNN against the number of selected images, balanced vs random).
+`ablate.overrides` apply to every experiment (e.g. the ablation's training length, longer than the demo's).
 Only `distill.seed` changes between seeds: data, teachers and curation are shared (and cached by DVC).
 
 Queued experiments run in DVC's temporary workspaces (`dvc queue start -j ablate.jobs`). Experiments already finished
@@ -44,8 +46,9 @@ VARIANTS: dict[str, VariantSpec] = {
     "loss-none": VariantSpec({"loss.relational": "none"}),
     "loss-rkd": VariantSpec({"loss.relational": "rkd"}),
     "batching-fixed": VariantSpec({"packing.mode": "fixed"}),
-    # not one of the paper's ablations: is the 300-step student short of the experts for lack of training?
-    "long": VariantSpec({"distill.steps": "900"}, max_seeds=1),
+    # the data-scaling view: smaller balanced and random selections of the same pool (the reference is the largest)
+    "data-1000": VariantSpec({"sample.target": "1000"}, target=None, max_seeds=1),
+    "data-2000": VariantSpec({"sample.target": "2000"}, target=None, max_seeds=1),
 }
 RECORDS = ("params.yaml", "train.json", "eval.json", "resolution.csv")  # what `amoe report` reads from a run
 
@@ -63,14 +66,15 @@ class Experiment:
         return cmd + ([self.target] if self.target else [])
 
 
-def plan(seeds: int, variants: list[str] | None = None) -> list[Experiment]:
-    """Every (variant, seed) experiment, seed-major so concurrent workers run different variants side by side."""
+def plan(seeds: int, variants: list[str] | None = None, base: dict[str, str] | None = None) -> list[Experiment]:
+    """Every (variant, seed) experiment, seed-major so concurrent workers run different variants side by side.
+    `base` (`ablate.overrides`) applies to every experiment, under the variant's own settings."""
     names = variants or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise AmoeError(f"unknown ablation variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     return [
-        Experiment(f"{v}-s{s}", {**VARIANTS[v].overrides, "distill.seed": str(s)}, VARIANTS[v].target)
+        Experiment(f"{v}-s{s}", {**(base or {}), **VARIANTS[v].overrides, "distill.seed": str(s)}, VARIANTS[v].target)
         for s in range(seeds)
         for v in names
         if VARIANTS[v].max_seeds is None or s < VARIANTS[v].max_seeds
@@ -189,7 +193,7 @@ def collect(names: list[str], out: Path) -> list[Path]:
 
 def run(params: Params, collect_only: bool = False) -> list[Path]:
     cfg = params.ablate
-    experiments = plan(cfg.seeds, cfg.variants or None)
+    experiments = plan(cfg.seeds, cfg.variants or None, dict(o.split("=", 1) for o in cfg.overrides))
     if shutil.which("dvc") is None:
         raise AmoeError("`dvc` is not on PATH: activate the project's virtualenv (make install)")
     if not collect_only:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
+from amoe_core.experiments.data_scaling import scaling_points, scaling_table
 from amoe_core.experiments.findings import findings
-from amoe_core.experiments.report_plots import resolution_plot
+from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs
 from amoe_core.tracking.variants import (
@@ -119,6 +120,20 @@ def build_report(runs_dir: Path, out: Path) -> str:
     if plot:
         parts += [f"![kNN vs resolution]({plot.name})", ""]
     parts += ["## The paper's findings at this scale", "", *findings(variants, datasets, res, k, student_feature), ""]
+    points = scaling_points(variants, datasets, res, k, student_feature)
+    if points:
+        scaling = scaling_plot(points, res, k, out.parent / "results_data_scaling.png")
+        parts += [
+            "## Data scaling: kNN against the number of selected images",
+            "",
+            "The curation claim is about what a fixed budget of images buys: balanced and random selections of the "
+            "same pool at several sizes (`sample.target`), the reference's size with its seeds' spread.",
+            "",
+            _table(*scaling_table(points)),
+            "",
+            f"![kNN vs selected images]({scaling.name})",
+            "",
+        ]
     text = "\n".join(parts)
     atomic_write_text(out, text)
     return text
