@@ -7,6 +7,10 @@ mean ± std) by the same `amoe_core.tracking` code as `amoe report`. Every loade
 modification times. The directories and the storage are fixed by whoever launched the page (AMOE_RUNS_DIR, a
 list separated by the OS path separator, AMOE_CURATION_DIR, AMOE_OPTUNA_STORAGE; else params.yaml): a visitor can
 switch between the allowed runs directories but cannot point the page anywhere else.
+
+One Streamlit page in one file (~390 lines): its views are the page's sections in display order, and Streamlit
+reruns this script top to bottom; the data behind them comes from loaders.py, sweep_loaders.py and
+curation_loaders.py, the charts from charts.py.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, wha
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # amoe_core when the package is not installed
 
 import charts  # noqa: E402
+import curation_loaders  # noqa: E402
 import loaders  # noqa: E402
+import sweep_loaders  # noqa: E402
 
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs  # noqa: E402
 from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order  # noqa: E402
@@ -95,25 +101,25 @@ def pca_file(run: RunDir, ev: dict[str, Any]) -> Path | None:
 
 
 def storage_key(storage: str) -> tuple:
-    f = loaders.sqlite_file(storage)
+    f = sweep_loaders.sqlite_file(storage)
     return loaders.fingerprint([f]) if f is not None else (storage,)
 
 
 @st.cache_data(show_spinner=False, max_entries=8, ttl=60)
 def load_sweep(storage: str, key: tuple) -> dict[str, Any]:
-    names = loaders.study_names(storage)
+    names = sweep_loaders.study_names(storage)
     return {
         "studies": names,
-        "objective": {n: loaders.objective_name(storage, n) for n in names},
-        "trials": {n: loaders.sweep_trials(storage, n) for n in names},
-        "importance": {n: loaders.param_importance(storage, n) for n in names},
+        "objective": {n: sweep_loaders.objective_name(storage, n) for n in names},
+        "trials": {n: sweep_loaders.sweep_trials(storage, n) for n in names},
+        "importance": {n: sweep_loaders.param_importance(storage, n) for n in names},
     }
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_curation(curation_dir: str, key: tuple) -> dict[str, Any]:
     root = Path(curation_dir)
-    report = loaders.read_json(root / "selection" / "report.json")
+    report = curation_loaders.read_json(root / "selection" / "report.json")
     return {"report": report, "plots": sorted(str(p) for p in (root / "plots").glob("*.png"))}
 
 
@@ -288,7 +294,7 @@ def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
 
 def sweep_view(storage: str) -> None:
     st.subheader("Sweep")
-    if not loaders.storage_available(storage):
+    if not sweep_loaders.storage_available(storage):
         st.info(f"No Optuna storage at {storage}: run `amoe sweep`.")
         return
     try:
@@ -310,10 +316,10 @@ def sweep_view(storage: str) -> None:
     imp = sweep["importance"][study]
     done = int((trials.state == "COMPLETE").sum())
     if not imp.empty:
-        if done < loaders.RELIABLE_TRIALS:
+        if done < sweep_loaders.RELIABLE_TRIALS:
             st.warning(
                 f"Parameter importance from only {done} finished trials: fANOVA needs about "
-                f"{loaders.RELIABLE_TRIALS} or more before its ranking means much."
+                f"{sweep_loaders.RELIABLE_TRIALS} or more before its ranking means much."
             )
         st.altair_chart(charts.importance(imp, f"Parameter importance (fANOVA, {done} finished trials)"))
 
@@ -325,15 +331,15 @@ def curation_view(curation_dir: str) -> None:
     if not cur["report"] and not cur["plots"]:
         st.info(f"No curation outputs under {curation_dir}: run `amoe curate sample`.")
         return
-    scalars, frames, other = loaders.report_sections(cur["report"])
+    scalars, frames, other = curation_loaders.report_sections(cur["report"])
     if scalars:
         table = pd.DataFrame({"key": list(scalars), "value": [str(v) for v in scalars.values()]})
-        table["meaning"] = table.key.map(lambda k: loaders.CURATION_TERMS.get(k, ""))
+        table["meaning"] = table.key.map(lambda k: curation_loaders.CURATION_TERMS.get(k, ""))
         st.dataframe(table, hide_index=True)
     for name, frame in frames.items():
         st.altair_chart(charts.labelled_values(frame, name.replace("_", " ")))
-        if name in loaders.CURATION_TERMS:
-            st.caption(loaders.CURATION_TERMS[name])
+        if name in curation_loaders.CURATION_TERMS:
+            st.caption(curation_loaders.CURATION_TERMS[name])
     if other:
         with st.expander("Other report fields"):
             st.json(other)
