@@ -25,9 +25,9 @@ import torch
 from amoe_core.config import Params, dump_params
 from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
-from amoe_core.io import atomic_write_json
+from amoe_core.io import atomic_write_json, mark_output, written_by
 from amoe_core.launch import distributed
-from amoe_core.outputs import claim_outputs, mark_output, written_by
+from amoe_core.outputs import claim_outputs
 from amoe_core.progress import progress
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import components
