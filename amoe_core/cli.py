@@ -46,6 +46,7 @@ def _stage(name: str, **extra: Callable[[argparse.Namespace], Any]) -> Callable[
         kwargs = {k: f(args) for k, f in extra.items()}
         return stage_function(name)(params, **{k: v for k, v in kwargs.items() if v is not None})
 
+    handler.stage = name  # type: ignore[attr-defined]  # which stage a command line runs (tests/test_dvc_deps.py)
     return handler
 
 

@@ -129,13 +129,33 @@ def module_imports(module: str, path: Path, known: set[str]) -> list[Import]:
     return out
 
 
+# Modules that import by name through a table {key: "dotted.module"} (importlib at run time): each value is an import
+# of that module from the table's line. `amoe_core.stages.STAGES` is not followed: it is the registry of entry points.
+DISPATCH_TABLES = {"amoe_core.models.teachers.loader": "LOADERS"}
+
+
+def _dispatch_imports(module: str, path: Path, table: str, known: set[str]) -> list[Import]:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == table for t in node.targets):
+            assert isinstance(node.value, ast.Dict), f"{path}:{node.lineno}: {table} is no longer a dict literal"
+            names = [v.value for v in node.value.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+            unknown = [n for n in names if n not in known]
+            assert not unknown, f"{path}:{node.lineno}: {table} names modules that do not exist: {unknown}"
+            return [Import(module, n, node.lineno, False, True) for n in names]
+    raise AssertionError(f"{path}: no {table} = {{...}} any more; update DISPATCH_TABLES in {Path(__file__).name}")
+
+
 def import_graph(packages: tuple[str, ...] = ("amoe_core",), root: Path = REPO) -> dict[str, list[Import]]:
-    """module -> its imports of modules of `packages`."""
+    """module -> its imports of modules of `packages` (import statements and the DISPATCH_TABLES)."""
     files: dict[str, Path] = {}
     for package in packages:
         files.update(project_modules(package, root))
     known = set(files)
-    return {m: module_imports(m, p, known) for m, p in files.items()}
+    graph = {m: module_imports(m, p, known) for m, p in files.items()}
+    for module, table in DISPATCH_TABLES.items():
+        if module in graph:
+            graph[module] += _dispatch_imports(module, files[module], table, known)
+    return graph
 
 
 def cycles(graph: dict[str, list[Import]]) -> list[list[Import]]:
