@@ -1,7 +1,8 @@
 """`amoe <group> <command>`: parses arguments, loads params.yaml (+ `-S` overrides), calls the stage function.
 
 Thin by design: all behaviour lives in the stage functions of `amoe_core.stages`, which DVC, Prefect, submitit and
-the tests call too. User errors (`AmoeError`) print one line and exit with code 2.
+the tests call too. User errors (`AmoeError`) print one line and exit with code 2. The handlers import what they call
+when they run (start-up time: `amoe --help` must not import torch, transformers or streamlit).
 """
 
 from __future__ import annotations
@@ -45,29 +46,30 @@ def _stage(name: str, **extra: Callable[[argparse.Namespace], Any]) -> Callable[
         kwargs = {k: f(args) for k, f in extra.items()}
         return stage_function(name)(params, **{k: v for k, v in kwargs.items() if v is not None})
 
+    handler.stage = name  # type: ignore[attr-defined]  # which stage a command line runs (tests/test_dvc_deps.py)
     return handler
 
 
 def _model_info(params: Params, args: argparse.Namespace) -> None:
-    from amoe_core.models.registry import print_model_info
+    from amoe_core.models.registry import print_model_info  # start-up time (module docstring)
 
     print_model_info(args.names or None, params)
 
 
 def _submit(params: Params, args: argparse.Namespace) -> None:
-    from amoe_core.launch.submit import submit_stage
+    from amoe_core.launch.submit import submit_stage  # start-up time (module docstring)
 
     submit_stage(params, args.stage, wait=not args.no_wait, array=args.array)
 
 
 def _export(params: Params, args: argparse.Namespace) -> None:
-    from amoe_core.train.export import export_run, export_siglino
+    from amoe_core.train.export import export_run, export_siglino  # start-up time (module docstring)
 
     (export_siglino if args.format == "siglino" else export_run)(params, args.run, args.out)
 
 
 def _dashboard(params: Params, args: argparse.Namespace) -> None:
-    from amoe_core.dashboard import launch
+    from amoe_core.dashboard import launch  # start-up time (module docstring)
 
     launch(params, args.host, args.port, args.allow_remote, args.runs, args.curation, args.storage)
 

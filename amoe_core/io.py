@@ -1,5 +1,7 @@
 """Atomic file writes: a killed process never leaves a half-written file under the final name.
 
+An output folder carries a marker naming the stage that wrote it (`MARKER`): `atomic_dir` replaces only a folder that
+is absent, empty or marked by the same stage; the locks and overlap checks around it are in amoe_core/outputs.py.
 Files and folders are created with the modes the user's umask gives (mkstemp/mkdtemp alone would make them 0600/0700,
 unreadable to a teammate or a dashboard running as another user).
 """
@@ -16,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from amoe_core.errors import AmoeError
+from amoe_core.errors import AmoeError, ConfigError
+
+MARKER = ".amoe-output.json"  # names the stage that wrote an output folder (amoe_core/outputs.py)
 
 
 @contextlib.contextmanager
@@ -96,6 +100,56 @@ def _umask() -> int:
     return mask
 
 
+# ---------------------------------------------------------------------------------------------------------- marker
+def show_path(path: str | os.PathLike) -> str:
+    """A path as error messages quote it."""
+    return repr(str(path))
+
+
+def written_by(path: str | os.PathLike) -> str | None:
+    """The stage whose marker `path` carries, or None."""
+    try:
+        return json.loads((Path(path) / MARKER).read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output(field: str, path: str | os.PathLike, stage: str, legacy: tuple[str, ...] = ()) -> None:
+    """Refuse an output that `stage` may not replace: a file, or a non-empty directory without its marker.
+
+    `stage` is the name in the marker: the output's params field (`sample.out`), or the command (`export`).
+    `legacy` names files that together identify an output written before markers existed (accepted as the stage's).
+    """
+    p = Path(path)
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{field} = {show_path(path)}: {parent} is a file, not a folder; choose another output"
+                )
+            break
+    if not p.exists() and not p.is_symlink():
+        return
+    if not p.is_dir():
+        raise ConfigError(
+            f"{field} = {show_path(path)}: exists and is not a directory; choose a new or empty directory"
+        )
+    owner = written_by(p)
+    if owner == stage or (owner is None and legacy and all((p / f).exists() for f in legacy)):
+        return
+    if owner is None and not any(p.iterdir()):
+        return
+    what = f"was written by `{owner}`" if owner else "holds files this stage did not write"
+    raise ConfigError(
+        f"{field} = {show_path(path)}: {what}; nothing there is replaced: choose a new or empty directory for {stage}"
+    )
+
+
+def mark_output(path: str | os.PathLike, stage: str) -> None:
+    """Record in `path` that `stage` owns it (what `check_output` accepts on the next run)."""
+    atomic_write_json(Path(path) / MARKER, {"stage": stage})
+
+
 @contextlib.contextmanager
 def atomic_dir(
     path: str | os.PathLike, stage: str, field: str | None = None, legacy: tuple[str, ...] = ()
@@ -103,13 +157,11 @@ def atomic_dir(
     """Yield a fresh temporary directory next to `path`; on success it replaces `path` as a whole.
 
     Only a directory this stage wrote is replaced: `path` must be absent, empty or carry `stage`'s marker
-    (`outputs.check_output`; `field` names it in errors, default `stage`; `legacy`: files that identify an output
+    (`check_output`; `field` names it in errors, default `stage`; `legacy`: files that identify an output
     written before markers existed), and the new directory carries that marker. On an exception the
     temporary directory is removed and `path` keeps its previous content, so a killed or failed stage never leaves a
     directory that mixes old and new files.
     """
-    from amoe_core.outputs import check_output, mark_output
-
     path, field = Path(path), field or stage
     check_output(field, path, stage, legacy)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Three rules, checked before any work (`claim_outputs` applies all of them):
 - an output directory is absent, empty, or carries the marker file this stage wrote there (`MARKER`, naming the
-  stage); anything else is someone's data and is refused;
+  stage); anything else is someone's data and is refused (`check_output`, in amoe_core/io.py beside `atomic_dir`);
 - an output never overlaps an input: by resolved path, neither equals, contains nor sits inside the other;
 - one lock per output: `.<name>.lock` beside it, an flock held for the stage's lifetime with the holder's PID inside.
   The kernel drops an flock when its holder dies, so a lock left by a killed process is taken over at once.
@@ -14,62 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from amoe_core.errors import AmoeError, ConfigError
 
-MARKER = ".amoe-output.json"
+# the marker rule lives in io (atomic_dir replaces only a marked folder); stages import it from here with the others
+from amoe_core.io import MARKER, check_output, mark_output, show_path, written_by  # noqa: F401
+
 HELD_LOCKS = "AMOE_HELD_LOCKS"  # environment: lock files held by this process or the one that launched it
-
-
-def _show(path: str | os.PathLike) -> str:
-    return repr(str(path))
-
-
-# ---------------------------------------------------------------------------------------------------------- marker
-def written_by(path: str | os.PathLike) -> str | None:
-    """The stage whose marker `path` carries, or None."""
-    try:
-        return json.loads((Path(path) / MARKER).read_text()).get("stage")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def check_output(field: str, path: str | os.PathLike, stage: str, legacy: tuple[str, ...] = ()) -> None:
-    """Refuse an output that `stage` may not replace: a file, or a non-empty directory without its marker.
-
-    `stage` is the name in the marker: the output's params field (`sample.out`), or the command (`export`).
-    `legacy` names files that together identify an output written before markers existed (accepted as the stage's).
-    """
-    p = Path(path)
-    for parent in p.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{field} = {_show(path)}: {parent} is a file, not a folder; choose another output")
-            break
-    if not p.exists() and not p.is_symlink():
-        return
-    if not p.is_dir():
-        raise ConfigError(f"{field} = {_show(path)}: exists and is not a directory; choose a new or empty directory")
-    owner = written_by(p)
-    if owner == stage or (owner is None and legacy and all((p / f).exists() for f in legacy)):
-        return
-    if owner is None and not any(p.iterdir()):
-        return
-    what = f"was written by `{owner}`" if owner else "holds files this stage did not write"
-    raise ConfigError(
-        f"{field} = {_show(path)}: {what}; nothing there is replaced: choose a new or empty directory for {stage}"
-    )
-
-
-def mark_output(path: str | os.PathLike, stage: str) -> None:
-    """Record in `path` that `stage` owns it (what `check_output` accepts on the next run)."""
-    from amoe_core.io import atomic_write_json
-
-    atomic_write_json(Path(path) / MARKER, {"stage": stage})
 
 
 # ---------------------------------------------------------------------------------------------------------- overlap
@@ -85,7 +39,7 @@ def check_disjoint(outputs: Mapping[str, str | os.PathLike], inputs: Mapping[str
             i = Path(src).resolve()
             if _inside(o, i) or _inside(i, o):
                 raise ConfigError(
-                    f"{out_field} = {_show(out)} overlaps the input {in_field} = {_show(src)}: writing there would "
+                    f"{out_field} = {show_path(out)} overlaps the input {in_field} = {show_path(src)}: writing there would "
                     "replace or delete what the stage reads; choose an output outside its inputs"
                 )
 
@@ -102,7 +56,7 @@ def job_rank() -> int:
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
     if "SUBMITIT_EXECUTOR" in os.environ:
-        import submitit
+        import submitit  # start-up time: the CLI imports this module; submitit (~80 ms) only inside a job
 
         with contextlib.suppress(RuntimeError):
             return int(submitit.JobEnvironment().global_rank)
@@ -123,7 +77,7 @@ def output_lock(field: str, path: str | os.PathLike) -> Iterator[None]:
     try:
         lp.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"{field} = {_show(path)}: cannot create its folder ({e.strerror})") from None
+        raise ConfigError(f"{field} = {show_path(path)}: cannot create its folder ({e.strerror})") from None
     while True:
         fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -132,7 +86,7 @@ def output_lock(field: str, path: str | os.PathLike) -> Iterator[None]:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise AmoeError(
-                f"{field} = {_show(path)} is being written by PID {holder} (lock {lp}); wait for it to finish "
+                f"{field} = {show_path(path)} is being written by PID {holder} (lock {lp}); wait for it to finish "
                 "or stop it, or choose another output"
             ) from None
         # The previous holder may have removed the file between our open and our flock: then we hold a lock on a

@@ -1,7 +1,7 @@
 """The registry of pipeline stages: one name -> one plain function `fn(params, **kwargs)`.
 
 The CLI, `amoe submit` (submitit), the DVC stages, the Prefect tasks and the tests all call these same functions.
-Imports are lazy so `amoe --help` does not import torch.
+Stage modules are imported by name when a stage runs, so `amoe --help` does not import torch.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
+
+from amoe_core.errors import AmoeError
+from amoe_core.outputs import output_lock
 
 STAGES: dict[str, str] = {
     "demo-pool": "amoe_core.data.demo_pool:run",
@@ -41,8 +44,6 @@ LOCKED_OUTPUTS: dict[str, tuple[str, ...]] = {
 
 def stage_function(name: str) -> Callable[..., Any]:
     if name not in STAGES:
-        from amoe_core.errors import AmoeError
-
         raise AmoeError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     module, fn = STAGES[name].split(":")
     stage = getattr(importlib.import_module(module), fn)
@@ -51,8 +52,6 @@ def stage_function(name: str) -> Callable[..., Any]:
 
     @functools.wraps(stage)
     def locked(params: Any, **kwargs: Any) -> Any:
-        from amoe_core.outputs import output_lock
-
         with contextlib.ExitStack() as stack:
             for field in LOCKED_OUTPUTS[name]:
                 section, key = field.split(".")

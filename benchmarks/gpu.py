@@ -46,9 +46,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from _smoke import SMOKE_HELP
 from packing import padded_steps
+from torch._dynamo.utils import counters
+from transformers import DINOv3ViTConfig, DINOv3ViTModel, Siglip2VisionConfig, Siglip2VisionModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amoe_core.config import PackingConfig, Params, validate_params  # noqa: E402
@@ -157,8 +160,6 @@ def check_attention(rep: Report, device: torch.device, smoke: bool) -> None:
 
 
 def check_nccl(rep: Report, device: torch.device) -> None:
-    import torch.distributed as dist
-
     if device.type != "cuda":
         rep.add("nccl 1-rank all_reduce", "skip", note="no CUDA")
         return
@@ -235,7 +236,7 @@ def check_bf16(rep: Report, device: torch.device, params: Params, teachers: dict
 
 def check_faiss(rep: Report, smoke: bool) -> None:
     """The platform's k-means (amoe_core.curation.kmeans) with faiss GPU indexes vs the same run on CPU indexes."""
-    try:
+    try:  # optional dependency: faiss (any build) may be missing on a GPU machine; the row is then skipped
         import faiss
 
         from amoe_core.curation import kmeans as km
@@ -273,8 +274,6 @@ def check_faiss(rep: Report, smoke: bool) -> None:
 def real_teacher_dirs(root: Path, smoke: bool) -> dict[str, Path]:
     """Random-weight SigLIP2 So400m/16 NaFlex and DINOv3 ViT-L/16 in `save_pretrained` layout (METHOD.md sizes), so
     the platform's own loaders read them exactly as they would read the real checkpoints."""
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel, Siglip2VisionConfig, Siglip2VisionModel
-
     if smoke:
         sig = Siglip2VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=1, num_attention_heads=2)
         dino = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
@@ -472,8 +471,6 @@ def compiled(
     rep: Report, device: torch.device, params: Params, teachers, batches, targets, eager_tps: float, args
 ) -> None:
     """torch.compile of the student: compile time, graphs over 20 steps of changing image mixes, speed-up."""
-    from torch._dynamo.utils import counters
-
     backend = "eager" if args.smoke else "inductor"  # smoke: trace + guards only (an inductor build takes minutes)
     _, step = student_step(params, device, teachers, targets, backend=backend)
     counters.clear()

@@ -23,7 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
+
+from amoe_core.curation.hkmeans import cluster_level, hierarchical_kmeans
+from amoe_core.curation.kmeans import Comm
+from amoe_core.launch.cluster import free_port_pair
+from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
 
 
 def _status_kib(field: str) -> int:
@@ -50,10 +56,6 @@ def write_embeddings(path: Path, n: int, d: int, seed: int = 0, n_modes: int = 2
 def measure(rank: int, world: int, port: int, side: str, args: argparse.Namespace, queue: mp.Queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
-    from amoe_core.curation.hkmeans import cluster_level, hierarchical_kmeans
-    from amoe_core.curation.kmeans import Comm
-    from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
-
     init_distributed()
     comm = Comm.current()
     x = np.load(args.data, mmap_mode="r")
@@ -74,8 +76,6 @@ def measure(rank: int, world: int, port: int, side: str, args: argparse.Namespac
 
 def run_side(side: str, world: int, args: argparse.Namespace) -> tuple[float, list[int]]:
     """(seconds, peak memory of each process) of one side in fresh processes."""
-    from amoe_core.launch.cluster import free_port_pair
-
     ctx = mp.get_context("fork")  # the parent imported torch and faiss but ran nothing threaded: safe, and fast
     queue = ctx.Queue()
     port = free_port_pair()
@@ -105,10 +105,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.points, args.dim, args.levels, args.iters = 3000, 16, [40, 8, 2], 5
-    import faiss
-
-    import amoe_core.curation.hkmeans  # noqa: F401  (imported once, inherited by the forked sides)
-
     with tempfile.TemporaryDirectory(prefix="hkmeans-bench-") as tmp:
         args.data = str(Path(tmp) / "embeddings.npy")
         write_embeddings(Path(args.data), args.points, args.dim)

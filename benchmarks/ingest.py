@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _smoke import SMOKE_HELP, sample_pool
+from _smoke import parse_and_compare, sample_pool
 from PIL import Image
 
 from amoe_core.config import IngestConfig, load_params
@@ -85,12 +85,11 @@ def main() -> None:
     ap.add_argument("--pool", default="data/demo/pool", help="a folder of images (default: the demo pool)")
     ap.add_argument("--limit", type=int, default=0, help="a seeded random subset of this many files (0 = all)")
     ap.add_argument("--repeat", type=int, default=2, help="interleaved (loop, ingest) pairs; the median ratio counts")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " (a sample pool of real photos, not --pool)")
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.smoke:
-            args.pool, args.repeat = str(sample_pool(Path(tmp) / "pool", 40)), 1
-        compare(args)
+    parse_and_compare(ap, compare, smoke, "a sample pool of real photos, not --pool")
+
+
+def smoke(args: argparse.Namespace, tmp: Path) -> None:
+    args.pool, args.repeat = str(sample_pool(tmp / "pool", 40)), 1
 
 
 def compare(args: argparse.Namespace) -> None:

@@ -15,6 +15,9 @@ import time
 
 import numpy as np
 from _smoke import SMOKE_HELP
+from sklearn.neighbors import KNeighborsClassifier
+
+from amoe_core.eval.knn import knn_predict
 
 
 def make_data(n_train: int, n_test: int, dim: int, classes: int, seed: int = 0):
@@ -48,10 +51,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.train, args.test, args.dim, args.repeats = 2000, 300, 32, 1
-
-    from sklearn.neighbors import KNeighborsClassifier
-
-    from amoe_core.eval.knn import knn_predict
 
     xtr, ytr, xte, yte = make_data(args.train, args.test, args.dim, 10)
     t = args.temperature

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from _smoke import SMOKE_HELP
+from PIL import Image
 from timm.data.naflex_dataset import calculate_naflex_batch_size
 from timm.data.naflex_transforms import get_image_size_for_seq
 from timm.layers import Mlp
@@ -54,8 +55,6 @@ def demo_pool_rows(params: Params) -> tuple[pd.DataFrame, str]:
     files = sorted(p for p in pool.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if pool.exists() else []
     if not files:
         return pd.DataFrame(), f"neither {manifest} nor images under {pool} exist: run `amoe data demo-pool` first"
-    from PIL import Image
-
     Image.MAX_IMAGE_PIXELS = None  # only headers are read (no decoding): huge clip-art sizes are fine here
     hw = []
     for p in files:

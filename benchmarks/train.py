@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _smoke import SMOKE_HELP, sample_shards  # noqa: E402
+from _smoke import parse_and_compare, sample_shards  # noqa: E402
 
 from amoe_core.config import LossConfig, PackingConfig, StudentConfig, TeacherSpec  # noqa: E402
 from amoe_core.data.loader import build_loader  # noqa: E402
@@ -94,18 +94,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="loader workers for the throughput comparison")
     ap.add_argument("--c-max", type=int, default=256, help="tokens per packed sequence")
     ap.add_argument("--seqs", type=int, default=8, help="packed sequences per step")
-    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + " (sample shards of real photos, not --shards)")
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.smoke:
-            args.shards, args.steps, args.workers, args.c_max, args.seqs = (
-                str(sample_shards(Path(tmp), 48)),
-                1,
-                1,
-                64,
-                2,
-            )
-        compare(args)
+    parse_and_compare(ap, compare, smoke, "sample shards of real photos, not --shards")
+
+
+def smoke(args: argparse.Namespace, tmp: Path) -> None:
+    args.shards = str(sample_shards(tmp, 48))
+    args.steps, args.workers, args.c_max, args.seqs = 1, 1, 64, 2
 
 
 def compare(args: argparse.Namespace) -> None:

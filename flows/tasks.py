@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +23,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging.handlers import APILogHandler
 
 from amoe_core.config import Params, load_params
+from amoe_core.dvc_cli import DvcError, run_dvc
 from amoe_core.errors import AmoeError
+from amoe_core.launch.submit import submit_stage
 from amoe_core.progress import setup_logging
 from amoe_core.stages import stage_function
 from flows import artifacts
@@ -37,9 +36,11 @@ RETRY_DELAYS_S = [10, 60]
 
 
 def transient(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's retry_condition_fn signature)
-    """Retry anything except a user error."""
+    """Retry anything except a user error; a failed `dvc` command is retried (a killed stage, a held lock)."""
     try:
         state.result()
+    except DvcError:
+        return True
     except AmoeError:
         return False
     except Exception:
@@ -51,21 +52,13 @@ def dvc_stages(dvc_file: Path = DVC_FILE) -> set[str]:
     """Stage names of dvc.yaml, as DVC itself resolves them (foreach/matrix entries `name@key` count as `name`)."""
     if not dvc_file.exists():
         return set()
-    names = _dvc("stage", "list", "--name-only").split()
+    names = run_dvc("stage", "list", "--name-only").split()
     return {n.split("@", 1)[0] for n in names} | set(names)
-
-
-def _dvc(*args: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return proc.stdout
 
 
 def dvc_up_to_date(stage: str) -> bool:
     """True when `dvc status <stage>` reports nothing changed (deps, params and outs match dvc.lock)."""
-    return json.loads(_dvc("status", stage, "--json") or "{}") == {}
+    return json.loads(run_dvc("status", stage, "--json") or "{}") == {}
 
 
 def use_dvc_for(stage: str, overrides: list[str], use_dvc: bool) -> bool:
@@ -116,7 +109,7 @@ def run_stage(
         if dvc_up_to_date(stage):
             log.info("%s: outputs up to date (dvc status), not recomputed", stage)
             return finish(stage, params, overrides, {"stage": stage, "ran": False, "via": "dvc"})
-        out = _dvc("repro", stage)
+        out = run_dvc("repro", stage)
         log.info("%s: %s", stage, out.strip()[-2000:])
         return finish(stage, params, overrides, {"stage": stage, "ran": True, "via": "dvc"})
     log.info("%s: running `%s`", stage, artifacts.command(stage, overrides, kwargs))
@@ -128,10 +121,8 @@ def run_stage(
     )
 
 
-def submit(params, stage: str) -> Any:
+def submit(params: Params, stage: str) -> Any:
     """`amoe submit <stage>`: submitit on SLURM when a cluster answers, else a local process."""
-    from amoe_core.launch.submit import submit_stage
-
     return submit_stage(params, stage, wait=True)
 
 
@@ -150,7 +141,7 @@ def run_distill(overrides: list[str] | None = None, params_file: str | None = No
     with amoe_logs():
         result = submit(params, "distill")
     if tracked:
-        _dvc("commit", "--force", "distill")  # record the submitted run's outputs in dvc.lock
+        run_dvc("commit", "--force", "distill")  # record the submitted run's outputs in dvc.lock
     log.info("distill: run %s finished", params.distill.run)
     out = {"stage": "distill", "ran": True, "via": "submit", "run": params.distill.run, "result": _plain(result)}
     return finish("distill", params, overrides, out)

@@ -240,8 +240,7 @@ def test_atomic_outputs_follow_the_umask(tmp_path) -> None:
 def test_outputs_written_before_markers_existed_are_still_replaced(tmp_path) -> None:
     """An older clone's cluster output (no marker yet) is recognised by its own files; a lookalike folder is not."""
     from amoe_core.errors import ConfigError
-    from amoe_core.io import atomic_dir
-    from amoe_core.outputs import written_by
+    from amoe_core.io import atomic_dir, written_by
 
     old = tmp_path / "clusters"
     (old / "level1").mkdir(parents=True)

@@ -14,6 +14,7 @@ import yaml
 
 from amoe_core.config import load_params
 from amoe_core.errors import AmoeError, ConfigError
+from amoe_core.overrides import with_overrides
 from amoe_core.sweep import objective as objective_mod
 from amoe_core.sweep import search, space
 
@@ -185,7 +186,7 @@ def test_space_is_always_valid_and_round_trips(tmp_path):
     for _ in range(30):
         trial = study.ask()
         overrides = space.suggest(trial, params)
-        p = objective_mod.with_overrides(params, overrides)
+        p = with_overrides(params, overrides)
         assert p.packing.max_tokens <= p.packing.c_max and p.packing.min_tokens <= p.packing.max_tokens
         assert p.teachers[0].summary_weight == trial.params["teachers.0.summary_weight"]
         study.tell(trial, 0.0)

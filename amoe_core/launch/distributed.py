@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from submitit.helpers import TorchDistributedEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,6 @@ def _export_submitit_env() -> bool:
         return False  # torchrun (or a parent) already set them
     if "SUBMITIT_EXECUTOR" not in os.environ:
         return False
-    from submitit.helpers import TorchDistributedEnvironment
-
     try:
         env = TorchDistributedEnvironment()
     except RuntimeError:  # not actually inside a job
@@ -130,8 +130,6 @@ def world_check() -> dict[str, object]:
 
     Submitting it with N tasks answers "does torch.distributed work on this allocation?" in seconds.
     """
-    import socket
-
     info = init_distributed()
     t = torch.tensor([float(info.rank + 1)], device=info.device)
     if info.distributed:

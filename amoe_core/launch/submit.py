@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import logging
 import os
 import re
@@ -19,10 +20,11 @@ from typing import Any
 
 import submitit
 
-from amoe_core.config import Params, apply_override, validate_params
+from amoe_core.config import Params, validate_params
 from amoe_core.errors import AmoeError
 from amoe_core.launch import distributed
 from amoe_core.launch.executors import make_executor
+from amoe_core.overrides import with_overrides
 from amoe_core.stages import stage_function
 
 log = logging.getLogger(__name__)
@@ -73,12 +75,10 @@ def _run_suffix(overrides: list[str]) -> str:
 
 def params_for(params: Params, overrides: list[str]) -> Params:
     """`params` with one array element's overrides; each element of an array gets its own distill run."""
-    tree = params.model_dump(mode="json")
-    for o in overrides:
-        apply_override(tree, o)
     if overrides and not any(o.startswith("distill.run=") for o in overrides):
-        tree["distill"]["run"] = f"{tree['distill']['run']}-{_run_suffix(overrides)}"
-    return validate_params(tree)
+        # JSON quoting: the name reads back as this exact string (YAML would turn e.g. 2024-01-01 into a date)
+        overrides = [*overrides, f"distill.run={json.dumps(f'{params.distill.run}-{_run_suffix(overrides)}')}"]
+    return with_overrides(params, overrides)
 
 
 def submit_stage(params: Params, stage: str, wait: bool = True, array: list[str] | None = None) -> list[submitit.Job]:

@@ -17,20 +17,12 @@ from typing import Any
 
 import optuna
 
-from amoe_core.config import Params, apply_override, validate_params
+from amoe_core.config import Params
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.stages import stage_function
 from amoe_core.tracking.runs import SWEEP_DIR, RunDir
 
 Objective = Callable[[optuna.Trial, Params], float]
-
-
-def with_overrides(params: Params, overrides: list[str]) -> Params:
-    """`params` with DVC-style overrides applied (the same parser and validation as `load_params(path, overrides)`)."""
-    tree = params.model_dump(mode="json")
-    for o in overrides:
-        apply_override(tree, o)
-    return validate_params(tree)
 
 
 def trial_run_id(number: int) -> str:

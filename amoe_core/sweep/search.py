@@ -22,6 +22,7 @@ import yaml
 from amoe_core.config import Params, SweepConfig, validate_params
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_write_text
+from amoe_core.overrides import with_overrides
 from amoe_core.progress import setup_logging
 from amoe_core.sweep import space
 from amoe_core.sweep.objective import (
@@ -31,7 +32,6 @@ from amoe_core.sweep.objective import (
     trial_run_id,
     trial_runs_dir,
     trial_steps,
-    with_overrides,
 )
 
 log = logging.getLogger("amoe.sweep")

@@ -25,14 +25,15 @@ import torch
 from amoe_core.config import Params, dump_params
 from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
-from amoe_core.io import atomic_write_json
+from amoe_core.io import atomic_write_json, mark_output, written_by
 from amoe_core.launch import distributed
-from amoe_core.outputs import claim_outputs, mark_output, written_by
+from amoe_core.outputs import claim_outputs
 from amoe_core.progress import progress
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import components
 from amoe_core.train.checkpoint import (
     STUDENT_SPEC,
+    Resumable,
     latest_checkpoint,
     resumable_checkpoint,
     rng_state,
@@ -93,7 +94,6 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
     info = distributed.init_distributed()
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.run)
     resumed, skipped = resumable_checkpoint(run_dir.checkpoints, info.device) if resume else (None, [])
-    ckpt = resumed.path if resumed is not None else None
     if not resume and (run_dir.exists() or latest_checkpoint(run_dir.checkpoints) is not None):
         raise AmoeError(f"run {run_dir.path} already exists; pass --resume to continue it or set distill.run")
     distributed.barrier()  # every rank has looked before rank 0 creates anything
@@ -102,124 +102,171 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
         set_cpu_threads(params.packing.workers, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     seed_everything(params.distill.seed + info.rank)
     if info.is_main:
-        if ckpt is None:  # from step 0: drop records an earlier run here left (`dvc repro` removes only its outs)
-            if resume and run_dir.exists():
-                log.warning("no complete checkpoint in %s: starting the run from step 0", run_dir.checkpoints)
-            trim_records(run_dir.metrics_file, 0)
-            run_dir.train_file.unlink(missing_ok=True)
-        run_dir = RunDir.create(cfg.runs_dir, cfg.run)
-        mark_output(run_dir.path, RUN_OUTPUT)
-        for why in skipped:
-            log.warning("resume: skipped unreadable checkpoint %s", why)
-            run_dir.event(f"resume: skipped unreadable checkpoint {why}")
-        start = f"resume from {ckpt.name}" if ckpt else "start"
-        attempt = run_dir.record_attempt(dump_params(params), start)
-        run_dir.event(f"{start} (attempt {attempt}, world size {info.world_size})")
+        run_dir = _start_attempt(params, run_dir, resumed, skipped, resume, info.world_size)
     distributed.barrier()
+    trainer = Trainer(params, info, run_dir, resumed)
+    distributed.register_preemption_hook(trainer.on_preemption)
+    try:
+        trainer.train()
+    finally:
+        distributed.unregister_preemption_hook(trainer.on_preemption)
+        trainer.close()
+    return trainer.finish()
 
-    def make_loader(epoch: int, start: int):  # noqa: ANN202
-        return components.loader(params, info, epoch, start)
 
-    teachers = components.load_teachers(params, info.device)
-    student = components.build(params, teachers, info.device)
-    if info.is_main and not (run_dir.path / STUDENT_SPEC).exists():
-        atomic_write_json(run_dir.path / STUDENT_SPEC, student_spec(params, teachers))
-    if ckpt is None and info.is_main:  # PHI-S on rank 0; wrapping broadcasts it with the weights
-        log.info("fitting PHI-S on %d images of teacher features (a minute on CPU)", params.loss.phis_samples)
-        fitted = components.fit_phis(student, teachers, make_loader(0, 0), params.loss.phis_samples)
-        components.save_phis(student, run_dir.path)
-        run_dir.event(f"PHI-S fitted on {fitted['images']} images")
-        log.info("PHI-S fitted on %d images; training %s for %d steps", fitted["images"], cfg.run, cfg.steps)
-    optimizer = components.optimizer(params, student)
-    position, step = Position(), 0
-    if resumed is not None:
+def _start_attempt(
+    params: Params, run_dir: RunDir, resumed: Resumable | None, skipped: list[str], resume: bool, world_size: int
+) -> RunDir:
+    """Rank 0: create (or reopen) the run directory and record this attempt's params and start in it."""
+    if resumed is None:  # from step 0: drop records an earlier run here left (`dvc repro` removes only its outs)
+        if resume and run_dir.exists():
+            log.warning("no complete checkpoint in %s: starting the run from step 0", run_dir.checkpoints)
+        trim_records(run_dir.metrics_file, 0)
+        run_dir.train_file.unlink(missing_ok=True)
+    run_dir = RunDir.create(params.distill.runs_dir, params.distill.run)
+    mark_output(run_dir.path, RUN_OUTPUT)
+    for why in skipped:
+        log.warning("resume: skipped unreadable checkpoint %s", why)
+        run_dir.event(f"resume: skipped unreadable checkpoint {why}")
+    start = f"resume from {resumed.path.name}" if resumed is not None else "start"
+    attempt = run_dir.record_attempt(dump_params(params), start)
+    run_dir.event(f"{start} (attempt {attempt}, world size {world_size})")
+    return run_dir
+
+
+class Trainer:
+    """One attempt's training state: models, optimizer, the step and data position, and the logs they feed.
+
+    `step` and `position` move together between steps; `busy` is set while a step runs (its data already taken, its
+    weights not yet updated), when a preemption must not write a checkpoint.
+    """
+
+    def __init__(self, params: Params, info: distributed.DistInfo, run_dir: RunDir, resumed: Resumable | None) -> None:
+        self.params, self.cfg, self.info, self.run_dir = params, params.distill, info, run_dir
+        teachers = components.load_teachers(params, info.device)
+        self.student = components.build(params, teachers, info.device)
+        if info.is_main and not (run_dir.path / STUDENT_SPEC).exists():
+            atomic_write_json(run_dir.path / STUDENT_SPEC, student_spec(params, teachers))
+        if resumed is None and info.is_main:  # PHI-S on rank 0; wrapping broadcasts it with the weights
+            self._fit_phis(teachers)
+        self.optimizer = components.optimizer(params, self.student)
+        self.step, self.position = 0, Position()
+        if resumed is not None:
+            self._restore(resumed)
+        model = components.wrap(self.student, info, compile_model=self.cfg.compile)
+        loss_fn = components.loss(params, info.device, self.student)
+        self.step_fn = DistillStep(model, components.targets_fn(teachers), loss_fn, self.optimizer, self.cfg, info)
+        self.busy = False
+        self.images_seen = 0  # this rank's, this attempt's
+        self.last: dict[str, Any] = {}  # the last step's metrics
+        self.stream = batches_forever(self._loader, self.position)
+        self.live = (
+            LiveLog(run_dir.path / "dvclive", resume=resumed is not None, step=self.step) if info.is_main else None
+        )
+        self.bar = (
+            progress(total=self.cfg.steps, initial=self.step, desc=f"distill {self.cfg.run}", unit="step")
+            if info.is_main
+            else None
+        )
+
+    def _loader(self, epoch: int, start: int) -> Any:
+        return components.loader(self.params, self.info, epoch, start)
+
+    def _fit_phis(self, teachers: dict[str, Any]) -> None:
+        log.info("fitting PHI-S on %d images of teacher features (a minute on CPU)", self.params.loss.phis_samples)
+        fitted = components.fit_phis(self.student, teachers, self._loader(0, 0), self.params.loss.phis_samples)
+        components.save_phis(self.student, self.run_dir.path)
+        self.run_dir.event(f"PHI-S fitted on {fitted['images']} images")
+        log.info("PHI-S fitted on %d images; training %s for %d steps", fitted["images"], self.cfg.run, self.cfg.steps)
+
+    def _restore(self, resumed: Resumable) -> None:
+        """Weights, optimizer, step, data position and this rank's RNG from the checkpoint being resumed."""
         state = resumed.state
-        unwrap(student).load_state_dict(resumed.model)
+        unwrap(self.student).load_state_dict(resumed.model)
         if resumed.optimizer is not None:
-            optimizer.load_state_dict(resumed.optimizer)
-        step = int(state["step"])
-        position = Position(**state["data"])
-        if state.get("world_size", 1) != info.world_size:
+            self.optimizer.load_state_dict(resumed.optimizer)
+        self.step = int(state["step"])
+        self.position = Position(**state["data"])
+        if state.get("world_size", 1) != self.info.world_size:
             raise AmoeError(
-                f"checkpoint {ckpt} was written by {state.get('world_size')} processes, this job has "
-                f"{info.world_size}; the data position is per rank, so resume with the same world size"
+                f"checkpoint {resumed.path} was written by {state.get('world_size')} processes, this job has "
+                f"{self.info.world_size}; the data position is per rank, so resume with the same world size"
             )
         rngs = state.get("rng", {})
-        if str(info.rank) in rngs:
-            set_rng_state(rngs[str(info.rank)])
-        if info.is_main:
-            trim_records(run_dir.metrics_file, step)
-    model = components.wrap(student, info, compile_model=cfg.compile)
-    loss_fn = components.loss(params, info.device, student)
-    targets = components.targets_fn(teachers)
-    step_fn = DistillStep(model, targets, loss_fn, optimizer, cfg, info)
-    live = LiveLog(run_dir.path / "dvclive", resume=ckpt is not None, step=step) if info.is_main else None
+        if str(self.info.rank) in rngs:
+            set_rng_state(rngs[str(self.info.rank)])
+        if self.info.is_main:
+            trim_records(self.run_dir.metrics_file, self.step)
 
-    def checkpoint_now(at_step: int, collective: bool = True) -> None:
-        # every rank's generators (rank 0 writes); from a signal handler only rank 0 runs, so no collectives there
+    def train(self) -> None:
+        while self.step < self.cfg.steps:
+            self.busy = True  # from here until the step is counted, the data position runs ahead of the weights
+            micro = [next(self.stream) for _ in range(self.cfg.grad_accum)]
+            self.images_seen += sum(b.n_images for b in micro)
+            rec = timed(lambda: self.step_fn(micro, self.step))  # noqa: B023 - called at once
+            self.step += 1
+            rec.step = self.step
+            self.last = rec.as_metrics()
+            if self.info.is_main:
+                self._log(rec.losses.get("total", float("nan")))
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                self.checkpoint(self.step)
+            self.busy = False
+
+    def _log(self, total_loss: float) -> None:
+        """Rank 0: metrics every `log_every` steps and at the end; the progress bar every step."""
+        if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+            self.run_dir.log_metrics(self.last)
+            self.live.log(self.last)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{total_loss:.4f}", tok_s=f"{self.last['tokens_per_s']:.0f}")
+
+    def checkpoint(self, at_step: int, collective: bool = True) -> None:
+        """Every rank's generators (rank 0 writes); from a signal handler only rank 0 runs, so no collectives there."""
+        info = self.info
         rngs = distributed.gather_json(rng_state()) if collective else {str(info.rank): rng_state()}
         if info.is_main:
             state = {
-                "data": position_dict(position),
+                "data": position_dict(self.position),
                 "world_size": info.world_size,
                 "rng": rngs,
                 "schedule": {"kind": "warmup_cosine", "step": at_step},
             }
-            path = save_checkpoint(run_dir.checkpoints, at_step, student, optimizer, state, keep=cfg.keep_checkpoints)
-            run_dir.event(f"checkpoint {path.name}")
+            path = save_checkpoint(
+                self.run_dir.checkpoints, at_step, self.student, self.optimizer, state, keep=self.cfg.keep_checkpoints
+            )
+            self.run_dir.event(f"checkpoint {path.name}")
         if collective:
             distributed.barrier()
 
-    busy = [False]  # inside a step, its logging or its checkpoint
-
-    def on_preemption() -> None:
-        # submitit calls checkpoint() in a signal handler on rank 0: the state is consistent only between steps
-        # (all ranks move in lockstep, so rank 0's weights and data position are everyone's)
-        if not busy[0] and step > 0:
-            checkpoint_now(step, collective=False)
-            run_dir.event(f"preempted at step {step}: checkpoint written, requeue")
+    def on_preemption(self) -> None:
+        """submitit calls checkpoint() in a signal handler on rank 0: the state is consistent only between steps
+        (all ranks move in lockstep, so rank 0's weights and data position are everyone's)."""
+        if not self.busy and self.step > 0:
+            self.checkpoint(self.step, collective=False)
+            self.run_dir.event(f"preempted at step {self.step}: checkpoint written, requeue")
         else:
-            run_dir.event(f"preempted during step {step + 1}: requeue from the last checkpoint")
+            self.run_dir.event(f"preempted during step {self.step + 1}: requeue from the last checkpoint")
 
-    distributed.register_preemption_hook(on_preemption)
-    stream = batches_forever(make_loader, position)
-    bar = progress(total=cfg.steps, initial=step, desc=f"distill {cfg.run}", unit="step") if info.is_main else None
-    last: dict[str, Any] = {}
-    seen = {"images": 0}
-    try:
-        while step < cfg.steps:
-            busy[0] = True  # from here until the step is counted, the data position runs ahead of the weights
-            micro = [next(stream) for _ in range(cfg.grad_accum)]
-            seen["images"] += sum(b.n_images for b in micro)
-            rec = timed(lambda: step_fn(micro, step))  # noqa: B023 - called at once
-            step += 1
-            rec.step = step
-            last = rec.as_metrics()
-            if info.is_main:
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    run_dir.log_metrics(last)
-                    live.log(last)
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{rec.losses.get('total', float('nan')):.4f}", tok_s=f"{last['tokens_per_s']:.0f}"
-                )
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint_now(step)
-            busy[0] = False
-    finally:
-        distributed.unregister_preemption_hook(on_preemption)
-        if bar is not None:
-            bar.close()
-        if live is not None:
-            live.close()
-    if info.is_main and step >= cfg.steps:
-        run_dir.write_train_summary()
-    # every rank reports its own share, so the run directory shows all ranks' work
-    run_dir.event(f"rank {info.rank}/{info.world_size} done at step {step}: {seen['images']} images this rank")
-    return {
-        "run": cfg.run,
-        "steps": step,
-        "rank": info.rank,
-        "world_size": info.world_size,
-        "loss": {k[5:]: v for k, v in last.items() if k.startswith("loss/")},
-    }
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.live is not None:
+            self.live.close()
+
+    def finish(self) -> dict[str, Any]:
+        """The run's summary files (rank 0, when all steps are done) and this rank's summary."""
+        info, step = self.info, self.step
+        if info.is_main and step >= self.cfg.steps:
+            self.run_dir.write_train_summary()
+        # every rank reports its own share, so the run directory shows all ranks' work
+        self.run_dir.event(
+            f"rank {info.rank}/{info.world_size} done at step {step}: {self.images_seen} images this rank"
+        )
+        return {
+            "run": self.cfg.run,
+            "steps": step,
+            "rank": info.rank,
+            "world_size": info.world_size,
+            "loss": {k[5:]: v for k, v in self.last.items() if k.startswith("loss/")},
+        }
