@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amoe_core.errors import AmoeError
+from amoe_core.config import load_params
+from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.experiments import ablations
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +99,17 @@ def test_plan_is_seed_major_and_only_the_seed_changes_between_repeats() -> None:
     assert ablations.plan(1, ["ref"])[0].overrides == {"distill.seed": "0"}
     with pytest.raises(AmoeError, match="unknown ablation variant.*'loss-l2'.*known: ref, loss-none"):
         ablations.plan(1, ["loss-l2"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("distill.stepz=900", "unknown key distill.stepz"), ("distill.steps=0", "invalid distill.steps = 0")],
+)
+def test_a_bad_ablate_override_stops_before_anything_is_queued(repo: Path, override: str, message: str) -> None:
+    params = load_params(REPO / "params.yaml", [f"ablate.overrides=[{override}]"])
+    with pytest.raises(ConfigError, match=rf"ablate.overrides \['{override}'\]: {message}"):
+        ablations.run(params)
+    assert "Queued" not in _sh("dvc", "queue", "status", cwd=repo)
 
 
 def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> None:

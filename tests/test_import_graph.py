@@ -16,7 +16,7 @@ from _import_graph import REPO, cycles, describe, function_imports, import_graph
 
 PACKAGES = ("amoe_core", "flows")
 # dashboards/app.py is a Streamlit script (importing it runs the page); its two helper modules import cleanly
-DASHBOARD_MODULES = ("charts", "loaders")
+DASHBOARD_MODULES = ("charts", "curation_loaders", "loaders", "sweep_loaders")
 
 # One process imports the heavy third-party libraries once, then forks a child per module: each child starts with no
 # project module imported, which is what "imports on its own" means here, at the cost of one torch import in all.
@@ -28,7 +28,7 @@ for heavy in ("numpy", "torch", "pandas", "PIL.Image", "timm", "transformers", "
         importlib.import_module(heavy)
     except ImportError:
         pass
-assert not [m for m in sys.modules if m.split(".")[0] in ("amoe_core", "flows", "charts", "loaders")]
+assert not [m for m in sys.modules if m.split(".")[0] in ("amoe_core", "flows", "charts", "curation_loaders", "loaders", "sweep_loaders")]
 failed = {}
 for name in json.loads(sys.argv[2]):
     r, w = os.pipe()

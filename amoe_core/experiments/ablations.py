@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amoe_core.config import Params
-from amoe_core.errors import AmoeError
+from amoe_core.dvc_cli import run_dvc
+from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_dir
+from amoe_core.overrides import with_overrides
 from amoe_core.tracking.runs import TEACHERS_RUN
 
 log = logging.getLogger(__name__)
@@ -100,13 +102,6 @@ def experiment_refs(baseline: str | None = None) -> dict[str, str]:
     return {name: sha for name, (_, sha) in newest.items()}
 
 
-def _dvc(*args: str) -> str:
-    proc = subprocess.run(["dvc", *args], capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if proc.returncode != 0:
-        raise AmoeError(f"`dvc {' '.join(args)}` failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout
-
-
 def queue(experiments: list[Experiment]) -> list[Experiment]:
     """Queue the experiments that have no finished (or already queued) experiment of the same name."""
     if _git("status", "--porcelain", "--untracked-files=no", "--", "params.yaml", "dvc.yaml", "dvc.lock").strip():
@@ -119,14 +114,14 @@ def queue(experiments: list[Experiment]) -> list[Experiment]:
     todo = [e for e in experiments if e.name not in done]
     for e in todo:
         log.info("queue %s", " ".join(e.queue_command()))
-        _dvc(*e.queue_command()[1:])
+        run_dvc(*e.queue_command()[1:])
     return todo
 
 
 def _queue_status() -> list[tuple[str, str]]:
     """(name, status) of the experiments DVC's queue knows about."""
     rows = []
-    for line in _dvc("queue", "status").splitlines()[1:]:
+    for line in run_dvc("queue", "status").splitlines()[1:]:
         fields = line.split()
         if len(fields) >= 3 and fields[-1] in {"Queued", "Running", "Success", "Failed"}:
             rows.append((fields[1], fields[-1]))
@@ -193,6 +188,10 @@ def collect(names: list[str], out: Path) -> list[Path]:
 
 def run(params: Params, collect_only: bool = False) -> list[Path]:
     cfg = params.ablate
+    try:  # a bad entry stops here, before anything is queued
+        with_overrides(params, cfg.overrides)
+    except ConfigError as e:
+        raise ConfigError(f"ablate.overrides {cfg.overrides}: {e}") from None
     experiments = plan(cfg.seeds, cfg.variants or None, dict(o.split("=", 1) for o in cfg.overrides))
     if shutil.which("dvc") is None:
         raise AmoeError("`dvc` is not on PATH: activate the project's virtualenv (make install)")
