@@ -15,6 +15,7 @@ fingerprint resumes (or does nothing when complete); anything else starts over.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -22,6 +23,7 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -191,9 +193,6 @@ def die_with_parent(parent: int) -> None:
     """Pool worker start-up (Linux): the kernel SIGKILLs this worker when the ingest process dies, even by SIGKILL,
     instead of leaving it decoding for minutes."""
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request took effect
