@@ -3,9 +3,9 @@ plots, evaluation datasets), which reads it through this module only.
 
 A shard set is a folder of `shard-XXXXXX.tar` WebDataset tars + `manifest.parquet`. Each sample holds `__key__`, one
 image entry (`jpg` or `png`, RGB) and `json` ({"source", "label", "width", "height"}); plain
-`wds.WebDataset(urls).decode("pil")` reads them. The manifest has one row per stored image, in shard order: key,
-shard, source, label, path, orig_width, orig_height, width, height, orig_format, format, sha256, phash (signed
-int64), bytes. A manifest `shard` value names its tar relative to the shard folder (or absolutely, or as a number).
+`wds.WebDataset(urls).decode("pil")` reads them. The manifest has one row per stored image, in shard order
+(`MANIFEST_COLUMNS`: phash is a signed int64; path and sha256 name and hash the source file); a `shard` value names
+its tar relative to the shard folder (or absolutely, or as a shard number).
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ from amoe_core.errors import AmoeError, require_path
 
 MANIFEST = "manifest.parquet"
 REPORT = "ingest_report.json"
+# The manifest's columns, in order; readers need only some (`read_manifest(columns=)`)
+MANIFEST_COLUMNS = [
+    "key", "shard", "source", "label", "path", "orig_width", "orig_height", "width", "height", "orig_format",
+    "format", "sha256", "phash", "bytes",
+]  # fmt: skip
 
 # The sample entries a shard reader takes as the image, in the order it looks for them: ingest writes jpg or png;
 # jpeg and webp are how other WebDataset writers name theirs.
