@@ -136,7 +136,7 @@ def test_resumes_from_last_complete_batch(tmp_path: Path, encoder_dir: Path, mon
         teacher.forward = wrapped
         return teacher
 
-    monkeypatch.setattr(loader, "load_teacher", lambda spec, device="cpu": counting_load(spec, device, 3))
+    monkeypatch.setattr(embed, "load_teacher", lambda spec, device="cpu": counting_load(spec, device, 3))
     with pytest.raises(Killed):
         embed.run(params)
     out = tmp_path / "emb"
@@ -145,12 +145,12 @@ def test_resumes_from_last_complete_batch(tmp_path: Path, encoder_dir: Path, mon
     assert not (out / "meta.json").exists()  # not complete, so no consumer takes it for finished
 
     seen.clear()
-    monkeypatch.setattr(loader, "load_teacher", lambda spec, device="cpu": counting_load(spec, device))
+    monkeypatch.setattr(embed, "load_teacher", lambda spec, device="cpu": counting_load(spec, device))
     embed.run(params)
     assert sum(seen) == 41 - 17  # only the rest was embedded
     resumed = np.load(out / "embeddings.npy")
 
-    monkeypatch.setattr(loader, "load_teacher", real_load)
+    monkeypatch.setattr(embed, "load_teacher", real_load)
     fresh = embed.run(embed_params(tmp_path, encoder_dir, out=tmp_path / "fresh"))
     np.testing.assert_array_equal(resumed, np.load(fresh / "embeddings.npy"))
 

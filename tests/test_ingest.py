@@ -20,7 +20,7 @@ from test_decode import bad_files
 
 from amoe_core.cli import main
 from amoe_core.data.ingest import run
-from amoe_core.data.shards import iter_images, read_manifest, shard_urls, tar_end, tar_sample
+from amoe_core.data.shards import iter_images, read_manifest, reading_order, shard_path, tar_end, tar_sample
 
 
 @pytest.fixture(scope="module")
@@ -84,18 +84,19 @@ def test_manifest_matches_shard_contents(shards_small):
     man = read_manifest(shards_small)
     assert man["key"].is_unique and len(man) > 100
     seen = []
-    for key, img, meta in iter_images(shards_small):
-        row = man.iloc[len(seen)]
-        assert row["key"] == key and (img.width, img.height) == (row["width"], row["height"]) == (
-            meta["width"],
-            meta["height"],
-        )
+    for row, data in iter_images(shards_small, man, reading_order(man), 0):
+        img = Image.open(io.BytesIO(data))
+        assert row == len(seen) and img.size == (man["width"].iat[row], man["height"].iat[row])
+        seen.append(row)
+    assert seen == list(range(len(man)))
+    # The contract: plain webdataset reads the same samples back, with json metadata that agrees with the manifest.
+    urls = [str(shard_path(shards_small, s)) for s in man["shard"].unique()]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode("pil"))
+    assert [s["__key__"] for s in samples] == list(man["key"])
+    for s, (_, row) in zip(samples, man.iterrows()):
+        img, meta = s.get("jpg") or s.get("png"), s["json"]
+        assert (img.width, img.height) == (row["width"], row["height"]) == (meta["width"], meta["height"])
         assert meta["source"] == row["source"] and meta["label"] == row["label"]
-        seen.append(key)
-    assert seen == list(man["key"])
-    # The contract: plain webdataset reads the same samples back.
-    n = sum(1 for _ in wds.WebDataset(shard_urls(shards_small), shardshuffle=False).decode("pil"))
-    assert n == len(man)
     assert set(man["source"]) == {"fashion_mnist", "openclipart", "tuxpaint"}
     assert man["label"].notna().all() and (man[["width", "height"]].max(axis=1) <= 512).all()
     # sha256 is the content hash of the source file.
@@ -169,7 +170,9 @@ def test_shards_source_roundtrip(shards_small, tmp_path):
 
     # PNG in, PNG out: the very same pixels come back (compared as a multiset, keys differ between the sets).
     def pixels(d):
-        return sorted(hashlib.md5(np.asarray(im).tobytes()).hexdigest() for _, im, _ in iter_images(d))
+        man = read_manifest(d)
+        images = (Image.open(io.BytesIO(data)).convert("RGB") for _, data in iter_images(d, man, reading_order(man), 0))
+        return sorted(hashlib.md5(np.asarray(im).tobytes()).hexdigest() for im in images)
 
     assert pixels(shards_small) == pixels(out)
 

@@ -91,10 +91,10 @@ def test_shards_compressed_refused_and_json_capped(tmp_path) -> None:
 SLOW_WORKERS = """
 import sys, time
 from amoe_core.cli import main
-from amoe_core.data import ingest
+from amoe_core.data import staging
 def slow(*args, **kwargs):  # a worker busy on a huge chunk
     time.sleep(600)
-ingest.stage_chunk = slow
+staging.stage_chunk = slow
 sys.exit(main(sys.argv[1:]))
 """
 

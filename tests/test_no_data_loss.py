@@ -146,12 +146,12 @@ def test_ingest_out_equal_to_its_source_is_refused(shards_small, tmp_path, capsy
 STOP_AT_FIRST_CHUNK = """
 import os, signal, sys
 from amoe_core.cli import main
-from amoe_core.data import ingest
-real = ingest.stage_chunk
+from amoe_core.data import staging
+real = staging.stage_chunk
 def stopped(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGSTOP)  # the test inspects and kills us here, mid-ingest
     return real(*args, **kwargs)
-ingest.stage_chunk = stopped
+staging.stage_chunk = stopped
 sys.exit(main(sys.argv[1:]))
 """
 

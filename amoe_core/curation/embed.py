@@ -24,100 +24,29 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterator
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 from PIL import Image
 
 from amoe_core.config import EmbedConfig, Params, TeacherSpec
+from amoe_core.data.shards import iter_images, read_manifest, reading_order
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_path, atomic_write_json
+from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
+from amoe_core.launch.local_ranks import run_local_ranks
+from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.outputs import check_output, mark_output
 from amoe_core.progress import progress
 
 log = logging.getLogger(__name__)
 
-IMAGE_ENTRIES = ("jpg", "jpeg", "png", "webp")
 
-
-# ------------------------------------------------------------------------------------------------------ shards
-def read_manifest(shards: Path, field: str = "embed.shards") -> pd.DataFrame:
-    """manifest.parquet of a shard set; an absent or empty one is a user error."""
-    require_path(field, shards, "shard directory")
-    path = Path(shards) / "manifest.parquet"
-    if not path.exists():
-        raise AmoeError(f"{field} = {str(shards)!r} has no manifest.parquet; run `amoe data ingest` to build shards")
-    manifest = pd.read_parquet(path)
-    missing = {"key", "shard"} - set(manifest.columns)
-    if missing:
-        raise AmoeError(f"{path} lacks column(s) {sorted(missing)}; rebuild the shards with `amoe data ingest`")
-    if len(manifest) == 0:
-        raise AmoeError(f"{field} = {str(shards)!r} is an empty shard set (0 images in manifest.parquet); "
-                        f"ingest some images first")  # fmt: skip
-    if manifest["key"].duplicated().any():
-        dup = manifest["key"][manifest["key"].duplicated()].iloc[0]
-        raise AmoeError(f"{path} lists key {dup!r} twice; rebuild the shards with `amoe data ingest`")
-    return manifest
-
-
-def shard_file(shards: Path, shard: object) -> Path:
-    """The tar of a manifest `shard` value: a file name/path relative to the shard directory, or a shard number."""
-    if isinstance(shard, int | np.integer):
-        return Path(shards) / f"shard-{int(shard):06d}.tar"
-    p = Path(str(shard))
-    return p if p.is_absolute() else Path(shards) / p
-
-
-def reading_order(manifest: pd.DataFrame) -> np.ndarray:
-    """Manifest row indices in the order the tars are read: shard by shard (first appearance), rows in order."""
-    first = {s: i for i, s in reversed(list(enumerate(manifest["shard"])))}
-    rank = manifest["shard"].map(first).to_numpy()
-    return np.argsort(rank, kind="stable")
-
-
-def iter_images(shards: Path, manifest: pd.DataFrame, order: np.ndarray, start: int) -> Iterator[tuple[int, bytes]]:
-    """(manifest row, encoded image bytes) in reading order from position `start`, checking every key against the
-    manifest. Shards holding only finished rows are not opened."""
-    import webdataset as wds
-
-    pos = start
-    shard_col = manifest["shard"].to_numpy()
-    keys = manifest["key"].to_numpy()
-    while pos < len(order):
-        shard = shard_col[order[pos]]
-        path = shard_file(shards, shard)
-        if not path.exists():
-            raise AmoeError(f"manifest.parquet names shard {shard!r} but {path} does not exist; re-run ingest")
-        first = pos  # rows of this shard occupy a contiguous run of `order`
-        while first > 0 and shard_col[order[first - 1]] == shard:
-            first -= 1
-        seen = first
-        # this rank reads exactly the shards it was given: no node or worker splitting
-        dataset = wds.WebDataset(
-            str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
-        )
-        for sample in dataset:
-            if seen >= len(order) or shard_col[order[seen]] != shard:
-                raise AmoeError(f"{path} holds more samples than manifest.parquet lists for it; re-run ingest")
-            if sample["__key__"] != keys[order[seen]]:
-                raise AmoeError(f"{path} holds key {sample['__key__']!r} where manifest.parquet expects "
-                                f"{keys[order[seen]]!r}; shards and manifest disagree, re-run ingest")  # fmt: skip
-            if seen >= pos:
-                data = next((sample[e] for e in IMAGE_ENTRIES if e in sample), None)
-                if data is None:
-                    raise AmoeError(
-                        f"{path}: sample {sample['__key__']!r} has no image entry ({'/'.join(IMAGE_ENTRIES)})"
-                    )
-                yield int(order[seen]), data
-                pos += 1
-            seen += 1
-        if pos < len(order) and shard_col[order[pos]] == shard:
-            raise AmoeError(f"{path} holds fewer samples than manifest.parquet lists for it; re-run ingest")
-
-
+# ------------------------------------------------------------------------------------------------------ images
 def to_tensor(data: bytes, size: int) -> torch.Tensor:
     """Decode, convert to RGB and resize to size x size (bicubic, antialiased): [3, size, size] in [0, 1]."""
     with Image.open(io.BytesIO(data)) as im:
@@ -168,27 +97,20 @@ def part_dir(out: Path, rank: int, world: int) -> Path:
     return out / "parts" / f"{rank:05d}-of-{world:05d}"
 
 
-def run(params: Params, device: str | None = None) -> Path:
+def run(params: Params) -> Path:
     """Embed every image of `embed.shards` into `embed.out` (resumes an interrupted run with the same inputs), on
     every process of the torch.distributed group when there is one; rank 0 assembles and writes the output."""
-    import torch.distributed as dist
-
-    from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
-    from amoe_core.launch.local_ranks import run_local_ranks
-    from amoe_core.models.teachers.loader import load_teacher
-
     cfg = params.embed
     out = Path(cfg.out)
     spec = encoder_spec(params)
-    manifest = read_manifest(Path(cfg.shards))
+    manifest = read_manifest(Path(cfg.shards), "embed.shards")
     if run_local_ranks(["curate", "embed"], params, cfg.processes):
         return out
     started_here = not dist.is_initialized()
     info = init_distributed()
     started_here = started_here and info.distributed
     try:
-        device = device or str(info.device)
-        teacher = load_teacher(spec, device=device)
+        teacher = load_teacher(spec, device=str(info.device))
         size = input_size(teacher, cfg.image_size)
         n, dim, fp = len(manifest), int(teacher.dim), fingerprint(cfg, manifest, size)
         meta = {"count": n, "dim": dim, "encoder": cfg.encoder, "kind": spec.kind, "image_size": size,
@@ -210,8 +132,6 @@ def run(params: Params, device: str | None = None) -> Path:
 def _start(out: Path, world: int) -> None:
     """Rank 0, before any rank writes: the old output stops looking complete; parts of another process count are
     stale (their shards differ) and go."""
-    import shutil
-
     check_output("embed.out", out, "embed.out", legacy=("meta.json",))  # written in place: never someone's folder
     out.mkdir(parents=True, exist_ok=True)
     mark_output(out, "embed.out")
@@ -292,10 +212,9 @@ def _resume_point(marker: Path, partial: Path, fp: str, n: int, dim: int) -> int
     return int(state.get("done", 0))
 
 
-def _finalize(out: Path, manifest: pd.DataFrame, meta: dict, world: int, chunk: int = 65536) -> None:
+def _finalize(out: Path, manifest: pd.DataFrame, meta: dict, world: int) -> None:
     """Rank 0: scatter every part's rows into manifest order, then keys and meta.json (last)."""
-    import shutil
-
+    chunk = 65536  # rows copied at a time: bounded memory on a pool of any size
     (out / "meta.json").unlink(missing_ok=True)
     with atomic_path(out / "embeddings.npy", suffix=".npy") as tmp:
         emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(meta["count"], meta["dim"]))

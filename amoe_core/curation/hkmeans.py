@@ -28,11 +28,13 @@ On-disk layout of `cluster.out` (written to a temporary directory and swapped in
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch.distributed as dist
 
 from amoe_core.config import ClusterConfig, Params
 from amoe_core.curation.kmeans import (
@@ -48,6 +50,8 @@ from amoe_core.curation.kmeans import (
 )
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_dir, atomic_write_json
+from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
+from amoe_core.launch.local_ranks import run_local_ranks
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +172,6 @@ def point_paths(assignments: list[np.ndarray]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------------ files
 def load_embeddings(directory: Path, field_name: str = "cluster.embeddings") -> tuple[np.ndarray, dict]:
     """The embed stage's output: a read-only float16 memmap [n, d] and its meta.json."""
-    import json
-
     require_path(field_name, directory, "embeddings directory")
     meta_path, emb_path = directory / "meta.json", directory / "embeddings.npy"
     if not meta_path.exists() or not emb_path.exists():
@@ -187,8 +189,6 @@ def load_levels(
     directory: Path, field_name: str = "sample.clusters"
 ) -> tuple[list[np.ndarray], list[np.ndarray], dict]:
     """Per-level (assignments, centroids) and meta.json of a `cluster` output directory."""
-    import json
-
     require_path(field_name, directory, "clusters directory")
     meta_path = directory / "meta.json"
     if not meta_path.exists():
@@ -223,16 +223,11 @@ def write_levels(out: Path, levels: list[Level], meta: dict) -> None:
 def run(params: Params) -> Path:
     """`amoe curate cluster`: embeddings -> hierarchical clusters under `cluster.out`, on every process of the
     torch.distributed group when there is one (torchrun, a multi-task submitit job); rank 0 writes."""
-    from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
-    from amoe_core.launch.local_ranks import run_local_ranks
-
     cfg: ClusterConfig = params.cluster
     x, emb_meta = load_embeddings(Path(cfg.embeddings))
     check_levels(x.shape[0], cfg.k)
     if run_local_ranks(["curate", "cluster"], params, cfg.processes):
         return Path(cfg.out)
-    import torch.distributed as dist
-
     started_here = not dist.is_initialized() and init_distributed().world_size > 1
     try:
         comm = Comm.current()

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from amoe_core.launch.distributed import current_info
+
 Metric = Literal["cosine", "l2"]
 
 
@@ -33,8 +35,6 @@ class Comm:
 
     @classmethod
     def current(cls) -> Comm:
-        from amoe_core.launch.distributed import current_info
-
         info = current_info()
         if not (dist.is_available() and dist.is_initialized()):
             return cls()
@@ -89,8 +89,6 @@ def flat_index(centroids: np.ndarray, metric: Metric) -> faiss.Index:
     """Exact nearest-centroid index; on this process's GPU when faiss sees one (one GPU per rank)."""
     index = faiss.IndexFlatIP(centroids.shape[1]) if metric == "cosine" else faiss.IndexFlatL2(centroids.shape[1])
     if use_gpu():
-        from amoe_core.launch.distributed import current_info
-
         if not _GPU_RESOURCES:
             _GPU_RESOURCES.append(faiss.StandardGpuResources())
         index = faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], current_info().local_rank % faiss.get_num_gpus(), index)

@@ -21,10 +21,8 @@ from PIL import Image  # noqa: E402
 
 from amoe_core.config import SampleConfig  # noqa: E402
 from amoe_core.curation.report import cluster_sizes, source_shares  # noqa: E402
-from amoe_core.io import (
-    atomic_dir,  # noqa: E402
-    atomic_write_json,  # noqa: E402
-)
+from amoe_core.data.shards import image_of, read_shard, shard_path  # noqa: E402
+from amoe_core.io import atomic_dir, atomic_write_json  # noqa: E402
 
 THUMB = 64
 
@@ -77,20 +75,16 @@ def example_keys(rows: pd.DataFrame, paths: np.ndarray, n_clusters: int, n_image
 
 def read_thumbnails(shards: Path, rows: pd.DataFrame, wanted: set[str]) -> dict[str, Image.Image]:
     """Thumbnails of the `wanted` keys, opening only the shards that hold them."""
-    import webdataset as wds
-
-    from amoe_core.curation.embed import IMAGE_ENTRIES, shard_file
-
     sub = rows[rows["key"].isin(wanted)]
     thumbs: dict[str, Image.Image] = {}
     for shard in sub["shard"].unique():
-        for sample in wds.WebDataset(str(shard_file(shards, shard)), shardshuffle=False, empty_check=False):
-            if sample["__key__"] in wanted:
-                data = next(sample[e] for e in IMAGE_ENTRIES if e in sample)
-                with Image.open(io.BytesIO(data)) as im:
+        path = shard_path(shards, shard)
+        for sample in read_shard(path):
+            if sample.key in wanted:
+                with Image.open(io.BytesIO(image_of(sample, path))) as im:
                     im = im.convert("RGB")
                     im.thumbnail((THUMB, THUMB))
-                    thumbs[sample["__key__"]] = im.copy()
+                    thumbs[sample.key] = im.copy()
     return thumbs
 
 

@@ -20,8 +20,11 @@ import pandas as pd
 from amoe_core.config import Params, SampleConfig
 from amoe_core.curation.hkmeans import load_embeddings, load_levels, point_paths
 from amoe_core.curation.kmeans import assign, per_cluster_pick
+from amoe_core.curation.plots import write_plots
+from amoe_core.curation.report import build_report
+from amoe_core.data.shards import read_manifest
 from amoe_core.errors import AmoeError
-from amoe_core.io import atomic_write_json
+from amoe_core.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,6 @@ def random_sample(n: int, target: int, seed: int = 0) -> np.ndarray:
 def load_pool(cfg: SampleConfig) -> tuple[pd.DataFrame, np.ndarray, list[np.ndarray], dict]:
     """Manifest rows in embedding order, per-point cluster paths [n, L], level centroids, clusters meta; checks
     that embeddings, clusters and manifest describe the same images."""
-    from amoe_core.curation.embed import read_manifest
-
     manifest = read_manifest(Path(cfg.shards), "sample.shards")
     assignments, centroids, meta = load_levels(Path(cfg.clusters))
     keys_path = Path(cfg.embeddings) / "keys.parquet"
@@ -135,10 +136,6 @@ def selection_frame(rows: pd.DataFrame, paths: np.ndarray, idx: np.ndarray) -> p
 
 def run(params: Params) -> Path:
     """`amoe curate sample`: balanced + random selections of `sample.target` images, report and plots."""
-    from amoe_core.curation.plots import write_plots
-    from amoe_core.curation.report import build_report
-    from amoe_core.io import atomic_dir
-
     cfg: SampleConfig = params.sample
     rows, paths, centroids, meta = load_pool(cfg)
     n = len(rows)

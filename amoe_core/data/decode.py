@@ -41,7 +41,6 @@ FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
     "BMP": ("bmp", "dib"),
     "TIFF": ("tif", "tiff"),
 }
-IMAGE_EXTENSIONS = frozenset(e for exts in FORMAT_EXTENSIONS.values() for e in exts) | {"svg", "svgz"}
 LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 
 

@@ -15,6 +15,7 @@ place, so a finished pool is never half-written and re-running is a no-op.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import random
@@ -94,8 +95,6 @@ def run(params: Params, **_: Any) -> dict[str, Any]:
 
 
 def _read_summary(out: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((out / "summary.json").read_text())
 
 

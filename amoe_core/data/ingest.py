@@ -1,10 +1,8 @@
 """`amoe data ingest`: image sources -> validated, deduplicated WebDataset shards + manifest.parquet.
 
 Every image is decoded exactly once. Three phases, each resumable:
-1. stage: a process pool decodes, validates, bounds, re-encodes and hashes chunks of files. Each chunk lands
-   atomically as `OUT/.staging/chunk-XXXXXX.bin` (every image already laid out as its shard's tar records) and then
-   `chunk-XXXXXX.parquet` (metadata, skip reasons, byte ranges in the .bin); the parquet marks the chunk done, so a
-   re-run skips it. Workers hand the metadata back to the main process, which never re-reads what it just staged.
+1. stage (`staging.py`): a process pool decodes, validates, bounds, re-encodes and hashes chunks of files into
+   `OUT/.staging/`, each chunk atomically; a re-run skips the chunks already staged.
 2. dedup: exact (sha256 of the file) and near (pHash) duplicates are decided on metadata alone (`dedup.py`).
 3. assemble: each shard not on disk yet is the kept images' records copied as byte ranges from the staged .bin
    files (no per-image work left in the serial phase), written under a temporary name and renamed. Then
@@ -19,43 +17,30 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from amoe_core.config import IngestConfig, Params
-from amoe_core.data.decode import SKIP_REASONS, Decoded, DecodeSettings, Skip, decode_image
+from amoe_core.data.decode import SKIP_REASONS, DecodeSettings
 from amoe_core.data.dedup import deduplicate
-from amoe_core.data.shards import MANIFEST, REPORT, shard_name, tar_end, tar_sample
-from amoe_core.data.sources import Item, TooLarge, list_items, parse_source, read_item
+from amoe_core.data.shards import MANIFEST, MANIFEST_COLUMNS, REPORT, shard_name, tar_end
+from amoe_core.data.sources import Item, list_items, parse_source
+from amoe_core.data.staging import chunk_path, stage
 from amoe_core.errors import AmoeError
-from amoe_core.io import atomic_path, atomic_write_json, naming_errors, write_named
+from amoe_core.io import atomic_path, atomic_write_json, naming_errors
 from amoe_core.outputs import claim_outputs, mark_output
-from amoe_core.progress import progress
 
 log = logging.getLogger(__name__)
 
 STATE = ".ingest_state.json"
 OUT_STAGE = "ingest.out"  # the marker an ingest output carries (amoe_core/outputs.py)
 STAGING = ".staging"
-META_COLUMNS = [
-    "key", "source", "label", "path", "status", "detail", "orig_width", "orig_height", "width", "height",
-    "orig_format", "format", "sha256", "phash", "bytes", "offset", "length",
-]  # fmt: skip
-MANIFEST_COLUMNS = [
-    "key", "shard", "source", "label", "path", "orig_width", "orig_height", "width", "height", "orig_format",
-    "format", "sha256", "phash", "bytes",
-]  # fmt: skip
 
 
 def run(params: Params, sources: list[str] | None = None, out: str | Path | None = None) -> dict[str, Any]:
@@ -108,7 +93,7 @@ def ingest(
         stale.unlink()
 
     chunks = [items[i : i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]
-    meta, n_staged = _stage(chunks, staging, settings, cfg.workers)
+    meta, n_staged = stage(chunks, staging, settings, cfg.workers)
     ok = meta[meta["status"] == "ok"].reset_index(drop=True)
     dd = deduplicate(ok, cfg.phash_distance, cfg.phash_min_side)
     kept = ok[dd.keep].reset_index(drop=True)
@@ -135,138 +120,6 @@ def ingest(
     return report
 
 
-# ---------------------------------------------------------------------------------------------------------- stage
-def _chunk_path(staging: Path, c: int, suffix: str = ".parquet") -> Path:
-    return staging / f"chunk-{c:06d}{suffix}"
-
-
-def _stage(chunks: list[list[Item]], staging: Path, s: DecodeSettings, workers: int) -> tuple[pd.DataFrame, int]:
-    """Decode every chunk not staged yet. Returns the metadata of all chunks (in chunk order) and how many files were
-    decoded in this run."""
-    metas: dict[int, dict[str, list]] = {}
-    todo = []
-    for c in range(len(chunks)):
-        meta = _read_staged(staging, c)
-        if meta is not None and len(meta["key"]) == len(chunks[c]):
-            metas[c] = meta
-        else:
-            todo.append(c)
-    # Largest chunks first (bytes on disk predict decode time well: one huge clip-art costs as much as a thousand
-    # fashion-mnist digits): the pool's last chunk is then a short one and no core idles long at the end.
-    todo.sort(key=lambda c: (-sum(it.size for it in chunks[c]), c))
-    n_workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
-    bar = progress(total=sum(map(len, chunks)), initial=sum(len(chunks[c]) for c in metas), unit="img", desc="ingest")
-    with bar:
-        if n_workers <= 1:
-            for c in todo:
-                metas[c] = stage_chunk(c, chunks[c], s, staging)
-                bar.update(len(chunks[c]))
-        else:
-            # fork: workers start in milliseconds and inherit the imports; spawn elsewhere (macOS, Windows).
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            with ProcessPoolExecutor(
-                n_workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
-            ) as pool:
-                # At most 2 chunks in flight per worker keeps memory flat on huge pools.
-                pending: dict[Future, int] = {}
-                queue = list(reversed(todo))
-                while queue or pending:
-                    while queue and len(pending) < 2 * n_workers:
-                        c = queue.pop()
-                        pending[pool.submit(stage_chunk, c, chunks[c], s, staging)] = c
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in finished:
-                        c = pending.pop(f)
-                        metas[c] = f.result()
-                        bar.update(len(chunks[c]))
-    frames = []
-    for c in range(len(chunks)):
-        df = pa.table(metas[c], schema=_STAGE_SCHEMA).to_pandas()  # the staged dtypes, however the chunk arrived
-        df["chunk"] = c
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True), sum(len(chunks[c]) for c in todo)
-
-
-def die_with_parent(parent: int) -> None:
-    """Pool worker start-up (Linux): the kernel SIGKILLs this worker when the ingest process dies, even by SIGKILL,
-    instead of leaving it decoding for minutes."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
-def stage_chunk(c: int, items: list[Item], s: DecodeSettings, staging: Path) -> dict[str, list]:
-    """Worker: decode one chunk of files, stage it atomically (.bin of tar records, then the .parquet that marks the
-    chunk done) and return its metadata columns."""
-    rows: dict[str, list] = {k: [] for k in META_COLUMNS}
-    records: list[bytes] = []
-    offset = 0
-    for it in items:
-        try:
-            data = read_item(it, s.max_bytes)
-        except TooLarge as e:
-            res = Skip("too_large", str(e))
-        except OSError as e:
-            res: Decoded | Skip = Skip("corrupt", f"unreadable: {e}")
-        else:
-            res = decode_image(data, it.name, s)
-        d = res if isinstance(res, Decoded) else None
-        record = b""
-        if d is not None:
-            meta = {"source": it.source, "label": it.label, "width": d.width, "height": d.height}
-            record = tar_sample(it.key, {d.format: d.data, "json": json.dumps(meta).encode()})
-            records.append(record)
-        row = {
-            "key": it.key, "source": it.source, "label": it.label, "path": it.path if it.offset < 0 else
-            f"{it.path}:{it.name}", "status": "ok" if d else res.reason, "detail": "" if d else res.detail,
-            "orig_width": d.orig_width if d else 0, "orig_height": d.orig_height if d else 0,
-            "width": d.width if d else 0, "height": d.height if d else 0, "orig_format": d.orig_format if d else "",
-            "format": d.format if d else "", "sha256": d.sha256 if d else "", "phash": d.phash if d else 0,
-            "bytes": len(d.data) if d else 0, "offset": offset, "length": len(record),
-        }  # fmt: skip
-        offset += len(record)
-        for k, v in row.items():
-            rows[k].append(v)
-    # Temporary name + rename, without fsync: a killed run never leaves a partial chunk, and staging is a cache that
-    # `_read_staged` checks on resume (a chunk damaged by a system crash is decoded again). The shards, manifest and
-    # report, which are the results, are fsynced.
-    bin_path, meta_path = _chunk_path(staging, c, ".bin"), _chunk_path(staging, c)
-    tmp = staging / f".{bin_path.name}.{os.getpid()}.tmp"
-    write_named(tmp, b"".join(records))
-    os.replace(tmp, bin_path)
-    buf = pa.BufferOutputStream()
-    pq.write_table(pa.table(rows, schema=_STAGE_SCHEMA), buf)
-    write_named(tmp, buf.getvalue().to_pybytes())
-    os.replace(tmp, meta_path)  # last: the parquet marks the chunk done
-    return rows
-
-
-def _read_staged(staging: Path, c: int) -> dict[str, list] | None:
-    """A staged chunk's metadata, or None when it is missing or damaged (then it is staged again)."""
-    try:
-        meta = pq.read_table(_chunk_path(staging, c)).to_pydict()
-        size = _chunk_path(staging, c, ".bin").stat().st_size
-    except (OSError, pa.ArrowException):
-        return None
-    if list(meta) != META_COLUMNS or size != sum(meta["length"]):
-        return None
-    return meta
-
-
-_STAGE_SCHEMA = pa.schema(
-    [("key", pa.string()), ("source", pa.string()), ("label", pa.string()), ("path", pa.string()),
-     ("status", pa.string()), ("detail", pa.string()), ("orig_width", pa.int32()), ("orig_height", pa.int32()),
-     ("width", pa.int32()), ("height", pa.int32()), ("orig_format", pa.string()), ("format", pa.string()),
-     ("sha256", pa.string()), ("phash", pa.int64()), ("bytes", pa.int64()), ("offset", pa.int64()),
-     ("length", pa.int64())]
-)  # fmt: skip
-
-
 # ---------------------------------------------------------------------------------------------------------- assemble
 def _assemble(kept: pd.DataFrame, staging: Path, out: Path) -> list[str]:
     """Write every shard that does not exist yet from the staged records; returns the shards written now."""
@@ -276,7 +129,7 @@ def _assemble(kept: pd.DataFrame, staging: Path, out: Path) -> list[str]:
         tmp, size = out / f".{shard}.tmp", 0
         with open(tmp, "wb") as f, naming_errors(tmp):
             for c, lo, hi in _byte_runs(rows):
-                with open(_chunk_path(staging, c, ".bin"), "rb") as src:
+                with open(chunk_path(staging, c, ".bin"), "rb") as src:
                     src.seek(lo)
                     f.write(src.read(hi - lo))
                 size += hi - lo

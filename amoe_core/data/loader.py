@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -38,37 +37,21 @@ from amoe_core.data.packing import (
     stream_pack,
 )
 from amoe_core.data.resolution import patchify, plan_grids, resize_to_grid
-from amoe_core.errors import AmoeError, require_path
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-MANIFEST_COLUMNS = ("key", "shard", "width", "height")
+from amoe_core.data.shards import Sample, image_of, read_manifest, read_shard, select, shard_path
+from amoe_core.errors import AmoeError
 
 
-def read_manifest(shards_dir: Path, selection: Path | None) -> tuple[pd.DataFrame, list[str]]:
+def read_selection(shards_dir: Path, selection: Path | None) -> tuple[pd.DataFrame, list[str]]:
     """Manifest rows of the selected images (manifest order) and the sorted label names of the whole manifest."""
-    path = Path(shards_dir) / "manifest.parquet"
-    require_path("shards", path, "shard manifest")
-    df = pd.read_parquet(path)
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-    if missing:
-        raise AmoeError(f"{path}: manifest lacks column(s) {missing}; re-run `amoe data ingest`")
+    df = read_manifest(shards_dir, "distill.shards", ("key", "shard", "width", "height"))
     labels = sorted(df["label"].dropna().astype(str).unique()) if "label" in df.columns else []
-    if selection is not None:
-        require_path("selection", selection, "selection parquet")
-        sel = pd.read_parquet(selection, columns=["key"])
-        unknown = ~sel["key"].isin(df["key"])
-        if unknown.any():
-            raise AmoeError(
-                f"{selection}: {int(unknown.sum())} selected key(s) are not in {path} "
-                f"(e.g. {sel['key'][unknown].iloc[0]!r}); re-run the curation stages for these shards"
-            )
-        df = df[df["key"].isin(set(sel["key"]))]
+    df = select(df, selection, "distill.selection", shards_dir)
     if df.empty:
-        raise AmoeError(f"no images to train on in {path} (selection {selection}); check the selection")
-    return df.reset_index(drop=True), labels
+        raise AmoeError(f"no images to train on in {shards_dir} (selection {selection}); check the selection")
+    return df, labels
 
 
-def stream_order(df: pd.DataFrame, seed: int, epoch: int, interleave: int = 1) -> pd.DataFrame:
+def stream_order(df: pd.DataFrame, seed: int, epoch: int, interleave: int) -> pd.DataFrame:
     """Rows in this epoch's stream order: shards permuted per epoch and cut into groups of ~`interleave` shards; within
     a group the shards' samples are randomly interleaved, each shard's samples staying in their written order (so a
     reader streams every shard front to back)."""
@@ -107,13 +90,6 @@ def matched_images_per_step(cfg: PackingConfig, grids: np.ndarray) -> int:
     return max(1, round(cfg.seqs_per_step * cfg.c_max / mean_tokens))
 
 
-def _shard_url(shards_dir: Path, shard: object) -> str:
-    if isinstance(shard, int | np.integer):
-        return str(Path(shards_dir) / f"shard-{int(shard):06d}.tar")
-    p = Path(str(shard))
-    return str(p if p.is_absolute() or p.exists() else Path(shards_dir) / p.name)
-
-
 class PackedShardDataset(IterableDataset):
     """Yields the `PackedBatch` steps of one rank for one epoch (see the module docstring)."""
 
@@ -132,7 +108,7 @@ class PackedShardDataset(IterableDataset):
             raise AmoeError(f"rank {rank} is outside world size {world_size}")
         self.cfg, self.shards_dir, self.seed, self.epoch = cfg, Path(shards_dir), seed, epoch
         self.rank, self.world_size, self.workers = rank, world_size, max(1, cfg.workers)
-        df, self.label_names = read_manifest(self.shards_dir, selection)
+        df, self.label_names = read_selection(self.shards_dir, selection)
         self.rows, self.grids, self.plan = plan_epoch(cfg, df, seed, epoch, world_size * self.workers)
         self.steps_per_epoch = len(self.plan) // world_size
         if not 0 <= start_step <= self.steps_per_epoch:
@@ -170,28 +146,20 @@ class PackedShardDataset(IterableDataset):
         needed = {i for step in steps for seq in step for i in seq}
         index = {str(self.rows["key"].iat[i]): i for i in needed}
         raw: dict[int, bytes] = {}
-        readers: dict[str, Iterator[dict]] = {}
+        readers: dict[Path, Iterator[Sample]] = {}
         for step in steps:
             for i in (j for seq in step for j in seq):
-                url = _shard_url(self.shards_dir, self.rows["shard"].iat[i])
+                path = shard_path(self.shards_dir, self.rows["shard"].iat[i])
                 while i not in raw:
-                    if url not in readers:
-                        readers[url] = iter(
-                            wds.WebDataset(
-                                url, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
-                            )
-                        )
-                    sample = next(readers[url], None)
+                    if path not in readers:
+                        readers[path] = read_shard(path)
+                    sample = next(readers[path], None)
                     if sample is None:
                         key = self.rows["key"].iat[i]
-                        raise AmoeError(f"manifest key {key!r} is not in its shard {url}; re-run `amoe data ingest`")
-                    j = index.get(sample["__key__"])
-                    if j is None:
-                        continue
-                    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-                    if ext is None:
-                        raise AmoeError(f"sample {sample['__key__']!r} in {url} has no image entry")
-                    raw[j] = sample[ext]
+                        raise AmoeError(f"manifest key {key!r} is not in its shard {path}; re-run `amoe data ingest`")
+                    j = index.get(sample.key)
+                    if j is not None:
+                        raw[j] = image_of(sample, path)
             yield self._build(step, raw)
 
     def _build(self, step: list[list[int]], raw: dict[int, bytes]) -> PackedBatch:

@@ -1,27 +1,41 @@
-"""Reading a shard set written by ingest: `shard-XXXXXX.tar` WebDataset tars + `manifest.parquet`.
+"""The shard set: the contract between ingest, which writes it, and everything downstream (loader, embed, curation
+plots, evaluation datasets), which reads it through this module only.
 
-Each sample holds `__key__`, one image entry (`jpg` or `png`, RGB) and `json` ({"source", "label", "width",
-"height"}); `wds.WebDataset(shard_urls(d)).decode("pil")` reads them. The manifest has one row per stored image, in
-shard order: key, shard, source, label, path, orig_width, orig_height, width, height, orig_format, format, sha256,
-phash (signed int64), bytes.
+A shard set is a folder of `shard-XXXXXX.tar` WebDataset tars + `manifest.parquet`. Each sample holds `__key__`, one
+image entry (`jpg` or `png`, RGB) and `json` ({"source", "label", "width", "height"}); plain
+`wds.WebDataset(urls).decode("pil")` reads them. The manifest has one row per stored image, in shard order
+(`MANIFEST_COLUMNS`: phash is a signed int64; path and sha256 name and hash the source file); a `shard` value names
+its tar relative to the shard folder (or absolutely, or as a shard number).
 """
 
 from __future__ import annotations
 
-import io
-import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
-from PIL import Image
 
-from amoe_core.errors import require_path
+from amoe_core.errors import AmoeError, require_path
 
 MANIFEST = "manifest.parquet"
 REPORT = "ingest_report.json"
+# The manifest's columns, in order; readers need only some (`read_manifest(columns=)`)
+MANIFEST_COLUMNS = [
+    "key", "shard", "source", "label", "path", "orig_width", "orig_height", "width", "height", "orig_format",
+    "format", "sha256", "phash", "bytes",
+]  # fmt: skip
+
+# The sample entries a shard reader takes as the image, in the order it looks for them: ingest writes jpg or png;
+# jpeg and webp are how other WebDataset writers name theirs.
+IMAGE_ENTRIES = ("jpg", "jpeg", "png", "webp")
+# File suffixes read as images where files are picked by name: evaluation folders (`folder:PATH`), the demo
+# teachers' folders, and the tar members of foreign shards given to ingest. A different fact from IMAGE_ENTRIES
+# (what a shard sample holds): these are the common names of the raster formats `decode.FORMAT_EXTENSIONS` decodes
+# (its rare aliases jpe/jfif/mpo/dib are left out). Ingest's folder source reads every file whatever its suffix.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 # What webdataset's TarWriter(mtime=0) writes for every member; `tar_sample` reproduces it byte for byte.
 TAR_USER, TAR_MODE = "bigdata", 0o444
@@ -74,50 +88,109 @@ def tar_end(size: int) -> bytes:
     return bytes(2 * tarfile.BLOCKSIZE + (-size % tarfile.RECORDSIZE))
 
 
-def shard_urls(shards_dir: str | Path) -> list[str]:
-    """The shard files of a shard set, in order (as the manifest's `shard` column names them)."""
-    d = Path(shards_dir)
-    require_path("shards", d / MANIFEST, "shard manifest")
-    return [str(d / s) for s in sorted(read_manifest(d)["shard"].unique())]
+# ---------------------------------------------------------------------------------------------------------- read
+def read_manifest(
+    shards: str | Path, field: str = "shards", columns: tuple[str, ...] = ("key", "shard")
+) -> pd.DataFrame:
+    """manifest.parquet of the shard set in `shards` (`field` names the setting in errors). An absent folder or
+    manifest, a missing one of `columns`, an empty set and a key listed twice are user errors."""
+    require_path(field, shards, "shard directory")
+    path = Path(shards) / MANIFEST
+    if not path.exists():
+        raise AmoeError(f"{field} = {str(shards)!r}: {MANIFEST} does not exist; run `amoe data ingest` to build shards")
+    manifest = pd.read_parquet(path)
+    missing = sorted(set(columns) - set(manifest.columns))
+    if missing:
+        raise AmoeError(f"{path} lacks column(s) {missing}; rebuild the shards with `amoe data ingest`")
+    if len(manifest) == 0:
+        raise AmoeError(f"{field} = {str(shards)!r} is an empty shard set (0 images in {MANIFEST}); "
+                        f"ingest some images first")  # fmt: skip
+    if manifest["key"].duplicated().any():
+        dup = manifest["key"][manifest["key"].duplicated()].iloc[0]
+        raise AmoeError(f"{path} lists key {dup!r} twice; rebuild the shards with `amoe data ingest`")
+    return manifest
 
 
-def read_manifest(shards_dir: str | Path) -> pd.DataFrame:
-    path = Path(shards_dir) / MANIFEST
-    require_path("shards", path, "shard manifest")
-    return pd.read_parquet(path)
+def select(manifest: pd.DataFrame, selection: Path | None, field: str, shards: str | Path) -> pd.DataFrame:
+    """The manifest rows (manifest order, fresh index) whose keys a selection parquet lists; every row when
+    `selection` is None. A selected key that is not in the manifest is a user error."""
+    if selection is None:
+        return manifest.reset_index(drop=True)
+    require_path(field, selection, "selection parquet")
+    keys = pd.read_parquet(selection, columns=["key"])["key"]
+    unknown = ~keys.isin(manifest["key"])
+    if unknown.any():
+        raise AmoeError(
+            f"{selection}: {int(unknown.sum())} selected key(s) are not in {Path(shards) / MANIFEST} "
+            f"(e.g. {keys[unknown].iloc[0]!r}); re-run the curation stages for these shards"
+        )
+    return manifest[manifest["key"].isin(set(keys))].reset_index(drop=True)
 
 
-def iter_images(
-    shards_dir: str | Path, keys: Iterable[str] | None = None
-) -> Iterator[tuple[str, Image.Image, dict[str, Any]]]:
-    """(key, RGB PIL image, json metadata) for every sample, or only for `keys`, in shard order.
-
-    Reads tars directly (no worker processes): meant for evaluation and tooling, not for training throughput.
-    """
-    d = Path(shards_dir)
-    man = read_manifest(d)
-    wanted = None if keys is None else set(keys)
-    shards = man["shard"].unique() if wanted is None else man.loc[man["key"].isin(wanted), "shard"].unique()
-    for shard in sorted(shards):
-        with tarfile.open(d / shard) as tf:
-            sample: dict[str, Any] = {}
-            for m in tf:
-                base, _, ext = m.name.partition(".")
-                if sample and sample["__key__"] != base:
-                    yield from _emit(sample, wanted)
-                    sample = {}
-                sample["__key__"] = base
-                sample[ext] = tf.extractfile(m).read()
-            if sample:
-                yield from _emit(sample, wanted)
+def shard_path(shards: str | Path, shard: object) -> Path:
+    """The tar of a manifest `shard` value: a file name/path relative to the shard directory, or a shard number."""
+    if isinstance(shard, int | np.integer):
+        return Path(shards) / shard_name(int(shard))
+    p = Path(str(shard))
+    return p if p.is_absolute() else Path(shards) / p
 
 
-def _emit(sample: dict[str, Any], wanted: set[str] | None) -> Iterator[tuple[str, Image.Image, dict[str, Any]]]:
-    key = sample["__key__"]
-    if wanted is not None and key not in wanted:
-        return
-    data = sample.get("jpg") or sample.get("png")
-    meta = json.loads(sample.get("json", b"{}"))
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    yield key, img.convert("RGB"), meta
+def reading_order(manifest: pd.DataFrame) -> np.ndarray:
+    """Manifest row indices in the order the tars are read: shard by shard (first appearance), rows in order."""
+    first = {s: i for i, s in reversed(list(enumerate(manifest["shard"])))}
+    rank = manifest["shard"].map(first).to_numpy()
+    return np.argsort(rank, kind="stable")
+
+
+class Sample(NamedTuple):
+    key: str
+    image: bytes | None  # the encoded image: the first of IMAGE_ENTRIES the sample holds (None: it holds none)
+    meta: bytes | None  # the json entry, unparsed
+
+
+def read_shard(path: str | Path) -> Iterator[Sample]:
+    """Every sample of one tar, in written order. The caller chooses which shards a process reads: no node or
+    worker splitting here."""
+    import webdataset as wds  # imports torch (~1.5 s): ingest, which only writes shards, does not pay for it
+
+    dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)
+    for s in dataset:
+        yield Sample(s["__key__"], next((s[e] for e in IMAGE_ENTRIES if e in s), None), s.get("json"))
+
+
+def image_of(sample: Sample, path: str | Path) -> bytes:
+    """The sample's encoded image; a sample without one means the shard set is damaged."""
+    if sample.image is None:
+        raise AmoeError(f"{path}: sample {sample.key!r} has no image entry ({'/'.join(IMAGE_ENTRIES)}); "
+                        f"re-run `amoe data ingest`")  # fmt: skip
+    return sample.image
+
+
+def iter_images(shards: Path, manifest: pd.DataFrame, order: np.ndarray, start: int) -> Iterator[tuple[int, bytes]]:
+    """(manifest row, encoded image bytes) for the rows `order` lists, from position `start`, checking every key
+    against the manifest. `order` holds each shard's rows contiguously, in written order (as `reading_order` and
+    any selection of whole shards from it do). Shards holding only rows before `start` are not opened."""
+    pos = start
+    shard_col = manifest["shard"].to_numpy()
+    keys = manifest["key"].to_numpy()
+    while pos < len(order):
+        shard = shard_col[order[pos]]
+        path = shard_path(shards, shard)
+        if not path.exists():
+            raise AmoeError(f"manifest.parquet names shard {shard!r} but {path} does not exist; re-run ingest")
+        first = pos  # rows of this shard occupy a contiguous run of `order`
+        while first > 0 and shard_col[order[first - 1]] == shard:
+            first -= 1
+        seen = first
+        for sample in read_shard(path):
+            if seen >= len(order) or shard_col[order[seen]] != shard:
+                raise AmoeError(f"{path} holds more samples than manifest.parquet lists for it; re-run ingest")
+            if sample.key != keys[order[seen]]:
+                raise AmoeError(f"{path} holds key {sample.key!r} where manifest.parquet expects "
+                                f"{keys[order[seen]]!r}; shards and manifest disagree, re-run ingest")  # fmt: skip
+            if seen >= pos:
+                yield int(order[seen]), image_of(sample, path)
+                pos += 1
+            seen += 1
+        if pos < len(order) and shard_col[order[pos]] == shard:
+            raise AmoeError(f"{path} holds fewer samples than manifest.parquet lists for it; re-run ingest")

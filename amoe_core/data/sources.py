@@ -24,6 +24,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from amoe_core.data.shards import IMAGE_SUFFIXES
 from amoe_core.errors import ConfigError
 
 SOURCE_KINDS = ("folder", "shards")
@@ -181,7 +182,7 @@ def _shard_items(root: Path, unlisted: list[dict[str, str]]) -> list[Item]:
                             s["meta"] = json.loads(tf.extractfile(m).read(MAX_META_BYTES))
                         except (ValueError, OSError, RecursionError):
                             s["meta"] = {}
-                    elif ext in ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff") and "member" not in s:
+                    elif f".{ext}" in IMAGE_SUFFIXES and "member" not in s:
                         s["member"] = m
         except tarfile.TarError as e:
             raise ConfigError(

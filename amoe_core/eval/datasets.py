@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from amoe_core.data.decode import to_rgb
+from amoe_core.data.shards import IMAGE_SUFFIXES, read_shard
 from amoe_core.errors import AmoeError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 @dataclass
@@ -72,8 +72,6 @@ class LabelledSet:
 
 def _to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB with transparency composited onto white (clip-art and stamps are mostly transparent)."""
-    from amoe_core.data.decode import to_rgb
-
     return to_rgb(im, (255, 255, 255))
 
 
@@ -109,20 +107,18 @@ def _load_folder(path: Path, spec: str, classes: list[str] | None) -> LabelledSe
 
 
 def _load_shards(path: Path, spec: str, classes: list[str] | None) -> LabelledSet:
-    import webdataset as wds
-
-    urls = sorted(str(p) for p in path.glob("*.tar")) if path.is_dir() else [str(path)]
-    if not urls or not Path(urls[0]).exists():
+    # every tar of the folder, manifest or not: labelled shards from any WebDataset writer are welcome
+    tars = sorted(path.glob("*.tar")) if path.is_dir() else [path]
+    if not tars:
         raise AmoeError(f"{spec}: no shard .tar files at {path}; run `amoe data ingest` or fix the path")
     keys, names, blobs = [], [], []
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
-        meta = json.loads(sample.get("json", b"{}"))
-        data = sample.get("jpg") or sample.get("png") or sample.get("jpeg") or sample.get("webp")
-        if meta.get("label") is None or data is None:
+    for sample in (s for tar in tars for s in read_shard(tar)):
+        meta = json.loads(sample.meta or b"{}")
+        if meta.get("label") is None or sample.image is None:
             continue
-        keys.append(sample["__key__"])
+        keys.append(sample.key)
         names.append(str(meta["label"]))
-        blobs.append(data)
+        blobs.append(sample.image)
     if not keys:
         raise AmoeError(f"{spec}: no labelled images in the shards at {path} (samples need a json 'label')")
     classes, labels = _class_ids(names, classes, spec)

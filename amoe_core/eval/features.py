@@ -28,6 +28,8 @@ from torch import Tensor
 
 from amoe_core.config import TeacherSpec
 from amoe_core.data.packed import PackedBatch
+from amoe_core.data.packing import assemble
+from amoe_core.data.resolution import patchify
 from amoe_core.eval.datasets import LabelledSet
 from amoe_core.eval.knn import l2_normalise
 from amoe_core.io import atomic_path
@@ -64,9 +66,6 @@ def teacher_extractor(name: str, teacher: torch.nn.Module) -> Extractor:
 def pack_equal_images(images: Tensor, patch_size: int, c_max: int, max_images_per_seq: int) -> PackedBatch:
     """Equal-size images -> a PackedBatch, as many whole images per c_max-token sequence as fit (at least one: a
     larger image gets a longer sequence). Same layout as training batches (amoe_core.data.packing.assemble)."""
-    from amoe_core.data.packing import assemble
-    from amoe_core.data.resolution import patchify
-
     items = {}
     for i, im in enumerate(images):
         patches, coords = patchify(im, patch_size)
