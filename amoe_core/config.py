@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from amoe_core.errors import ConfigError
+from amoe_core.models.configs import resolve_arch
 
 DEFAULT_PARAMS = Path("params.yaml")
 Byte = Annotated[int, Field(ge=0, le=255)]
@@ -425,8 +426,6 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
-        from amoe_core.models.registry import resolve_arch  # lazily: it imports torch
-
         sel = self.distill.selection
         if sel is not None and sel.suffix != ".parquet":
             raise ConfigError(

@@ -172,12 +172,11 @@ def test_bad_inputs_exit_2_with_one_line(setup, tmp_path, capsys) -> None:
 def test_checkpoint_of_another_architecture_is_a_clear_error(setup, monkeypatch) -> None:
     """A state dict that does not fit the student (what load_state_dict raises) becomes one AmoeError."""
     root, params = setup
-    import amoe_core.train.checkpoint as ckpt
 
     def mismatched(run_dir, device="cpu"):
         raise RuntimeError("Error(s) in loading state_dict for Student:\n\tsize mismatch for blocks.0.attn.qkv.weight")
 
-    monkeypatch.setattr(ckpt, "load_student", mismatched, raising=False)
+    monkeypatch.setattr(ev, "load_student", mismatched)
     RunDir.create(root / "runs", "other-arch")
     with pytest.raises(AmoeError, match=r"does not fit the student architecture .*size mismatch"):
         ev.run(params, run="other-arch")

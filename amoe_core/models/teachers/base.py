@@ -16,6 +16,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
+FORWARD_TOKENS = 65536  # (padded) tokens per teacher forward batch: bounds activation memory, not the work
 
 
 @dataclass
@@ -50,10 +51,6 @@ class Teacher(nn.Module):
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)  # frozen: always eval mode
-
-    @torch.no_grad()
-    def embed(self, images: list[Tensor]) -> Tensor:
-        return self(images).summary
 
     # ----------------------------------------------------------------------------------------------- shared helpers
     @property
@@ -100,10 +97,9 @@ class Teacher(nn.Module):
         self,
         images: list[Tensor],
         grid: Tensor | None,
-        max_tokens: int,
         encode: Callable[[Tensor, int, int], tuple[Tensor, Tensor, int]],
     ) -> TeacherOutput:
-        """Run equal-grid images as dense batches of at most `max_tokens` tokens and reassemble canonical order.
+        """Run equal-grid images as dense batches of at most `FORWARD_TOKENS` tokens and reassemble canonical order.
 
         `encode(x [b, 3, rows*P, cols*P], rows, cols) -> (summary [b, D], tokens [b, prefix + rows*cols, D], prefix)`
         where the last `num_registers` prefix tokens are the registers.
@@ -114,7 +110,7 @@ class Teacher(nn.Module):
         patches: list[Tensor | None] = [None] * n
         registers: list[Tensor | None] = [None] * n
         for (rows, cols), idx in group_by_size(grids).items():
-            for chunk in token_chunks(idx, rows * cols, max_tokens):
+            for chunk in token_chunks(idx, rows * cols, FORWARD_TOKENS):
                 x = torch.stack([self.to_teacher_input(images[i], rows, cols) for i in chunk])
                 pooled, tokens, prefix = encode(x, rows, cols)
                 for j, i in enumerate(chunk):

@@ -1,0 +1,12 @@
+"""Class labels of a train/test split, as the classifiers (kNN, linear probe) take them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def split_labels(train_labels: np.ndarray, test_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(train labels, test labels) as int64 arrays and the number of classes both splits cover (max label + 1)."""
+    train = np.asarray(train_labels, dtype=np.int64)
+    test = np.asarray(test_labels, dtype=np.int64)
+    return train, test, int(max(train.max(), test.max()) + 1)
