@@ -32,6 +32,7 @@ from amoe_core.eval.features import (
 )
 from amoe_core.eval.fidelity import fidelity
 from amoe_core.eval.knn import knn_accuracy, knn_ensemble_accuracy
+from amoe_core.eval.labels import LabelledFeatures
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
@@ -127,6 +128,7 @@ def evaluate(
             ftr = _split_features(params, bank, student, ds.name, "train", train, res)
             fte = _split_features(params, bank, student, ds.name, "test", test, res)
             for name in ftr:
+                labelled = LabelledFeatures(ftr[name], train.labels, fte[name], test.labels)
                 if name == ENSEMBLE:  # the released protocol: per-teacher votes, entropy-weighted fusion
                     parts = [f"student:{t}" for t in bank.specs if f"student:{t}" in ftr]
                     accs = knn_ensemble_accuracy(
@@ -134,14 +136,11 @@ def evaluate(
                         cfg.temperature,
                     )  # fmt: skip
                 else:
-                    accs = knn_accuracy(ftr[name], train.labels, fte[name], test.labels, cfg.ks, cfg.temperature)
+                    accs = knn_accuracy(labelled, cfg.ks, cfg.temperature)
                 knn_ds.setdefault(name, {})[f"{res}px"] = {f"k{k}": acc for k, acc in accs.items()}
                 if res == cfg.main_resolution:
                     probe = linear_probe(
-                        ftr[name],
-                        train.labels,
-                        fte[name],
-                        test.labels,
+                        labelled,
                         cfg.probe_lrs,
                         cfg.probe_epochs,
                         cfg.probe_val_fraction,

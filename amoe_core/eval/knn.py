@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from amoe_core.errors import AmoeError
-from amoe_core.eval.labels import split_labels
+from amoe_core.eval.labels import LabelledFeatures, split_labels
 
 # Queries per faiss search call: bounds the [chunk, k] result arrays, not the work.
 _SEARCH_CHUNK = 16384
@@ -101,17 +101,11 @@ def knn_predict(
 
 
 def knn_accuracy(
-    train: np.ndarray,
-    train_labels: np.ndarray,
-    test: np.ndarray,
-    test_labels: np.ndarray,
-    ks: Sequence[int] = (10, 20, 100),
-    temperature: float = 0.07,
-    use_gpu: bool | None = None,
+    data: LabelledFeatures, ks: Sequence[int] = (10, 20, 100), temperature: float = 0.07, use_gpu: bool | None = None
 ) -> dict[int, float]:
     """Top-1 accuracy in [0, 1] for each k."""
-    train_labels, test_labels, num_classes = split_labels(train_labels, test_labels)
-    preds = knn_predict(train, train_labels, test, ks, temperature, num_classes, use_gpu)
+    train_labels, test_labels, num_classes = data.labels()
+    preds = knn_predict(data.train, train_labels, data.test, ks, temperature, num_classes, use_gpu)
     return {k: float((p == test_labels).mean()) for k, p in preds.items()}
 
 

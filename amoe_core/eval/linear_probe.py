@@ -20,7 +20,7 @@ from torch import nn
 
 from amoe_core.device import pick_device
 from amoe_core.errors import AmoeError
-from amoe_core.eval.labels import split_labels
+from amoe_core.eval.labels import LabelledFeatures
 
 
 @dataclass
@@ -97,10 +97,7 @@ def _accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def linear_probe(
-    train: np.ndarray,
-    train_labels: np.ndarray,
-    test: np.ndarray,
-    test_labels: np.ndarray,
+    data: LabelledFeatures,
     lrs: Sequence[float] = (0.1, 0.03, 0.01),
     epochs: int = 30,
     val_fraction: float = 0.1,
@@ -112,7 +109,8 @@ def linear_probe(
     """Pick the learning rate on a validation split carved from train, retrain on all of train, report test accuracy."""
     if not lrs:
         raise AmoeError("linear probe: evaluate.probe_lrs is empty; give at least one learning rate")
-    train_labels, test_labels, num_classes = split_labels(train_labels, test_labels)
+    train_labels, test_labels, num_classes = data.labels()
+    train, test = data.train, data.test
     if len(np.unique(train_labels)) < 2:
         raise AmoeError("linear probe: the training split has fewer than two classes")
     dev = torch.device(device) if device is not None else pick_device()

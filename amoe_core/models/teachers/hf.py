@@ -1,5 +1,7 @@
 """Any transformers ViT-style vision encoder as a frozen `Teacher`, plus the checkpoint-loading helpers all HF
-teachers share (local `save_pretrained` directory or hub id, one clear error offline, bf16 on CUDA)."""
+teachers share (local `save_pretrained` directory or hub id, one clear error offline, bf16 on CUDA). transformers is
+imported inside the functions that need it: about a second of start-up that commands which never load a teacher
+(`amoe model info`, `amoe export`, the params check) would pay."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports and progress bars (unused text-tower weights are expected)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # transformers: imported on use (start-up time)
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -83,7 +85,7 @@ def _load_errors(name: str, source: str) -> Iterator[None]:
 
 def refuse_custom_code(name: str, source: str) -> None:
     """A checkpoint whose model type transformers does not know runs its own Python (`auto_map`): never here."""
-    from transformers import CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING  # transformers: imported on use (start-up time)
 
     f = Path(source) / "config.json"
     try:
@@ -100,7 +102,7 @@ def refuse_custom_code(name: str, source: str) -> None:
 
 
 def load_config(name: str, source: str) -> Any:
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers: imported on use (start-up time)
 
     refuse_custom_code(name, source)
     with _load_errors(name, source):
