@@ -1,4 +1,5 @@
-"""Typed models of params.yaml: one section per stage, validated before any work starts.
+"""Typed models of params.yaml: one section per stage, validated before any work starts. One file on purpose (~600
+lines): the schema is the one list of every knob, its default and its bound, read top to bottom like params.yaml.
 
 `load_params(path, overrides)` reads the YAML file, applies DVC-style `-S section.key=value` overrides and validates
 everything; any problem becomes a `ConfigError` whose single line names the field, the bad value and what is allowed.
@@ -264,7 +265,8 @@ class LossConfig(Section):
 
     relational: Literal["arkd", "rkd", "none"] = "arkd"
     relational_weight: float = Field(1.0, ge=0)  # feature-loss weights are per teacher (teachers[i].*_weight)
-    balance_aux_weight: float = Field(0.0, ge=0)  # optional MoE auxiliary loss (balancing is aux-loss-free by default)
+    # the Switch-style MoE balance loss counts when > 0 (its one switch); balancing is aux-loss-free by default
+    balance_aux_weight: float = Field(0.0, ge=0)
     phis_samples: int = Field(2048, ge=16)  # teacher features used to fit PHI-S
 
 

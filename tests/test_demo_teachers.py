@@ -12,7 +12,7 @@ from PIL import Image
 
 from amoe_core.config import TeacherSpec, load_params
 from amoe_core.errors import AmoeError
-from amoe_core.models.teachers import load_teacher
+from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.train.demo_teachers import classifier, stage
 from amoe_core.train.demo_teachers.folders import list_folder
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from amoe_core.config import TeacherSpec
 from amoe_core.errors import AmoeError
-from amoe_core.models.teachers import load_teacher
+from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.models.teachers.siglip2 import to_patches
 
 # Non-square and repeated grids (student patch 16): (rows, cols) = (3, 4), (2, 2), (3, 4), (1, 5).

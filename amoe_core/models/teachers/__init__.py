@@ -1,6 +1,1 @@
-"""Frozen teachers: SigLIP2, DINOv3, any transformers or timm vision encoder (`loader.load_teacher`)."""
-
-from amoe_core.models.teachers.base import Teacher, TeacherOutput
-from amoe_core.models.teachers.loader import load_teacher
-
-__all__ = ["Teacher", "TeacherOutput", "load_teacher"]
+"""Frozen teachers: SigLIP2, DINOv3, any transformers or timm vision encoder, loaded by `loader.load_teacher`."""

@@ -6,10 +6,14 @@ import torch
 
 from amoe_core.config import TeacherSpec
 from amoe_core.errors import AmoeError
-from amoe_core.models.teachers import dinov3, hf, siglip2, timm_encoder
 from amoe_core.models.teachers.base import Teacher
+from amoe_core.models.teachers.dinov3 import load as load_dinov3
+from amoe_core.models.teachers.hf import load as load_hf
+from amoe_core.models.teachers.hf import model_type
+from amoe_core.models.teachers.siglip2 import load as load_siglip2
+from amoe_core.models.teachers.timm_encoder import load as load_timm
 
-LOADERS = {"siglip2": siglip2.load, "dinov3": dinov3.load, "hf": hf.load, "timm": timm_encoder.load}
+LOADERS = {"siglip2": load_siglip2, "dinov3": load_dinov3, "hf": load_hf, "timm": load_timm}
 
 
 def load_teacher(spec: TeacherSpec, device: torch.device | str = "cpu") -> Teacher:
@@ -18,6 +22,6 @@ def load_teacher(spec: TeacherSpec, device: torch.device | str = "cpu") -> Teach
     if spec.kind not in LOADERS:
         raise AmoeError(f"teacher {spec.name!r}: unknown kind {spec.kind!r}; kinds: {', '.join(LOADERS)}")
     kind = spec.kind
-    if kind == "hf" and hf.model_type(spec).startswith("siglip2"):
+    if kind == "hf" and model_type(spec).startswith("siglip2"):
         kind = "siglip2"
     return LOADERS[kind](spec, device)
