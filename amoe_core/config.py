@@ -1,4 +1,5 @@
-"""Typed models of params.yaml: one section per stage, validated before any work starts.
+"""Typed models of params.yaml: one section per stage, validated before any work starts. One file on purpose (~600
+lines): the schema is the one list of every knob, its default and its bound, read top to bottom like params.yaml.
 
 `load_params(path, overrides)` reads the YAML file, applies DVC-style `-S section.key=value` overrides and validates
 everything; any problem becomes a `ConfigError` whose single line names the field, the bad value and what is allowed.
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from amoe_core.errors import ConfigError
+from amoe_core.models.configs import resolve_arch
+from amoe_core.outputs import check_disjoint
 
 DEFAULT_PARAMS = Path("params.yaml")
 Byte = Annotated[int, Field(ge=0, le=255)]
@@ -122,7 +125,9 @@ class DemoTeachersConfig(Section):
     knn_k: int = Field(20, ge=1)
     knn_temperature: float = Field(0.07, gt=0)
     knn_train_max: int = Field(5000, ge=10)  # kNN memory bank: at most this many train images (class-stratified)
-    threads: int = Field(1, ge=0)  # torch threads during the stage (0 = torch's default): see demo.py for why 1
+    threads: int = Field(
+        1, ge=0
+    )  # torch threads during the stage (0 = torch's default): see train/demo_teachers/stage.py for why 1
     # Recipes measured on the demo splits (kNN trained vs random, report.json): fashion-mnist is learnt best without
     # augmentation; clip-art (~2000 train images, 10 classes) needs many small-batch epochs and light crops.
     dinov3: DemoTeacherConfig = DemoTeacherConfig(
@@ -260,7 +265,8 @@ class LossConfig(Section):
 
     relational: Literal["arkd", "rkd", "none"] = "arkd"
     relational_weight: float = Field(1.0, ge=0)  # feature-loss weights are per teacher (teachers[i].*_weight)
-    balance_aux_weight: float = Field(0.0, ge=0)  # optional MoE auxiliary loss (balancing is aux-loss-free by default)
+    # the Switch-style MoE balance loss counts when > 0 (its one switch); balancing is aux-loss-free by default
+    balance_aux_weight: float = Field(0.0, ge=0)
     phis_samples: int = Field(2048, ge=16)  # teacher features used to fit PHI-S
 
 
@@ -399,23 +405,34 @@ def _default_teachers() -> list[TeacherSpec]:
 
 
 class Params(Section):
+    """params.yaml: the top-level seed, the teachers and one section per stage (a section left out takes its defaults)."""
+
     seed: int = 0
-    demo_pool: DemoPoolConfig = DemoPoolConfig()
-    ingest: IngestConfig = IngestConfig()
+    demo_pool: DemoPoolConfig
+    ingest: IngestConfig
     teachers: list[TeacherSpec] = Field(default_factory=_default_teachers, min_length=1)
-    demo_teachers: DemoTeachersConfig = DemoTeachersConfig()
-    embed: EmbedConfig = EmbedConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    sample: SampleConfig = SampleConfig()
-    packing: PackingConfig = PackingConfig()
-    student: StudentConfig = StudentConfig()
-    loss: LossConfig = LossConfig()
-    distill: DistillConfig = DistillConfig()
-    launch: LaunchConfig = LaunchConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    sweep: SweepConfig = SweepConfig()
-    ablate: AblateConfig = AblateConfig()
-    report: ReportConfig = ReportConfig()
+    demo_teachers: DemoTeachersConfig
+    embed: EmbedConfig
+    cluster: ClusterConfig
+    sample: SampleConfig
+    packing: PackingConfig
+    student: StudentConfig
+    loss: LossConfig
+    distill: DistillConfig
+    launch: LaunchConfig
+    evaluate: EvaluateConfig
+    sweep: SweepConfig
+    ablate: AblateConfig
+    report: ReportConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sections(cls, data: Any) -> Any:
+        """Every section absent from the file is built from its class's defaults (written once, in the class)."""
+        if not isinstance(data, dict):
+            return data
+        sections = [name for name, f in cls.model_fields.items() if f.is_required()]
+        return {**{name: {} for name in sections}, **data}
 
     @model_validator(mode="after")
     def _unique_teachers(self) -> Params:
@@ -426,8 +443,6 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
-        from amoe_core.models.registry import resolve_arch  # lazily: it imports torch
-
         sel = self.distill.selection
         if sel is not None and sel.suffix != ".parquet":
             raise ConfigError(
@@ -444,8 +459,6 @@ class Params(Section):
     @model_validator(mode="after")
     def _outputs_apart_from_inputs(self) -> Params:
         """No output directory overlaps what its stage reads (or another output of it): a swap would delete it."""
-        from amoe_core.outputs import check_disjoint
-
         folders = {f"ingest.sources[{i}]": s.partition(":")[2] for i, s in enumerate(self.ingest.sources) if ":" in s}
         dt = self.demo_teachers
         teacher_data = {f"demo_teachers.{k}.{s}": getattr(getattr(dt, k), s) for k in ("dinov3", "siglip2")

@@ -18,7 +18,7 @@ from amoe_core.outputs import output_lock
 STAGES: dict[str, str] = {
     "demo-pool": "amoe_core.data.demo_pool:run",
     "ingest": "amoe_core.data.ingest:run",
-    "teachers-demo": "amoe_core.models.teachers.demo:run",
+    "teachers-demo": "amoe_core.train.demo_teachers.stage:run",
     "embed": "amoe_core.curation.embed:run",
     "cluster": "amoe_core.curation.hkmeans:run",
     "sample": "amoe_core.curation.sampling:run",

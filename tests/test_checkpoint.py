@@ -15,17 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from amoe_core.train.checkpoint import (
+from amoe_core.models.run_checkpoints import (
     LATEST,
     complete_checkpoints,
     latest_checkpoint,
     load_model_tensors,
-    load_optimizer_state,
     read_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
 )
+from amoe_core.train.checkpoint import load_optimizer_state, rng_state, save_checkpoint, set_rng_state
 
 
 def _model_and_opt() -> tuple[nn.Module, torch.optim.Optimizer]:

@@ -42,6 +42,8 @@ def test_overrides_parse_yaml_values_and_reach_nested_lists(tmp_path: Path) -> N
         ("cluster.k=[3, 5]", "resampling_steps needs one value per level (2 levels in k)"),
         ("loss.relational=kd", "invalid loss.relational = 'kd'"),
         ("teachers.7.kind=dinov3", "'7' is not an index of a list of 2 items"),
+        # the MoE balance loss has one switch, its weight; the old second switch names its replacement
+        ("student.overrides.aux_loss=true", "student.overrides.aux_loss was removed: set loss.balance_aux_weight > 0"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(override: str, expected: str, capsys: pytest.CaptureFixture[str]) -> None:

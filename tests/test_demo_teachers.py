@@ -12,7 +12,9 @@ from PIL import Image
 
 from amoe_core.config import TeacherSpec, load_params
 from amoe_core.errors import AmoeError
-from amoe_core.models.teachers import demo, load_teacher
+from amoe_core.models.teachers.loader import load_teacher
+from amoe_core.train.demo_teachers import classifier, stage
+from amoe_core.train.demo_teachers.folders import list_folder
 
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230)}
 
@@ -62,7 +64,7 @@ def test_demo_trains_saves_reports_and_skips(folders, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "teachers"
     threads = torch.get_num_threads()
-    report = demo.run(params_for(folders, out))
+    report = stage.run(params_for(folders, out))
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
     sig = report["siglip2"]
     assert sig["model"] == "Siglip2VisionModel" and sig["classes"] == 3 and sig["train_images"] == 240
@@ -86,32 +88,32 @@ def test_demo_trains_saves_reports_and_skips(folders, tmp_path, monkeypatch):
     def boom(kind, *a, **k):
         raise RuntimeError(f"retrained {kind}")
 
-    monkeypatch.setattr(demo, "train_classifier", boom)
-    assert demo.run(params_for(folders, out)) == report
+    monkeypatch.setattr(stage, "train_classifier", boom)
+    assert stage.run(params_for(folders, out)) == report
     with pytest.raises(RuntimeError, match="retrained siglip2"):
-        demo.run(params_for(folders, out, **{"demo_teachers.siglip2.lr": 0.002}))
+        stage.run(params_for(folders, out, **{"demo_teachers.siglip2.lr": 0.002}))
     assert load_teacher(TeacherSpec(name="s", kind="siglip2", path=str(out / "siglip2"))).dim == 32  # kept intact
 
 
 def test_stratified_subset_keeps_class_proportions():
     labels = torch.tensor([0] * 600 + [1] * 300 + [2] * 100)
-    idx = demo.stratified_subset(labels, 100, seed=0)
+    idx = stage.stratified_subset(labels, 100, seed=0)
     assert torch.bincount(labels[idx]).tolist() == [60, 30, 10]
-    assert torch.equal(idx, demo.stratified_subset(labels, 100, seed=0))  # deterministic
+    assert torch.equal(idx, stage.stratified_subset(labels, 100, seed=0))  # deterministic
 
 
 def test_bad_folders(tmp_path, folders):
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
     with pytest.raises(AmoeError, match="one subfolder of images per class"):
-        demo.list_folder(tmp_path / "flat")
+        list_folder(tmp_path / "flat")
     p = params_for(folders, tmp_path / "t", **{"demo_teachers.dinov3.train": str(tmp_path / "missing")})
     with pytest.raises(AmoeError, match="demo_teachers.dinov3.train"):
-        demo.run(p)
+        stage.run(p)
 
 
 def test_cosine_head_is_scaled_cosine_similarity():
-    head = demo.CosineHead(8, 3, scale=16.0)
+    head = classifier.CosineHead(8, 3, scale=16.0)
     x = torch.randn(5, 8)
     ref = 16.0 * torch.nn.functional.cosine_similarity(x[:, None], head.weight[None], dim=-1)
     assert torch.allclose(head(x), ref, atol=1e-5)

@@ -19,7 +19,7 @@ from amoe_core.launch.cluster import free_port_pair
 from amoe_core.launch.distributed import DistInfo
 from amoe_core.train import components
 from amoe_core.train.checkpoint import model_tensors
-from amoe_core.train.loop import DistillStep, moe_layers
+from amoe_core.train.loop import DistillStep
 
 
 def merge(batches: list[PackedBatch]) -> PackedBatch:
@@ -73,7 +73,7 @@ def _steps(
     records = []
     for i, b in enumerate(per_step):
         records.append(step([b], i).as_metrics())
-        for j, layer in enumerate(moe_layers(student)):
+        for j, layer in enumerate(student.moe_layers):
             seen[f"{i}/bias/{j}"] = layer.expert_bias.detach().clone()
     return records, seen
 

@@ -22,6 +22,7 @@ from amoe_core.eval import evaluate as ev
 from amoe_core.eval.datasets import load_pair
 from amoe_core.eval.features import Feats
 from amoe_core.eval.knn import knn_accuracy
+from amoe_core.eval.labels import LabelledFeatures
 from amoe_core.tracking.runs import RunDir
 
 
@@ -96,7 +97,7 @@ def test_teacher_baselines_match_direct_computation(setup, monkeypatch) -> None:
     for name in ("dino", "siglip"):
         ftr = _direct_teacher_features(params, name, [train.image(i, 32) for i in range(len(train))])
         fte = _direct_teacher_features(params, name, [test.image(i, 32) for i in range(len(test))])
-        accs = knn_accuracy(ftr, train.labels, fte, test.labels, [1, 5, 20])
+        accs = knn_accuracy(LabelledFeatures(ftr, train.labels, fte, test.labels), [1, 5, 20])
         assert result["knn"]["digits"][f"teacher:{name}"]["32px"] == {f"k{k}": a for k, a in accs.items()}
         assert accs[5] > 0.5  # random-weight ViTs still cluster digits well above chance (0.25)
     for acc in _all_numbers(result["knn"]) + _all_numbers(result["linear"]):
@@ -172,12 +173,11 @@ def test_bad_inputs_exit_2_with_one_line(setup, tmp_path, capsys) -> None:
 def test_checkpoint_of_another_architecture_is_a_clear_error(setup, monkeypatch) -> None:
     """A state dict that does not fit the student (what load_state_dict raises) becomes one AmoeError."""
     root, params = setup
-    import amoe_core.train.checkpoint as ckpt
 
     def mismatched(run_dir, device="cpu"):
         raise RuntimeError("Error(s) in loading state_dict for Student:\n\tsize mismatch for blocks.0.attn.qkv.weight")
 
-    monkeypatch.setattr(ckpt, "load_student", mismatched, raising=False)
+    monkeypatch.setattr(ev, "load_student", mismatched)
     RunDir.create(root / "runs", "other-arch")
     with pytest.raises(AmoeError, match=r"does not fit the student architecture .*size mismatch"):
         ev.run(params, run="other-arch")

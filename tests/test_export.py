@@ -13,10 +13,10 @@ from amoe_core.cli import main
 from amoe_core.config import dump_params
 from amoe_core.data.loader import build_loader
 from amoe_core.errors import AmoeError
+from amoe_core.models.trained import load_pretrained, load_student
 from amoe_core.train import components
-from amoe_core.train.checkpoint import load_student
 from amoe_core.train.distill import run
-from amoe_core.train.export import export_run, load_pretrained
+from amoe_core.train.export import export_run
 
 
 @pytest.fixture(scope="module")

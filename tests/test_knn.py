@@ -12,6 +12,7 @@ import pytest
 
 from amoe_core.errors import AmoeError
 from amoe_core.eval.knn import knn_accuracy, knn_predict
+from amoe_core.eval.labels import LabelledFeatures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +124,7 @@ def test_knn_on_fashion_mnist_pixels_is_near_the_published_baseline(fmnist_pixel
     """Published kNN baselines on raw fashion-mnist pixels are ~84-86% (zalandoresearch benchmark, full 60k train);
     with 10k training images the DINO-weighted vote lands a little lower but in the same neighbourhood."""
     xtr, ytr, xte, yte = fmnist_pixels
-    acc = knn_accuracy(xtr.astype(np.float32), ytr, xte.astype(np.float32), yte, ks=[10, 20, 100])
+    acc = knn_accuracy(LabelledFeatures(xtr.astype(np.float32), ytr, xte.astype(np.float32), yte), ks=[10, 20, 100])
     assert 0.78 <= acc[20] <= 0.90, acc
     assert acc[100] < acc[10] + 0.02, acc  # more, farther neighbours never help much on pixels
 
@@ -155,4 +156,5 @@ def test_entropy_fused_votes_equal_a_hand_computation():
     acc = knn_ensemble_accuracy([train_a, train_b], labels, [np.array([[1.0, 0.0]])] * 2, np.array([0]), ks=[2],
                                 temperature=t, beta=beta)  # fmt: skip
     assert acc == {2: 1.0}
-    assert knn_accuracy(train_b, labels, np.array([[1.0, 0.0]]), np.array([0]), ks=[2], temperature=t) == {2: 0.0}
+    data = LabelledFeatures(train_b, labels, np.array([[1.0, 0.0]]), np.array([0]))
+    assert knn_accuracy(data, ks=[2], temperature=t) == {2: 0.0}

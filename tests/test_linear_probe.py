@@ -7,6 +7,7 @@ import pytest
 from test_knn import fmnist_pixels  # noqa: F401  (session fixture shared with the kNN test)
 
 from amoe_core.errors import AmoeError
+from amoe_core.eval.labels import LabelledFeatures
 from amoe_core.eval.linear_probe import linear_probe, stratified_split
 
 
@@ -24,7 +25,9 @@ def test_probe_separates_linearly_separable_data_perfectly() -> None:
     w = rng.normal(size=(12, 4))
     xtr, ytr = _separable(800, rng, w)
     xte, yte = _separable(400, rng, w)
-    res = linear_probe(xtr, ytr, xte, yte, lrs=[0.1, 0.01], epochs=20, val_fraction=0.1, batch_size=32)
+    res = linear_probe(
+        LabelledFeatures(xtr, ytr, xte, yte), lrs=[0.1, 0.01], epochs=20, val_fraction=0.1, batch_size=32
+    )
     assert res.test_accuracy == 1.0, res
     assert set(res.val_accuracy) == {0.1, 0.01}
 
@@ -35,7 +38,7 @@ def test_learning_rate_is_chosen_on_validation() -> None:
     w = rng.normal(size=(16, 3))
     xtr, ytr = _separable(600, rng, w)
     xte, yte = _separable(200, rng, w)
-    res = linear_probe(xtr, ytr, xte, yte, lrs=[1e-7, 0.05], epochs=10)
+    res = linear_probe(LabelledFeatures(xtr, ytr, xte, yte), lrs=[1e-7, 0.05], epochs=10)
     assert res.best_lr == 0.05
     assert res.val_accuracy[0.05] > res.val_accuracy[1e-7] + 0.2
 
@@ -51,9 +54,9 @@ def test_stratified_split_covers_every_class_without_overlap() -> None:
 def test_probe_rejects_single_class_and_empty_grid() -> None:
     x = np.ones((10, 3), np.float32)
     with pytest.raises(AmoeError, match="fewer than two classes"):
-        linear_probe(x, np.zeros(10), x, np.zeros(10))
+        linear_probe(LabelledFeatures(x, np.zeros(10), x, np.zeros(10)))
     with pytest.raises(AmoeError, match="probe_lrs is empty"):
-        linear_probe(x, np.arange(10) % 2, x, np.arange(10) % 2, lrs=[])
+        linear_probe(LabelledFeatures(x, np.arange(10) % 2, x, np.arange(10) % 2), lrs=[])
 
 
 def test_probe_on_fashion_mnist_pixels_beats_chance_widely(fmnist_pixels) -> None:  # noqa: F811
@@ -65,7 +68,7 @@ def test_probe_on_fashion_mnist_pixels_beats_chance_widely(fmnist_pixels) -> Non
     xtr, ytr, xte, yte = fmnist_pixels
     xtr, ytr = xtr[:5000].astype(np.float32) / 255, ytr[:5000]
     xte = xte.astype(np.float32) / 255
-    res = linear_probe(xtr, ytr, xte, yte, lrs=[0.01, 0.001], epochs=15)
+    res = linear_probe(LabelledFeatures(xtr, ytr, xte, yte), lrs=[0.01, 0.001], epochs=15)
     assert res.test_accuracy > 0.75, res
     ref = RidgeClassifier(alpha=1.0).fit(xtr, ytr).score(xte, yte)
     assert 0.7 < ref < res.test_accuracy + 0.01, (res.test_accuracy, ref)

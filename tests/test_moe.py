@@ -80,7 +80,7 @@ def test_balancing_bias_brings_biased_router_toward_uniform():
 
 def test_aux_loss_is_minimal_for_uniform_routing():
     torch.manual_seed(0)
-    moe = MoEFFN(dim=8, hidden=8, num_experts=4, top_k=1, aux_loss=True).train()
+    moe = MoEFFN(dim=8, hidden=8, num_experts=4, top_k=1).train()
     with torch.no_grad():
         moe.router.gate.weight.zero_()  # equal scores -> aux = E * sum f_e * 1/E = 1 whatever f
     moe(torch.randn(64, 8))

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
-from amoe_core.models import siglino
+from amoe_core.models import siglino, siglino_weights
 from amoe_core.models.rope import golden_frequencies
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "siglino"
@@ -79,7 +79,7 @@ def test_training_forward_packs_several_images_per_sequence(name):
     )
     with torch.no_grad():
         out = student(batch)
-    roles = siglino.roles_of(student)
+    roles = siglino_weights.roles_of(student)
     _assert_close(out.summary, ref["summary_features.siglino"], "siglino summary")
     _assert_close(out.patches, ref["patch_features.siglino"][real], "siglino patches")
     for role, t in roles.items():

@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 
 from amoe_core.cli import main
 from amoe_core.config import dump_params
-from amoe_core.models import siglino
+from amoe_core.models import siglino, siglino_weights
+from amoe_core.models.trained import load_student
 from amoe_core.train import components
-from amoe_core.train.checkpoint import load_student
 from amoe_core.train.distill import run
 from amoe_core.train.export import export_run
 
@@ -54,7 +54,7 @@ def test_init_loads_released_weights_and_new_teacher_starts_fresh(trained) -> No
     _, params = trained
     release = torch.load(FIXTURE / "checkpoint.pt", map_location="cpu", weights_only=True)
     student = components.build(params, components.load_teachers(params, torch.device("cpu")), torch.device("cpu"))
-    ours = siglino.to_release(student)
+    ours = siglino_weights.to_release(student)
     for key in ("img_projector.weight", "layers.1.moe.experts.w2", "dinov3_adapter.fc2.weight", "cls_token"):
         assert torch.equal(ours[key], release[key]), key
     assert not torch.equal(student.adapters["extra"].fc1.weight[:, :32], release["dinov3_adapter.fc1.weight"][:32, :32])

@@ -93,8 +93,8 @@ def test_amoe_submit_distill_runs_two_ranks(slurm_cluster: DevCluster, train_inp
 
     from amoe_core.cli import main
     from amoe_core.data.loader import build_loader
+    from amoe_core.models.run_checkpoints import latest_checkpoint, read_state
     from amoe_core.tracking.runs import RunDir
-    from amoe_core.train.checkpoint import latest_checkpoint, read_state
 
     root, teachers, shards = train_inputs
     params = tiny_params(root, teachers, shards, run="ddp", steps=3, checkpoint_every=3)
@@ -126,8 +126,8 @@ def test_preempted_job_requeues_and_resumes_from_checkpoint(slurm_cluster: DevCl
     from _train_setup import tiny_params
 
     from amoe_core.launch.submit import submit_stage
+    from amoe_core.models.run_checkpoints import latest_checkpoint, read_state
     from amoe_core.tracking.runs import RunDir
-    from amoe_core.train.checkpoint import latest_checkpoint, read_state
 
     root, teachers, shards = train_inputs
     # enough steps that the signal lands mid-run even when tiny steps take a few milliseconds

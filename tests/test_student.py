@@ -4,12 +4,15 @@ import pytest
 import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
-from amoe_core.config import Params, StudentConfig
+from amoe_core.config import LossConfig, Params, StudentConfig, TeacherSpec
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError, ConfigError
+from amoe_core.losses.distill_loss import DistillLoss
+from amoe_core.models.configs import ARCHS, resolve_arch
 from amoe_core.models.heads import TeacherDims
-from amoe_core.models.registry import ARCHS, count_parameters, print_model_info, resolve_arch
+from amoe_core.models.size import count_parameters, print_model_info
 from amoe_core.models.student import build_student
+from amoe_core.models.teachers.base import TeacherOutput
 from amoe_core.models.teachers.siglip2 import Siglip2SummaryHead
 
 P = 16
@@ -91,6 +94,25 @@ def test_router_load_and_balance_bias_update():
     assert all(int(m.pending_load.sum()) == n_real * 2 for m in model.moe_layers)
     model.update_balance_bias(1e-3)
     assert all(int(m.pending_load.sum()) == 0 and m.expert_bias.abs().sum() > 0 for m in model.moe_layers)
+
+
+def test_balance_aux_weight_alone_switches_the_balance_loss_on():
+    """One switch for the MoE balance loss: it enters the objective exactly when loss.balance_aux_weight > 0."""
+    model = _student().train()
+    images = [torch.rand(h * w, 3 * P * P) for h, w in SIZES]
+    batch = pack([[0, 1], [2], [3, 4]], images, SIZES, 12)
+    out = model(batch)
+    torch.testing.assert_close(out.aux_loss, sum(m.aux_loss for m in model.moe_layers))  # same sum, same order
+    targets = {n: TeacherOutput(o.summary.detach(), o.patches.detach(), None if o.registers is None else
+                                o.registers.detach()) for n, o in out.teachers.items()}  # fmt: skip
+    specs = [TeacherSpec(name="dino", kind="dinov3", path="-"), TeacherSpec(name="sig", kind="siglip2", path="-")]
+    off = DistillLoss(LossConfig(relational="none"), specs)(out, targets, batch.token_image_id)
+    on = DistillLoss(LossConfig(relational="none", balance_aux_weight=0.5), specs)(out, targets, batch.token_image_id)
+    assert "balance_aux" not in off and on["balance_aux"] is out.aux_loss
+    # the feature terms are the same tensors in both, so the totals differ by exactly the weighted balance loss
+    # up to one float32 rounding of the sum (tolerance: a few ulps of the total)
+    torch.testing.assert_close(on["total"] - off["total"], 0.5 * out.aux_loss, rtol=1e-5, atol=1e-6)
+    assert model.eval()(batch).aux_loss is None  # inference computes no balance loss
 
 
 def test_too_many_images_and_too_few_registers_are_clear_errors():

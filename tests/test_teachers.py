@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from amoe_core.config import TeacherSpec
 from amoe_core.errors import AmoeError
-from amoe_core.models.teachers import load_teacher
+from amoe_core.models.teachers.base import token_chunks
+from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.models.teachers.siglip2 import to_patches
 
 # Non-square and repeated grids (student patch 16): (rows, cols) = (3, 4), (2, 2), (3, 4), (1, 5).
@@ -202,3 +204,19 @@ def test_images_off_the_student_grid_are_rejected(ckpts):
     t = load_teacher(TeacherSpec(name="dino", kind="dinov3", path=str(ckpts / "dinov3")))
     with pytest.raises(AmoeError, match="multiples of the student patch size 16"):
         t([torch.rand(3, 40, 64)])
+
+
+def test_naflex_batches_bound_their_padding_and_keep_every_image_once():
+    """Images sorted by length go into consecutive batches; each batch's padded size (count x longest) stays within
+    the token budget and within (1 + max_padding) x its real tokens, unless it is a single image."""
+    rng = np.random.default_rng(0)
+    lengths = sorted(int(x) for x in np.exp(rng.uniform(np.log(4), np.log(64), 300)))
+    for budget, max_padding in ((65536, 0.25), (512, 0.25), (65536, None), (100, 0.0)):
+        chunks = token_chunks(list(range(len(lengths))), lengths, budget, max_padding)
+        assert [i for c in chunks for i in c] == list(range(len(lengths)))
+        for c in chunks:
+            padded, real = len(c) * max(lengths[i] for i in c), sum(lengths[i] for i in c)
+            assert len(c) == 1 or padded <= budget
+            assert len(c) == 1 or max_padding is None or padded <= (1 + max_padding) * real
+    # without a padding bound, one budget-sized batch: today's behaviour for equal-grid teachers
+    assert len(token_chunks(list(range(len(lengths))), lengths, 65536)) == 1

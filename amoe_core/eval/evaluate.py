@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from amoe_core.config import ConfigError, Params, TeacherSpec
+from amoe_core.device import pick_device
 from amoe_core.errors import AmoeError
 from amoe_core.eval.datasets import LabelledSet, load_pair
 from amoe_core.eval.features import (
@@ -31,10 +32,14 @@ from amoe_core.eval.features import (
 )
 from amoe_core.eval.fidelity import fidelity
 from amoe_core.eval.knn import knn_accuracy, knn_ensemble_accuracy
+from amoe_core.eval.labels import LabelledFeatures
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
 from amoe_core.eval.summary import summary_lines
+from amoe_core.models import siglino
+from amoe_core.models.teachers.loader import load_teacher
+from amoe_core.models.trained import load_student
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 
 log = logging.getLogger(__name__)
@@ -45,10 +50,6 @@ RESOLUTION_PNG = "resolution.png"
 ENSEMBLE = "student:ensemble"
 SIGLINO_MIN_PIXELS = 128 * 128  # the released SigLino processor's default minimum image area
 FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolutions(params: Params) -> list[int]:
@@ -73,8 +74,6 @@ class TeacherBank:
 
     def extractor(self, name: str) -> Extractor:
         if name not in self._loaded:
-            from amoe_core.models.teachers.loader import load_teacher
-
             self._loaded[name] = teacher_extractor(name, load_teacher(self.specs[name], self.device))
         return self._loaded[name]
 
@@ -113,7 +112,7 @@ def evaluate(
     """Evaluate the student's features (or, with `student=None`, the teachers') and write everything under `out`."""
     cfg = params.evaluate
     res_list = resolutions(params)
-    device = device or _device()
+    device = device or pick_device()
     bank = TeacherBank(params.teachers, device)
     results: dict[str, Any] = {"knn": {}, "linear": {}, "fidelity": {}, "pca_maps": PCA_FILE}
     samples: list[list[torch.Tensor]] = []  # per dataset: test images at the main resolution (fidelity)
@@ -129,6 +128,7 @@ def evaluate(
             ftr = _split_features(params, bank, student, ds.name, "train", train, res)
             fte = _split_features(params, bank, student, ds.name, "test", test, res)
             for name in ftr:
+                labelled = LabelledFeatures(ftr[name], train.labels, fte[name], test.labels)
                 if name == ENSEMBLE:  # the released protocol: per-teacher votes, entropy-weighted fusion
                     parts = [f"student:{t}" for t in bank.specs if f"student:{t}" in ftr]
                     accs = knn_ensemble_accuracy(
@@ -136,14 +136,11 @@ def evaluate(
                         cfg.temperature,
                     )  # fmt: skip
                 else:
-                    accs = knn_accuracy(ftr[name], train.labels, fte[name], test.labels, cfg.ks, cfg.temperature)
+                    accs = knn_accuracy(labelled, cfg.ks, cfg.temperature)
                 knn_ds.setdefault(name, {})[f"{res}px"] = {f"k{k}": acc for k, acc in accs.items()}
                 if res == cfg.main_resolution:
                     probe = linear_probe(
-                        ftr[name],
-                        train.labels,
-                        fte[name],
-                        test.labels,
+                        labelled,
                         cfg.probe_lrs,
                         cfg.probe_epochs,
                         cfg.probe_val_fraction,
@@ -200,10 +197,6 @@ def _write_pca(params: Params, out: RunDir, tests: list[LabelledSet], extractors
 def load_student_extractor(params: Params, run_dir: Path, device: torch.device) -> Extractor:
     """The trained student of a run as an Extractor (its adapters predict each teacher's raw features)."""
     try:
-        from amoe_core.train.checkpoint import load_student
-    except ImportError as e:
-        raise AmoeError(f"this installation cannot load student checkpoints ({e})") from None
-    try:
         student, _, _ = load_student(run_dir, device=device)
     except AmoeError:
         raise
@@ -222,8 +215,6 @@ def siglino_extractor(params: Params, spec: str, device: torch.device) -> tuple[
     """`--model siglino:CHECKPOINT[@CONFIG]`: a released SigLino model (amoe_core.models.siglino.load) as an
     Extractor, its siglip2 / dinov3 outputs named after the configured teacher of that kind (so fidelity and the
     ensemble compare them with those teachers). Returns (run id for its results, extractor)."""
-    from amoe_core.models import siglino
-
     path, _, config = spec.removeprefix("siglino:").partition("@")
     model = siglino.load(path, config or None, device)
     kinds = {s.kind: s.name for s in params.teachers}
@@ -250,7 +241,7 @@ def run(
     """Stage entry point: `amoe evaluate [RUN]`, `amoe evaluate --teachers` (writes runs/_teachers/eval.json) or
     `amoe evaluate --model siglino:CHECKPOINT[@CONFIG]` (a released SigLino model; runs/siglino-<name>/eval.json)."""
     resolutions(params)  # config errors before any work
-    device = _device()
+    device = pick_device()
     runs_dir = Path(params.distill.runs_dir)
     if model is not None:
         if not model.startswith("siglino:"):

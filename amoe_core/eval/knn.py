@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from amoe_core.errors import AmoeError
+from amoe_core.eval.labels import LabelledFeatures, split_labels
 
 # Queries per faiss search call: bounds the [chunk, k] result arrays, not the work.
 _SEARCH_CHUNK = 16384
@@ -100,18 +101,11 @@ def knn_predict(
 
 
 def knn_accuracy(
-    train: np.ndarray,
-    train_labels: np.ndarray,
-    test: np.ndarray,
-    test_labels: np.ndarray,
-    ks: Sequence[int] = (10, 20, 100),
-    temperature: float = 0.07,
-    use_gpu: bool | None = None,
+    data: LabelledFeatures, ks: Sequence[int] = (10, 20, 100), temperature: float = 0.07, use_gpu: bool | None = None
 ) -> dict[int, float]:
     """Top-1 accuracy in [0, 1] for each k."""
-    test_labels = np.asarray(test_labels, dtype=np.int64)
-    num_classes = int(max(np.max(train_labels), np.max(test_labels)) + 1)
-    preds = knn_predict(train, train_labels, test, ks, temperature, num_classes, use_gpu)
+    train_labels, test_labels, num_classes = data.labels()
+    preds = knn_predict(data.train, train_labels, data.test, ks, temperature, num_classes, use_gpu)
     return {k: float((p == test_labels).mean()) for k, p in preds.items()}
 
 
@@ -146,9 +140,7 @@ def knn_ensemble_accuracy(
         raise AmoeError(
             f"kNN ensemble: needs as many train as test feature spaces (>= 1), got {len(trains)}/{len(tests)}"
         )
-    train_labels = np.asarray(train_labels, dtype=np.int64)
-    test_labels = np.asarray(test_labels, dtype=np.int64)
-    num_classes = int(max(train_labels.max(), test_labels.max()) + 1)
+    train_labels, test_labels, num_classes = split_labels(train_labels, test_labels)
     searched = [knn_search(tr, te, max(ks), use_gpu) for tr, te in zip(trains, tests, strict=True)]
     out = {}
     for k in ks:

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from amoe_core.device import pick_device
 from amoe_core.errors import AmoeError
+from amoe_core.eval.labels import LabelledFeatures
 
 
 @dataclass
@@ -39,10 +41,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @contextlib.contextmanager
@@ -99,10 +97,7 @@ def _accuracy(head: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def linear_probe(
-    train: np.ndarray,
-    train_labels: np.ndarray,
-    test: np.ndarray,
-    test_labels: np.ndarray,
+    data: LabelledFeatures,
     lrs: Sequence[float] = (0.1, 0.03, 0.01),
     epochs: int = 30,
     val_fraction: float = 0.1,
@@ -114,12 +109,11 @@ def linear_probe(
     """Pick the learning rate on a validation split carved from train, retrain on all of train, report test accuracy."""
     if not lrs:
         raise AmoeError("linear probe: evaluate.probe_lrs is empty; give at least one learning rate")
-    train_labels = np.asarray(train_labels, dtype=np.int64)
-    test_labels = np.asarray(test_labels, dtype=np.int64)
+    train_labels, test_labels, num_classes = data.labels()
+    train, test = data.train, data.test
     if len(np.unique(train_labels)) < 2:
         raise AmoeError("linear probe: the training split has fewer than two classes")
-    num_classes = int(max(train_labels.max(), test_labels.max()) + 1)
-    dev = _device(device)
+    dev = torch.device(device) if device is not None else pick_device()
     mean = train.mean(axis=0, dtype=np.float64)
     std = train.std(axis=0, dtype=np.float64) + 1e-6
 

@@ -7,7 +7,12 @@ import io
 from pathlib import Path
 from typing import Any
 
-from amoe_core.io import atomic_path, atomic_write_text
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window: before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+
+from amoe_core.io import atomic_path, atomic_write_text  # noqa: E402
 
 CSV_COLUMNS = ["dataset", "feature", "resolution", "k", "accuracy"]
 
@@ -42,11 +47,6 @@ def write_resolution_csv(knn: dict[str, Any], path: str | Path) -> Path:
 
 def plot_resolution(knn: dict[str, Any], k: int, path: str | Path) -> Path:
     """One panel per dataset, one line per feature: accuracy at `k` neighbours vs resolution (px)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in resolution_rows(knn) if r["k"] == k]
     datasets = sorted({r["dataset"] for r in rows})
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.5 * max(1, len(datasets)), 3.6), squeeze=False)

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from submitit.helpers import TorchDistributedEnvironment
 
+from amoe_core.device import pick_device
+
 log = logging.getLogger(__name__)
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -60,11 +62,7 @@ def current_info() -> DistInfo:
     else:
         rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    else:
-        device = torch.device("cpu")
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=pick_device(local_rank))
 
 
 def init_distributed(backend: str | None = None) -> DistInfo:

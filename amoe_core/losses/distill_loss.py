@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
 from amoe_core.config import LossConfig, TeacherSpec
@@ -46,8 +47,6 @@ def gather_rows(x: Tensor, group: dist.ProcessGroup | None = None, differentiabl
     pad = max(sizes_l) - x.shape[0]
     xp = torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) if pad else x
     if differentiable:
-        import torch.distributed.nn.functional as dist_nn
-
         parts = dist_nn.all_gather(xp.contiguous(), group=group)
     else:
         parts = [torch.empty_like(xp) for _ in range(world)]

@@ -5,8 +5,9 @@ sigmoid router scores, gate = the selected experts' unbiased scores (optionally 
 `route_norm`, released models: off) times `route_scale` (released: 1.0), applied to the expert outputs; a per-expert
 bias that is added to the scores only when *choosing* experts (DeepSeek-V3's
 auxiliary-loss-free balancing, torchtitan's sign update): after each optimiser step the training loop calls
-`update_bias(rate)`, which nudges the bias of under-loaded experts up and over-loaded ones down. An optional
-Switch/DeepSeek-style auxiliary loss is available for ablations (`aux_loss` after a forward).
+`update_bias(rate)`, which nudges the bias of under-loaded experts up and over-loaded ones down. A Switch-style
+auxiliary balance loss is computed in every training forward (`aux_loss`, a few [T, E] operations); it enters the
+objective only when `loss.balance_aux_weight` > 0, the one switch for it (ablations).
 
 Dispatch: the (token, expert) slots are sorted by expert, the tokens gathered once (`index_select`), split per
 expert with `torch.split`, each expert applied to its contiguous chunk, and the weighted outputs scattered back with
@@ -61,19 +62,13 @@ class MoEFFN(nn.Module):
         top_k: int,
         route_norm: bool = False,
         route_scale: float = 1.0,
-        aux_loss: bool = False,
         dispatch: Dispatch = "auto",
     ) -> None:
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
         self.dim, self.hidden, self.num_experts, self.top_k = dim, hidden, num_experts, top_k
-        self.route_norm, self.route_scale, self.use_aux_loss, self.dispatch = (
-            route_norm,
-            route_scale,
-            aux_loss,
-            dispatch,
-        )
+        self.route_norm, self.route_scale, self.dispatch = route_norm, route_scale, dispatch
         self.router = Router(dim, num_experts)
         self.experts = nn.ModuleList(FeedForward(dim, hidden) for _ in range(num_experts))
         self.register_buffer("expert_bias", torch.zeros(num_experts))
@@ -102,7 +97,7 @@ class MoEFFN(nn.Module):
             self.last_load.copy_(counts)
             if self.training:
                 self.pending_load.add_(counts)
-        self.aux_loss = self._aux_loss(scores, counts) if self.use_aux_loss and self.training else None
+        self.aux_loss = self._aux_loss(scores, counts) if self.training else None
 
         order = torch.argsort(slot_expert, stable=True)
         token_of_slot = order // self.top_k

@@ -17,6 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+try:  # FlexAttention (torch >= 2.5); without it CUDA takes the dense masked path too
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
+
 
 def packed_mask(image_id: Tensor) -> Tensor:
     """[S, 1, N, N] boolean mask: same image -> True. Padding tokens see only themselves (finite softmax)."""
@@ -26,13 +31,7 @@ def packed_mask(image_id: Tensor) -> Tensor:
 
 
 def _use_flex(q: Tensor) -> bool:
-    if not q.is_cuda:
-        return False
-    try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except ImportError:  # older torch
-        return False
-    return True
+    return q.is_cuda and flex_attention is not None
 
 
 def packed_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor, sinks: Tensor | None = None) -> Tensor:
@@ -61,14 +60,10 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor, sinks: T
 
 @functools.cache
 def _compiled_flex():  # noqa: ANN202 - uncompiled flex_attention falls back to a slow reference kernel
-    from torch.nn.attention.flex_attention import flex_attention
-
     return torch.compile(flex_attention, dynamic=True)
 
 
 def _flex_attention(q: Tensor, k: Tensor, v: Tensor, image_id: Tensor, sinks: Tensor | None) -> Tensor:
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def mask_mod(b, h, q_idx, kv_idx):  # noqa: ANN001 - signature fixed by FlexAttention
         qi, ki = image_id[b, q_idx], image_id[b, kv_idx]
         return ((qi == ki) & (qi >= 0)) | (q_idx == kv_idx)

@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from amoe_core.config import StudentConfig
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
+from amoe_core.models.configs import StudentArch, resolve_arch
 from amoe_core.models.heads import Adapter, PhiSPair, TeacherDims, frozen_copy
 from amoe_core.models.moe import FeedForward, MoEFFN
 from amoe_core.models.packed_attention import packed_attention, segment_count
-from amoe_core.models.registry import StudentArch, resolve_arch
 from amoe_core.models.rope import apply_golden, centred_coords, golden_angles, golden_frequencies
 from amoe_core.models.teachers.base import TeacherOutput
 
@@ -49,7 +49,7 @@ class StudentOutput:
     registers: Tensor  # [n, R, d]
     teachers: dict[str, TeacherOutput] = field(default_factory=dict)  # adapter outputs, raw teacher space
     router_load: Tensor | None = None  # [moe_layers, E] fraction of routed token slots per expert
-    aux_loss: Tensor | None = None  # sum over MoE layers of the optional balance loss (None when disabled)
+    aux_loss: Tensor | None = None  # sum over MoE layers of the balance loss (training forwards of an MoE only)
 
 
 def _norm(arch: StudentArch) -> nn.RMSNorm:
@@ -103,7 +103,6 @@ class Block(nn.Module):
                 arch.top_k,
                 route_norm=arch.route_norm,
                 route_scale=arch.route_scale,
-                aux_loss=arch.aux_loss,
                 dispatch=arch.dispatch,  # type: ignore[arg-type]
             )
         else:

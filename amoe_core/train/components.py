@@ -4,19 +4,24 @@ DDP wrapping. distill.run() composes these; the benchmark and the tests build th
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from amoe_core.config import Params
 from amoe_core.data.loader import build_loader
 from amoe_core.data.packed import PackedBatch
-from amoe_core.errors import AmoeError
+from amoe_core.errors import AmoeError, require_path
+from amoe_core.io import atomic_path
 from amoe_core.launch.distributed import DistInfo, broadcast_module_state
+from amoe_core.losses.distill_loss import DistillLoss
 from amoe_core.models.heads import TeacherDims
+from amoe_core.models.siglino import init_student
 from amoe_core.models.student import Student, build_student
 from amoe_core.models.teachers.base import Teacher, TeacherOutput
 from amoe_core.models.teachers.loader import load_teacher
@@ -47,9 +52,6 @@ def build(params: Params, teachers: dict[str, Teacher], device: torch.device) ->
         torch.manual_seed(params.distill.seed)
         student = build_student(params.student, teacher_dims(teachers), params.packing.max_images_per_seq)
     if params.student.init is not None:
-        from amoe_core.errors import require_path
-        from amoe_core.models.siglino import init_student
-
         require_path("student.init", params.student.init, "SigLino checkpoint")
         init_student(student, params.student.init)
     return student.to(device)
@@ -89,8 +91,6 @@ def fit_phis(student: Student, teachers: dict[str, Teacher], batches: Any, sampl
 
 def save_phis(student: Student, run_path: Path) -> None:
     """PHI-S buffers of every teacher beside the run (also inside each checkpoint's weights)."""
-    from amoe_core.io import atomic_path
-
     tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, pair in student.phis.items()
                for k, v in pair.state_dict().items()}  # fmt: skip
     with atomic_path(Path(run_path) / PHIS_FILE) as tmp:
@@ -117,8 +117,6 @@ def wrap(student: nn.Module, info: DistInfo, compile_model: bool = False) -> nn.
     if compile_model:
         model = torch.compile(model)
     if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         model = DDP(
             model,
             device_ids=[info.device.index] if info.device.type == "cuda" else None,
@@ -158,10 +156,6 @@ def loss(params: Params, device: torch.device, student: Student):  # noqa: ANN20
 
     The student's adapter outputs and the teachers' targets both go through the student's fitted PHI-S before the
     feature losses (amoe_core.models.student: PHI-S balances the losses but is no part of the model)."""
-    from dataclasses import replace
-
-    from amoe_core.losses.distill_loss import DistillLoss
-
     fn = DistillLoss(params.loss, params.teachers).to(device)
 
     def terms(out: Any, targets: dict[str, TeacherOutput], batch: PackedBatch) -> dict[str, torch.Tensor]:

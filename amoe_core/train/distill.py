@@ -27,19 +27,18 @@ from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_write_json, mark_output, written_by
 from amoe_core.launch import distributed
+from amoe_core.models.run_checkpoints import latest_checkpoint
+from amoe_core.models.trained import STUDENT_SPEC, student_spec
 from amoe_core.outputs import claim_outputs
 from amoe_core.progress import progress
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import components
 from amoe_core.train.checkpoint import (
-    STUDENT_SPEC,
     Resumable,
-    latest_checkpoint,
     resumable_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    student_spec,
     unwrap,
 )
 from amoe_core.train.live import LiveLog

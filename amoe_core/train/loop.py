@@ -9,10 +9,11 @@ goes to metrics.jsonl and dvclive, and a checkpoint is written every `checkpoint
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from torch import Tensor, nn
 from amoe_core.config import DistillConfig
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
+from amoe_core.io import atomic_write_text, read_jsonl
 from amoe_core.launch.distributed import DistInfo
-from amoe_core.models.moe import MoEFFN
+from amoe_core.models.student import Student
 from amoe_core.train.checkpoint import unwrap
 from amoe_core.train.schedule import lr_at, set_lr
 
@@ -52,7 +54,6 @@ class StepRecord:
     tokens: int  # real patch tokens in the global batch
     images: int
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_metrics(self) -> dict[str, Any]:
         secs = max(self.seconds, 1e-9)
@@ -61,12 +62,7 @@ class StepRecord:
         rec["images_per_s"] = self.images / secs
         rec.update({f"loss/{k}": v for k, v in self.losses.items()})
         rec["expert_load"] = self.expert_load
-        rec.update(self.extra)
         return rec
-
-
-def moe_layers(model: nn.Module) -> list[MoEFFN]:
-    return [m for m in unwrap(model).modules() if isinstance(m, MoEFFN)]
 
 
 def _all_reduce_(t: Tensor) -> Tensor:
@@ -102,6 +98,7 @@ class DistillStep:
     ) -> None:
         self.model, self.targets_fn, self.loss_fn, self.optimizer = model, targets_fn, loss_fn, optimizer
         self.cfg, self.info = cfg, info
+        self.student: Student = unwrap(model)  # type: ignore[assignment]
 
     def __call__(self, micro_batches: list[PackedBatch], step: int) -> StepRecord:
         cfg, device = self.cfg, self.info.device
@@ -132,7 +129,7 @@ class DistillStep:
             values = _all_reduce_(values) / self.info.world_size  # rank average = the global-batch value
             for k, v in zip(names, values.tolist()):
                 sums[k] = sums.get(k, 0.0) + v / len(micro_batches)
-            layers = moe_layers(self.model)
+            layers = self.student.moe_layers
             if layers:  # token-slot counts (not per-rank fractions), so the global fraction weights ranks correctly
                 counts_e = torch.stack([m.last_load.detach().float().cpu() for m in layers])
                 load = counts_e if load is None else load + counts_e
@@ -140,8 +137,7 @@ class DistillStep:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        for layer in moe_layers(self.model):
-            layer.update_bias(cfg.balance_update_rate)
+        self.student.update_balance_bias(cfg.balance_update_rate)
         _all_reduce_(counts)
         if load is not None:
             load = _all_reduce_(load)
@@ -157,9 +153,7 @@ class DistillStep:
         )
 
 
-def batches_forever(
-    make_loader: Callable[[int, int], Any], position: Position, on_epoch_end: Callable[[int], None] | None = None
-) -> Iterator[PackedBatch]:
+def batches_forever(make_loader: Callable[[int, int], Any], position: Position) -> Iterator[PackedBatch]:
     """This rank's batches from `position` on, epoch after epoch; `position` is advanced as batches are taken."""
     while True:
         loader = make_loader(position.epoch, position.batch)
@@ -168,8 +162,6 @@ def batches_forever(
         for batch in loader:
             position.batch += 1
             yield batch
-        if on_epoch_end:
-            on_epoch_end(position.epoch)
         position.epoch, position.batch = position.epoch + 1, 0
 
 
@@ -186,11 +178,7 @@ def position_dict(p: Position) -> dict[str, int]:
 
 def trim_records(path: Path, last_step: int) -> None:
     """Drop metrics records after `last_step` (logged by a run killed after its last checkpoint) before resuming."""
-    from amoe_core.io import atomic_write_text, read_jsonl
-
     if not path.exists():
         return
-    import json
-
     keep = [r for r in read_jsonl(path) if int(r.get("step", -1)) <= last_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))

@@ -16,6 +16,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
+FORWARD_TOKENS = 65536  # (padded) tokens per teacher forward batch: bounds activation memory, not the work
 
 
 @dataclass
@@ -50,10 +51,6 @@ class Teacher(nn.Module):
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)  # frozen: always eval mode
-
-    @torch.no_grad()
-    def embed(self, images: list[Tensor]) -> Tensor:
-        return self(images).summary
 
     # ----------------------------------------------------------------------------------------------- shared helpers
     @property
@@ -100,10 +97,9 @@ class Teacher(nn.Module):
         self,
         images: list[Tensor],
         grid: Tensor | None,
-        max_tokens: int,
         encode: Callable[[Tensor, int, int], tuple[Tensor, Tensor, int]],
     ) -> TeacherOutput:
-        """Run equal-grid images as dense batches of at most `max_tokens` tokens and reassemble canonical order.
+        """Run equal-grid images as dense batches of at most `FORWARD_TOKENS` tokens and reassemble canonical order.
 
         `encode(x [b, 3, rows*P, cols*P], rows, cols) -> (summary [b, D], tokens [b, prefix + rows*cols, D], prefix)`
         where the last `num_registers` prefix tokens are the registers.
@@ -114,7 +110,7 @@ class Teacher(nn.Module):
         patches: list[Tensor | None] = [None] * n
         registers: list[Tensor | None] = [None] * n
         for (rows, cols), idx in group_by_size(grids).items():
-            for chunk in token_chunks(idx, rows * cols, max_tokens):
+            for chunk in token_chunks(idx, rows * cols, FORWARD_TOKENS):
                 x = torch.stack([self.to_teacher_input(images[i], rows, cols) for i in chunk])
                 pooled, tokens, prefix = encode(x, rows, cols)
                 for j, i in enumerate(chunk):
@@ -144,18 +140,27 @@ def group_by_size(grids: list[tuple[int, int]]) -> dict[tuple[int, int], list[in
     return groups
 
 
-def token_chunks(indices: list[int], tokens_each: int | list[int], budget: int) -> list[list[int]]:
-    """Split `indices` into consecutive forward batches of at most `budget` (padded) tokens each (>= 1 image)."""
+def token_chunks(
+    indices: list[int], tokens_each: int | list[int], budget: int, max_padding: float | None = None
+) -> list[list[int]]:
+    """Split `indices` into consecutive forward batches of at most `budget` (padded) tokens each (>= 1 image).
+
+    With `max_padding` (for images sorted by length, padded to the longest of their batch), a batch also ends
+    before its padded size would exceed (1 + max_padding) x its real tokens: one batch of log-uniform 4-64 token
+    images is ~2.5x padding, and the attention and MLP work on padding is wasted.
+    """
     out: list[list[int]] = []
     cur: list[int] = []
-    longest = 0
+    longest = real = 0
     for k, i in enumerate(indices):
         t = tokens_each if isinstance(tokens_each, int) else tokens_each[k]
-        if cur and (len(cur) + 1) * max(longest, t) > budget:
+        padded = (len(cur) + 1) * max(longest, t)
+        too_padded = max_padding is not None and padded > (1 + max_padding) * (real + t)
+        if cur and (padded > budget or too_padded):
             out.append(cur)
-            cur, longest = [], 0
+            cur, longest, real = [], 0, 0
         cur.append(i)
-        longest = max(longest, t)
+        longest, real = max(longest, t), real + t
     if cur:
         out.append(cur)
     return out

@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 
-from amoe_core.errors import AmoeError
 from amoe_core.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD, Teacher
-from amoe_core.models.teachers.hf import HFTeacher, load_config, load_model, read_normalisation, resolve_source
+from amoe_core.models.teachers.hf import HFTeacher, load_typed, read_normalisation, resolve_source
 
 MODEL_TYPES = ("dinov3_vit",)
 
@@ -23,15 +22,8 @@ class DINOv3Teacher(HFTeacher):
 
 
 def load(spec: Any, device: torch.device | str = "cpu") -> Teacher:
-    from transformers import DINOv3ViTModel
+    from transformers import DINOv3ViTModel  # transformers: imported when a teacher loads (about a second of start-up)
 
-    source = resolve_source(spec.name, spec.path)
-    cfg = load_config(spec.name, source)
-    if cfg.model_type not in MODEL_TYPES:
-        raise AmoeError(
-            f"teacher {spec.name!r}: {spec.path!r} holds a {cfg.model_type!r} model, but kind 'dinov3' needs "
-            f"one of {list(MODEL_TYPES)}; use kind 'hf' for other transformers encoders"
-        )
-    model = load_model(spec.name, DINOv3ViTModel, source, device)
-    mean, std = read_normalisation(source, (IMAGENET_MEAN, IMAGENET_STD))
+    model = load_typed(spec, device, DINOv3ViTModel, MODEL_TYPES)
+    mean, std = read_normalisation(resolve_source(spec.name, spec.path), (IMAGENET_MEAN, IMAGENET_STD))
     return DINOv3Teacher(spec.name, model, model.config, mean, std, kind="dinov3")

@@ -1,5 +1,7 @@
 """Any transformers ViT-style vision encoder as a frozen `Teacher`, plus the checkpoint-loading helpers all HF
-teachers share (local `save_pretrained` directory or hub id, one clear error offline, bf16 on CUDA)."""
+teachers share (local `save_pretrained` directory or hub id, one clear error offline, bf16 on CUDA). transformers is
+imported inside the functions that need it: about a second of start-up that commands which never load a teacher
+(`amoe model info`, `amoe export`, the params check) would pay."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from amoe_core.device import compute_dtype
 from amoe_core.errors import AmoeError
 from amoe_core.models.teachers.base import (
     IMAGENET_MEAN,
@@ -27,15 +30,10 @@ from amoe_core.models.teachers.base import (
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def compute_dtype(device: torch.device | str) -> torch.dtype:
-    """Teachers run in bf16 on CUDA (frozen, forward only) and in float32 on CPU."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-
-
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' load reports and progress bars (unused text-tower weights are expected)."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # transformers: imported on use (start-up time)
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -87,7 +85,7 @@ def _load_errors(name: str, source: str) -> Iterator[None]:
 
 def refuse_custom_code(name: str, source: str) -> None:
     """A checkpoint whose model type transformers does not know runs its own Python (`auto_map`): never here."""
-    from transformers import CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING  # transformers: imported on use (start-up time)
 
     f = Path(source) / "config.json"
     try:
@@ -104,7 +102,7 @@ def refuse_custom_code(name: str, source: str) -> None:
 
 
 def load_config(name: str, source: str) -> Any:
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers: imported on use (start-up time)
 
     refuse_custom_code(name, source)
     with _load_errors(name, source):
@@ -163,7 +161,6 @@ class HFTeacher(Teacher):
         mean: tuple[float, float, float],
         std: tuple[float, float, float],
         kind: str = "hf",
-        max_tokens: int = 65536,
     ) -> None:
         super().__init__()
         self.name, self.kind, self.model = name, kind, model
@@ -171,7 +168,6 @@ class HFTeacher(Teacher):
         self.dim = int(cfg.hidden_size)
         self.num_registers = int(getattr(cfg, "num_register_tokens", 0) or 0)
         self.mean, self.std = mean, std
-        self.max_tokens = max_tokens
         self.summary_head = None
         params = inspect.signature(model.forward).parameters
         self._extra = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in params else {}
@@ -179,7 +175,7 @@ class HFTeacher(Teacher):
 
     @torch.no_grad()
     def forward(self, images: list[Tensor], grid: Tensor | None = None) -> TeacherOutput:
-        return self.forward_by_size(images, grid, self.max_tokens, self._encode)
+        return self.forward_by_size(images, grid, self._encode)
 
     def _encode(self, x: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor, int]:
         out = self.model(pixel_values=x, **self._extra)
@@ -197,16 +193,31 @@ class HFTeacher(Teacher):
         return pooled, hidden, prefix
 
 
+def model_type(spec: Any) -> str:
+    """The checkpoint's `model_type` (what amoe_core.models.teachers.loader dispatches on for kind `hf`)."""
+    return str(getattr(load_config(spec.name, resolve_source(spec.name, spec.path)), "model_type", ""))
+
+
+def load_typed(
+    spec: Any, device: torch.device | str, cls: Any, model_types: tuple[str, ...], note: str = ""
+) -> nn.Module:
+    """`cls` from `spec.path` after checking the checkpoint holds one of `model_types` (kinds siglip2, dinov3)."""
+    source = resolve_source(spec.name, spec.path)
+    cfg = load_config(spec.name, source)
+    if cfg.model_type not in model_types:
+        raise AmoeError(
+            f"teacher {spec.name!r}: {spec.path!r} holds a {cfg.model_type!r} model, but kind {spec.kind!r} needs "
+            f"one of {list(model_types)}{note}; use kind 'hf' for other transformers encoders"
+        )
+    return load_model(spec.name, cls, source, device)
+
+
 def load(spec: Any, device: torch.device | str = "cpu") -> Teacher:
     """Any transformers vision encoder (`AutoModel`); composite image-text checkpoints use their vision tower."""
-    from transformers import AutoModel
+    from transformers import AutoModel  # transformers: imported when a teacher loads (about a second of start-up)
 
     source = resolve_source(spec.name, spec.path)
     cfg = load_config(spec.name, source)
-    if str(getattr(cfg, "model_type", "")).startswith("siglip2"):
-        from amoe_core.models.teachers import siglip2
-
-        return siglip2.load(spec, device)  # NaFlex inputs need the SigLIP2 wrapper
     model = load_model(spec.name, AutoModel, source, device)
     vision_cfg = cfg
     if getattr(cfg, "vision_config", None) is not None:

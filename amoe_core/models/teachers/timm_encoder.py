@@ -10,12 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from torch import Tensor, nn
 
+from amoe_core.device import compute_dtype
 from amoe_core.errors import AmoeError
 from amoe_core.models.teachers.base import Teacher, TeacherOutput, freeze
-from amoe_core.models.teachers.hf import HUB_ID, compute_dtype
+from amoe_core.models.teachers.hf import HUB_ID
 
 
 def _source(name: str, path: str) -> str:
@@ -28,8 +30,6 @@ def _source(name: str, path: str) -> str:
         return path
     if HUB_ID.match(path):
         return f"hf-hub:{path}"
-    import timm
-
     if timm.is_model(path):
         return path  # a registry name: its pretrained weights are downloaded
     raise AmoeError(
@@ -38,8 +38,6 @@ def _source(name: str, path: str) -> str:
 
 
 def _create(name: str, source: str) -> nn.Module:
-    import timm
-
     try:
         try:  # ViTs accept any patch grid with dynamic_img_size; other families do not take the argument
             return timm.create_model(source, pretrained=True, num_classes=0, dynamic_img_size=True)
@@ -57,10 +55,9 @@ def _create(name: str, source: str) -> nn.Module:
 
 
 class TimmTeacher(Teacher):
-    def __init__(self, name: str, model: nn.Module, max_tokens: int = 65536) -> None:
+    def __init__(self, name: str, model: nn.Module) -> None:
         super().__init__()
         self.name, self.kind, self.model = name, "timm", model
-        self.max_tokens = max_tokens
         self.summary_head = None
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))  # type: ignore[assignment]
@@ -81,7 +78,7 @@ class TimmTeacher(Teacher):
 
     @torch.no_grad()
     def forward(self, images: list[Tensor], grid: Tensor | None = None) -> TeacherOutput:
-        return self.forward_by_size(images, grid, self.max_tokens, self._encode)
+        return self.forward_by_size(images, grid, self._encode)
 
     def _encode(self, x: Tensor, rows: int, cols: int) -> tuple[Tensor, Tensor, int]:
         feats = self.model.forward_features(x)

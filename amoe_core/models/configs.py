@@ -1,13 +1,11 @@
-"""Named student architectures (the released SigLino models, tiiuae/amoe, plus a CPU `tiny`) and
-`amoe model info`: total and active parameter counts, computed on the meta device (nothing is allocated)."""
+"""The student's architecture knobs (`StudentArch`) and the named configs (the released SigLino models, tiiuae/amoe,
+plus a CPU `tiny`); `resolve_arch` applies `student.overrides`. Plain data: no torch, so params validation can use it."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from amoe_core.errors import ConfigError
 
@@ -34,7 +32,6 @@ class StudentArch:
     qk_norm: bool = True
     rope_min_freq: float = 1.0
     rope_max_freq: float = 20.0
-    aux_loss: bool = False  # optional Switch-style balance loss (ablations); balancing is aux-loss-free by default
     dispatch: str = "auto"  # auto | loop | grouped (see amoe_core.models.moe)
 
     def is_moe_layer(self, i: int) -> bool:
@@ -63,6 +60,12 @@ ARCHS: dict[str, StudentArch] = {
 }
 
 
+# Keys a params file may still carry from earlier versions, and what replaces them.
+REMOVED = {
+    "aux_loss": "set loss.balance_aux_weight > 0 instead (the MoE balance loss counts exactly when its weight does)"
+}
+
+
 def resolve_arch(name: str, overrides: dict[str, Any] | None = None) -> StudentArch:
     """The named architecture with `student.overrides` applied; unknown names/fields raise ConfigError."""
     if name not in ARCHS:
@@ -70,6 +73,8 @@ def resolve_arch(name: str, overrides: dict[str, Any] | None = None) -> StudentA
     arch = ARCHS[name]
     fields = {f.name: f for f in dataclasses.fields(StudentArch)}
     for key, value in (overrides or {}).items():
+        if key in REMOVED:
+            raise ConfigError(f"student.overrides.{key} was removed: {REMOVED[key]}")
         if key not in fields:
             raise ConfigError(f"unknown key student.overrides.{key}; allowed: {', '.join(fields)}")
         if isinstance(getattr(arch, key), tuple):
@@ -80,38 +85,3 @@ def resolve_arch(name: str, overrides: dict[str, Any] | None = None) -> StudentA
     if arch.head_dim % 4:
         raise ConfigError(f"invalid student head_dim = {arch.head_dim}: golden 2D RoPE needs a multiple of 4")
     return arch
-
-
-def count_parameters(arch: StudentArch) -> dict[str, int]:
-    """Backbone parameters (patch projector, prefix tokens, blocks, final norm; no adaptors, no frozen heads, no
-    buffers), total and active per token (the experts a token is not routed to excluded), built on the meta device.
-    The released SigLino-MoE-0.3B: 503.5M total, 153.2M active."""
-    from amoe_core.models.student import Student
-
-    with torch.device("meta"):
-        model = Student(arch, {})
-    total = sum(p.numel() for p in model.parameters())
-    inactive = 0
-    for moe in model.moe_layers:
-        per_expert = sum(p.numel() for p in moe.experts[0].parameters())
-        inactive += (moe.num_experts - moe.top_k) * per_expert
-    return {"total": total, "active": total - inactive}
-
-
-def print_model_info(names: list[str] | None, params: Any) -> None:
-    """`amoe model info [NAMES...]`: one line per named config (default: all, the configured one marked)."""
-    current = params.student.name if params is not None else None
-    for name in names or list(ARCHS):
-        overrides = params.student.overrides if params is not None and name == current else {}
-        arch = resolve_arch(name, overrides)
-        n = count_parameters(arch)
-        moe = (
-            f"MoE {arch.num_experts}x{arch.expert_hidden} top-{arch.top_k}"
-            if arch.num_experts
-            else f"dense SwiGLU {arch.dense_hidden}"
-        )
-        mark = " *" if name == current else ""
-        print(
-            f"{name:18s} total {n['total'] / 1e6:9.2f}M  active {n['active'] / 1e6:9.2f}M  "
-            f"{arch.depth} x {arch.dim}, {arch.heads} heads x {arch.head_dim}, {moe}{mark}"
-        )
