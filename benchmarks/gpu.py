@@ -8,7 +8,8 @@ included: `make test` runs it so the command keeps working between GPU runs). Ea
 a row that cannot run here says why instead of a number (e.g. "no CUDA", "faiss-gpu not importable"), and a row that
 fails records its error without stopping the others. Output: a table on stdout and a JSON report (`--out`):
 `{"env": {...}, "rows": [{"name", "status": "ok"|"fail"|"skip", "value", "unit", "note"}]}`. Exit 1 when a
-correctness row fails.
+correctness row fails. One file on purpose (~540 lines, one small function per row): it is the script that travels
+to a lent GPU machine and runs there as one command.
 
 Rows (correctness first, then size):
 - attention: the packed forward+backward (FlexAttention block mask on CUDA, boolean-mask SDPA elsewhere) equals each
