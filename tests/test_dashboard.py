@@ -160,9 +160,9 @@ def _chart_specs(at: AppTest) -> list[dict]:
 def test_variants_fold_seeds_into_mean_and_std(app):
     variants = _frame(app, {"variant", "seeds", "runs"}).set_index("variant")
     # alpha and alpha-s1 differ only by seed and run name: one variant. Labels are the report's: each variant is
-    # named by where it departs from the modal settings (ties go to the first value: c_max 128, relational arkd)
-    assert list(variants.index) == ["c_max=256", "relational=rkd"]
-    ref = variants.loc["c_max=256"]
+    # named by where it departs from the reference, the settings of most runs (alpha's two seeds)
+    assert list(variants.index) == ["reference", "relational=rkd, c_max=128"]
+    ref = variants.loc["reference"]
     assert ref["seeds"] == "0, 1" and ref["runs"] == 2
     col = "kNN clipart % (ensemble, 64px, k20)"
     a, b = 100 * _acc(0, 1, 1, 1, 1), 100 * _acc(1, 1, 1, 1, 1)  # runs 0 and 1: clipart, ensemble, 64px, k20
@@ -180,7 +180,7 @@ def test_runs_table_holds_differing_condition_params_and_key_metrics(app):
     # only condition params that differ; run identity (name, seed) and other commands' sections are not columns
     assert {"loss.relational", "packing.c_max"} <= set(table.columns)
     assert not {"distill.run", "distill.seed", "report.runs_dir", "loss.relational_weight"} & set(table.columns)
-    assert table.loc["alpha-s1", "seed"] == 1 and table.loc["alpha-s1", "variant"] == "c_max=256"
+    assert table.loc["alpha-s1", "seed"] == 1 and table.loc["alpha-s1", "variant"] == "reference"
     assert table.loc["beta", "loss.relational"] == "rkd" and table.loc["alpha", "packing.c_max"] == 256
     assert table.loc["alpha", "steps"] == 5
     assert table.loc["beta", "loss/total (last)"] == pytest.approx(10.0 / 5 + 2)
@@ -203,15 +203,15 @@ def test_eval_tables_default_to_the_main_resolution(app):
     assert app.selectbox(key="eval_res").value == 64 and app.selectbox(key="tvs_res").value == 64
     assert app.selectbox(key="res_k").value == 20
     knn = _frame(app, {"variant", "feature", "fmnist", "clipart"})
-    ref = knn[(knn.variant == "c_max=256") & (knn.feature == "student:ensemble")].iloc[0]
+    ref = knn[(knn.variant == "reference") & (knn.feature == "student:ensemble")].iloc[0]
     a, b = 100 * _acc(0, 0, 1, 1, 1), 100 * _acc(1, 0, 1, 1, 1)
     assert ref["fmnist"] == f"{statistics.fmean([a, b]):.1f} ± {statistics.stdev([a, b]):.1f}"
     app.selectbox(key="eval_res").select(32).run()
     knn = _frame(app, {"variant", "feature", "fmnist", "clipart"})
-    beta = knn[knn.variant == "relational=rkd"].iloc[0]
+    beta = knn[knn.variant == "relational=rkd, c_max=128"].iloc[0]
     assert beta["clipart"] == f"{100 * _acc(2, 1, 1, 0, 1):.1f}"  # one seed: the value alone
     lin = _frame(app, {"variant", "feature", "dataset", "64px"})
-    r = lin[(lin.variant == "relational=rkd") & (lin.dataset == "clipart")].iloc[0]
+    r = lin[(lin.variant == "relational=rkd, c_max=128") & (lin.dataset == "clipart")].iloc[0]
     assert r["64px"] == f"{100 * _acc(2, 1, 1, 1, 9):.1f}"
     fid = _frame(app, {"variant", "teacher", "cka"})
     assert len(fid) == 4 and (fid.cka == "0.700 ± 0.000").sum() == 2
@@ -225,7 +225,7 @@ def test_charts_colour_by_variant_with_one_legend_entry_each(app):
     colour = res["spec"]["layer"][0]["encoding"]["color"]
     # the colour scale's domain lists each variant once, then each teacher: one legend entry per line
     assert colour["field"] == "variant"
-    assert colour["scale"]["domain"] == ["c_max=256", "relational=rkd", "teacher dino", "teacher siglip"]
+    assert colour["scale"]["domain"] == ["reference", "relational=rkd, c_max=128", "teacher dino", "teacher siglip"]
     assert set(res["facet"]) == {"column", "row"}  # dataset x feature panels
     # the same variant keeps its colour on the loss chart: same domain, same scheme
     loss = next(s for s in specs if s.get("title") == "Loss terms")
@@ -234,7 +234,7 @@ def test_charts_colour_by_variant_with_one_legend_entry_each(app):
 
 def test_teacher_vs_student_bars_are_sized_by_their_rows(app, fixture_root):
     cmp = _frame(app, {"variant", "dataset", "teacher", "student", "teacher alone"})
-    row = cmp[(cmp.variant == "c_max=256") & (cmp.dataset == "fmnist") & (cmp.teacher == "dino")].iloc[0]
+    row = cmp[(cmp.variant == "reference") & (cmp.dataset == "fmnist") & (cmp.teacher == "dino")].iloc[0]
     teacher = fixture_root["teachers"]["knn"]["fmnist"]["teacher:dino"]["64px"]["k20"]
     assert row["teacher alone"] == pytest.approx(round(100 * teacher, 1))
     bars = [s for s in _chart_specs(app) if "vs the student's" in json.dumps(s.get("title", ""))]

@@ -53,7 +53,7 @@ def differing_keys(flat: Iterable[dict[str, str]]) -> list[str]:
 
 def group_variants(runs: list[RunDir]) -> list[Variant]:
     """Group runs by their params minus identity keys. The reference variant takes, for every key that differs
-    between groups, its most common value (ties: the first in sorted order); every other variant is labelled by the
+    between groups, its most common value over the runs (ties: the first in sorted order); every other variant is labelled by the
     settings where it departs from the reference."""
     flat = {r.id: conditions(r) for r in runs}
     differing = differing_keys(flat.values())
@@ -61,7 +61,9 @@ def group_variants(runs: list[RunDir]) -> list[Variant]:
     for r in sorted(runs, key=lambda r: r.id):
         settings = {k: flat[r.id].get(k, "-") for k in differing}
         groups.setdefault(tuple(settings.items()), Variant(label="", settings=settings)).runs.append(r)
-    reference = {k: _modal([v.settings[k] for v in groups.values()]) for k in differing}
+    # counted over runs, not variants: the setting with the most runs (seeds) is the reference, so one-seed side
+    # points (e.g. the data-scaling sizes) never outvote the three-seed ablation
+    reference = {k: _modal([v.settings[k] for v in groups.values() for _ in v.runs]) for k in differing}
     for v in groups.values():
         departs = [f"{k.split('.')[-1]}={short(x)}" for k, x in v.settings.items() if x != reference[k]]
         v.label = ", ".join(departs) or ("reference" if differing else "all runs")
