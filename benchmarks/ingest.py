@@ -2,6 +2,7 @@
 only decodes and re-encodes the same images, measured in the same run. Target: ratio >= 1.5 on 2 cores.
 
     .venv/bin/python benchmarks/ingest.py [--pool data/demo/pool] [--limit N] [--repeat R]
+    .venv/bin/python benchmarks/ingest.py --smoke    # seconds, on a sample pool of real photos (make test runs it)
 
 The loop is the fair floor for "decode + re-encode": the same files, the same decompression-bomb rule (files ingest
 skips for their pixel count are skipped, not decoded), the same stored format and settings (JPEG at the configured

@@ -8,7 +8,8 @@
 2. data-loader throughput (steps/s of the packed loader, decode + resize + patchify + pack) vs what training
    consumes (steps/s of the packed training step): the loader must keep up with room to spare.
 Images: the demo shards (data/shards, `make demo` or `amoe data ingest`), a random subset. Targets in the issue:
-packed >= 1.5x padded, loader >= 3x consumption. The last line is the packed/padded ratio.
+packed >= 1.5x padded, loader >= 3x consumption. The last line is the packed/padded ratio. `--smoke` runs it in
+seconds on sample shards of real photos (make test does).
 
     python benchmarks/train.py [--images 800] [--steps 8]
 """
