@@ -148,3 +148,14 @@ def test_queue_runs_experiments_once_and_refuses_uncommitted_params(repo: Path) 
     _sh("dvc", "queue", "remove", "--all", cwd=repo)
     ablations.collect(["q1"], repo / "results")
     assert json.loads((repo / "results" / "q1-balanced" / "eval.json").read_text()) == {"knn": 0.4}
+
+
+def test_queue_workers_share_the_cores_and_keep_a_users_thread_pin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two concurrent experiments on 4 cores get 2 OpenMP threads each (not 4 each, which would oversubscribe);
+    a user's OMP_NUM_THREADS wins; stages import amoe_core from the experiment's workspace first."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    env = ablations.worker_env(2, {"PATH": "/bin", "PYTHONPATH": "/elsewhere"})
+    assert env["OMP_NUM_THREADS"] == "2" and env["PATH"] == "/bin"
+    assert env["PYTHONPATH"].split(os.pathsep) == [".", "/elsewhere"]
+    assert ablations.worker_env(8, {})["OMP_NUM_THREADS"] == "1"  # never below one thread
+    assert ablations.worker_env(2, {"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"

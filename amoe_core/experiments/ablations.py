@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amoe_core.config import Params
+from amoe_core.device import cpu_thread_budget
 from amoe_core.dvc_cli import run_dvc
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_dir
@@ -132,10 +133,20 @@ def _queued_names() -> set[str]:
     return {name for name, status in _queue_status() if status in {"Queued", "Running"}}
 
 
+def worker_env(jobs: int, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the queue workers: stage commands import amoe_core from the experiment's own workspace,
+    not from this (editable) checkout, and the `jobs` concurrent experiments split the cores between them (each
+    stage would otherwise take every core, and oversubscribed OpenMP threads spin against each other; see
+    amoe_core/device.py). A user's own OMP_NUM_THREADS is kept."""
+    env = dict(os.environ if environ is None else environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [".", env.get("PYTHONPATH")]))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cpu_thread_budget(0) // max(1, jobs))))
+    return env
+
+
 def run_queue(jobs: int, poll_s: float = 30.0) -> None:
     """Start `jobs` queue workers and wait until nothing is queued or running; fail naming the failed experiments."""
-    # stage commands import amoe_core from the experiment's own workspace, not from this (editable) checkout
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [".", os.environ.get("PYTHONPATH")]))}
+    env = worker_env(jobs)
     # the workers are daemons that inherit stdout/stderr: capturing them would block until the queue is empty
     log_file = Path(".dvc/tmp/amoe-ablate-queue.log")
     log_file.parent.mkdir(parents=True, exist_ok=True)
