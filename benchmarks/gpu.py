@@ -59,6 +59,7 @@ from amoe_core.config import PackingConfig, Params, validate_params  # noqa: E40
 from amoe_core.data.packed import PackedBatch  # noqa: E402
 from amoe_core.data.packing import assemble, balance_batches, stream_pack  # noqa: E402
 from amoe_core.data.resolution import patchify, plan_grids  # noqa: E402
+from amoe_core.device import pick_device  # noqa: E402
 from amoe_core.launch.distributed import DistInfo  # noqa: E402
 from amoe_core.models.configs import resolve_arch  # noqa: E402
 from amoe_core.models.moe import MoEFFN  # noqa: E402
@@ -516,7 +517,7 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the device, for MFU")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     env = env_info(device)
     print(" ".join(f"{k}={v}" for k, v in env.items()))
     rep = Report()

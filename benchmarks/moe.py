@@ -13,6 +13,7 @@ import torch
 from _smoke import SMOKE_HELP
 from timm.layers import SwiGLU
 
+from amoe_core.device import pick_device
 from amoe_core.models.moe import MoEFFN
 
 
@@ -49,7 +50,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=str(pick_device()))
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     args = ap.parse_args()
     if args.smoke:

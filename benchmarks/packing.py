@@ -39,6 +39,7 @@ from amoe_core.config import Params, load_params  # noqa: E402
 from amoe_core.data.loader import matched_images_per_step, stream_order  # noqa: E402
 from amoe_core.data.packing import balance_batches, ffd_pack, split_for, stream_pack, utilisation  # noqa: E402
 from amoe_core.data.resolution import plan_grids  # noqa: E402
+from amoe_core.device import pick_device  # noqa: E402
 from amoe_core.models.packed_attention import packed_attention  # noqa: E402
 
 RANKS = 8
@@ -244,7 +245,7 @@ def main() -> None:
         args.synthetic, args.timed_steps = 1500, 1
     params = load_params() if Path("params.yaml").exists() else Params()
     cfg = params.packing
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device().type  # the helpers below take the type string
     print(
         f"packing: c_max={cfg.c_max} S={cfg.seqs_per_step} tokens [{cfg.min_tokens}, {cfg.max_tokens}] "
         f"<= {cfg.max_images_per_seq} images/seq, buffer {cfg.shuffle_buffer}, patch {cfg.patch_size}; {RANKS} ranks"

@@ -20,9 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A one-stage pipeline that writes a run directory like `amoe distill` + `amoe evaluate` do.
 STAGE = """
-import json, pathlib, yaml
+import json, pathlib, sys, yaml
 p = yaml.safe_load(open("params.yaml"))
-run = pathlib.Path("runs/balanced"); (run / "checkpoints").mkdir(parents=True, exist_ok=True)
+run = pathlib.Path("runs") / sys.argv[1]; (run / "checkpoints").mkdir(parents=True, exist_ok=True)
 (run / "params.yaml").write_text(yaml.safe_dump(p))
 (run / "eval.json").write_text(json.dumps({"knn": p["a"] / 10}))
 (run / "train.json").write_text(json.dumps({"tokens_per_s": 100.0}))
@@ -34,20 +34,22 @@ teachers = pathlib.Path("runs/_teachers"); teachers.mkdir(parents=True, exist_ok
 DVC_YAML = """
 stages:
   train:
-    cmd: python stage.py
-    deps: [stage.py]
-    params: [a]
-    outs:
-      - runs/balanced/checkpoints
-      - runs/balanced/params.yaml:
-          cache: false
-    metrics:
-      - runs/balanced/eval.json:
-          cache: false
-      - runs/balanced/train.json:
-          cache: false
-      - runs/_teachers/eval.json:
-          cache: false
+    foreach: [balanced]
+    do:
+      cmd: python stage.py ${item}
+      deps: [stage.py]
+      params: [a]
+      outs:
+        - runs/${item}/checkpoints
+        - runs/${item}/params.yaml:
+            cache: false
+      metrics:
+        - runs/${item}/eval.json:
+            cache: false
+        - runs/${item}/train.json:
+            cache: false
+        - runs/_teachers/eval.json:
+            cache: false
 """
 
 
@@ -73,6 +75,10 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     _sh("git", "config", "user.name", "t", cwd=root)
     _sh("dvc", "init", "-q", cwd=root)
     _sh("dvc", "repro", "-q", cwd=root)
+    stale = root / "runs" / "random"  # an earlier demo's records, committed: no experiment below rewrites them
+    stale.mkdir()
+    (stale / "params.yaml").write_text("a: 0\n")
+    (stale / "eval.json").write_text(json.dumps({"knn": 0.0}))
     _sh("git", "add", "-A", cwd=root)
     _sh("git", "commit", "-qm", "baseline", cwd=root)
     monkeypatch.chdir(root)
@@ -113,12 +119,15 @@ def test_a_bad_ablate_override_stops_before_anything_is_queued(repo: Path, overr
 
 
 def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> None:
-    _sh("dvc", "exp", "run", "-q", "-n", "e2", "-S", "a=2", cwd=repo)
-    _sh("dvc", "exp", "run", "-q", "-n", "e3", "-S", "a=3", cwd=repo)
+    _sh("dvc", "exp", "run", "-q", "-n", "e2", "-S", "a=2", "train@balanced", cwd=repo)
+    _sh("dvc", "exp", "run", "-q", "-n", "e3", "-S", "a=3", "train@balanced", cwd=repo)
     assert set(ablations.experiment_refs()) == {"e2", "e3"}
     out = repo / "results"
-    runs = ablations.collect(["e2", "e3"], out)
+    e2, e3 = (ablations.Experiment(n, {"a": a}, "train@balanced") for n, a in (("e2", "2"), ("e3", "3")))
+    runs = ablations.collect([e2, e3], out)
+    # only the run each experiment wrote: the committed runs/random in their commits is the baseline's, not theirs
     assert runs == [out / "e2-balanced", out / "e3-balanced"]
+    assert sorted(p.name for p in out.glob("[!.]*")) == ["_teachers", "e2-balanced", "e3-balanced"]
     for name, a in (("e2", 2), ("e3", 3)):  # each experiment's own records, not the workspace's
         run = out / f"{name}-balanced"
         assert json.loads((run / "eval.json").read_text()) == {"knn": a / 10}
@@ -127,7 +136,7 @@ def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> 
         assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
     assert json.loads((out / "_teachers" / "eval.json").read_text()) == {"knn": 1}
     with pytest.raises(AmoeError, match="no finished experiment named e9: run `amoe ablate` first"):
-        ablations.collect(["e2", "e9"], out)
+        ablations.collect([e2, ablations.Experiment("e9", {}, None)], out)
     assert (out / "e2-balanced" / "eval.json").exists()  # a failed collect leaves the previous one intact
 
 
@@ -146,7 +155,7 @@ def test_queue_runs_experiments_once_and_refuses_uncommitted_params(repo: Path) 
     _sh("git", "commit", "-qam", "new baseline", cwd=repo)
     assert ablations.queue([exp]) == [exp]  # a new commit is a new baseline: the experiment runs again
     _sh("dvc", "queue", "remove", "--all", cwd=repo)
-    ablations.collect(["q1"], repo / "results")
+    ablations.collect([exp], repo / "results")
     assert json.loads((repo / "results" / "q1-balanced" / "eval.json").read_text()) == {"knn": 0.4}
 
 

@@ -62,6 +62,12 @@ class Experiment:
     overrides: dict[str, str]
     target: str | None
 
+    @property
+    def runs(self) -> set[str] | None:
+        """The run directories this experiment writes: a `STAGE@RUN` target writes RUN only (the other runs in its
+        commit are the baseline's records, carried along unchanged); the whole pipeline (None) writes every run."""
+        return {self.target.split("@", 1)[1]} if self.target and "@" in self.target else None
+
     def queue_command(self) -> list[str]:
         cmd = ["dvc", "exp", "run", "--queue", "-n", self.name]
         for key, value in self.overrides.items():
@@ -168,23 +174,26 @@ def run_queue(jobs: int, poll_s: float = 30.0) -> None:
         )
 
 
-def collect(names: list[str], out: Path) -> list[Path]:
-    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} of each named experiment (its newest one,
-    whatever the baseline) into out/<experiment>-<run>/, and the teachers' evaluation into out/_teachers/. Replaces
-    `out` atomically."""
+def collect(experiments: list[Experiment], out: Path) -> list[Path]:
+    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} of each experiment (its newest one,
+    whatever the baseline; only the runs it writes) into out/<experiment>-<run>/, and the teachers' evaluation into
+    out/_teachers/. Replaces `out` atomically."""
     refs = experiment_refs()
-    missing = [n for n in names if n not in refs]
+    missing = [e.name for e in experiments if e.name not in refs]
     if missing:
         raise AmoeError(f"no finished experiment named {', '.join(missing)}: run `amoe ablate` first")
     written: list[Path] = []
     with atomic_dir(out, "ablate.out", legacy=(TEACHERS_RUN,)) as tmp:
-        for name in names:
+        for e in experiments:
+            name = e.name
             files = _git("ls-tree", "-r", "--name-only", refs[name], "runs/").splitlines()
             for f in files:
                 parts = Path(f).parts
                 if len(parts) != 3 or parts[2] not in RECORDS:
                     continue
                 run = parts[1]
+                if run != TEACHERS_RUN and e.runs is not None and run not in e.runs:
+                    continue
                 dest = tmp / (TEACHERS_RUN if run == TEACHERS_RUN else f"{name}-{run}") / parts[2]
                 if run == TEACHERS_RUN and dest.exists():
                     continue  # every experiment shares the same teachers' evaluation
@@ -210,7 +219,7 @@ def run(params: Params, collect_only: bool = False) -> list[Path]:
         queued = queue(experiments)
         log.info("queued %d experiment(s), %d already done", len(queued), len(experiments) - len(queued))
         run_queue(cfg.jobs)
-    runs = collect([e.name for e in experiments], cfg.out)
+    runs = collect(experiments, cfg.out)
     log.info(
         "collected %d runs into %s; `amoe report -S report.runs_dir=%s` writes the report", len(runs), cfg.out, cfg.out
     )

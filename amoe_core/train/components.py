@@ -32,13 +32,7 @@ PHIS_FILE = "phis.safetensors"
 
 
 def load_teachers(params: Params, device: torch.device) -> dict[str, Teacher]:
-    teachers = {}
-    for spec in params.teachers:
-        t = load_teacher(spec, device)
-        for p in t.parameters():
-            p.requires_grad_(False)
-        teachers[spec.name] = t.eval()
-    return teachers
+    return {spec.name: load_teacher(spec, device) for spec in params.teachers}  # frozen by load_teacher
 
 
 def teacher_dims(teachers: dict[str, Teacher]) -> dict[str, TeacherDims]:

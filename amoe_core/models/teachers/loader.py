@@ -6,7 +6,7 @@ import torch
 
 from amoe_core.config import TeacherSpec
 from amoe_core.errors import AmoeError
-from amoe_core.models.teachers.base import Teacher
+from amoe_core.models.teachers.base import Teacher, freeze
 from amoe_core.models.teachers.dinov3 import load as load_dinov3
 from amoe_core.models.teachers.hf import load as load_hf
 from amoe_core.models.teachers.hf import model_type
@@ -24,4 +24,4 @@ def load_teacher(spec: TeacherSpec, device: torch.device | str = "cpu") -> Teach
     kind = spec.kind
     if kind == "hf" and model_type(spec).startswith("siglip2"):
         kind = "siglip2"
-    return LOADERS[kind](spec, device)
+    return freeze(LOADERS[kind](spec, device))  # the wrapper's own modules too (e.g. a summary head)
