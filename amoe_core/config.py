@@ -384,7 +384,9 @@ class AblateConfig(Section):
     seeds: int = Field(3, ge=1)  # distill.seed = 0 .. seeds-1 per variant
     jobs: int = Field(2, ge=1)  # DVC queue workers running experiments side by side
     variants: list[str] = Field(default_factory=list)  # empty = all (amoe_core/experiments/ablations.py: VARIANTS)
-    overrides: list[str] = Field(default_factory=list)  # `key=value` for every experiment, e.g. distill.steps=900
+    # `key=value` for every experiment: the ablation trains longer than the demo, to the length at which the
+    # reference student clears both expert checks (README, Current results)
+    overrides: list[str] = Field(default_factory=lambda: ["distill.steps=600", "distill.lr=0.002"])
     out: Path = Path("results/ablations")  # the collected run records (versioned; `amoe report` reads them)
 
 
