@@ -156,6 +156,7 @@ def test_timm_teacher_matches_forward_features(tmp_path):
     m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, reg_tokens=2, depth=2)
     save_for_hf(m, tmp_path / "vit", safe_serialization=True)
     t = load_teacher(TeacherSpec(name="vit", kind="timm", path=str(tmp_path / "vit")))
+    assert not t.training and all(not p.requires_grad for p in t.parameters())  # frozen by load_teacher
     assert (t.dim, t.patch_size, t.num_registers) == (192, 16, 2)
     ims = images(5)
     out = t(ims)

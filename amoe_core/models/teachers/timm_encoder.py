@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from amoe_core.device import compute_dtype
 from amoe_core.errors import AmoeError
-from amoe_core.models.teachers.base import Teacher, TeacherOutput, freeze
+from amoe_core.models.teachers.base import Teacher, TeacherOutput
 from amoe_core.models.teachers.hf import HUB_ID
 
 
@@ -96,5 +96,5 @@ class TimmTeacher(Teacher):
 
 def load(spec: Any, device: torch.device | str = "cpu") -> Teacher:
     model = _create(spec.name, _source(spec.name, spec.path))
-    model = freeze(model.to(device=device, dtype=compute_dtype(device)))
+    model = model.to(device=device, dtype=compute_dtype(device))  # frozen by loader.load_teacher
     return TimmTeacher(spec.name, model)
