@@ -26,7 +26,7 @@ from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_json
 from amoe_core.models.configs import StudentArch
 from amoe_core.models.heads import TeacherDims
-from amoe_core.models.siglino_config import RELEASE_FILES, args_from_arch, resolve_config
+from amoe_core.models.siglino_config import RELEASE_FILES, arch_differences, args_from_arch, resolve_config
 from amoe_core.models.siglino_weights import CHECKPOINT_FILE, from_release, map_head, read_state, roles_of, to_release
 from amoe_core.models.student import Student
 from amoe_core.models.trained import is_export, load_pretrained
@@ -91,14 +91,8 @@ def load(checkpoint: str | Path, config: str | Path | None = None, device: str |
     path = Path(checkpoint)
     if is_export(path):  # our own export (`amoe export`): our key names, the architecture in its config
         return SigLino(load_pretrained(path, device)).eval()
-    if config is None:
-        config = (path if path.is_dir() else path.parent) / CONFIG_FILE
-        if not config.is_file() and path.name in RELEASE_FILES:
-            config = RELEASE_FILES[path.name]
-        elif not config.is_file():
-            raise AmoeError(f"SigLino checkpoint {path}: no {CONFIG_FILE} beside it; pass a config name or path")
     state = read_state(path)
-    arch, dims = resolve_config(config)
+    arch, dims = resolve_config(checkpoint_config(path) if config is None else config)
     student = release_student(arch, dims)
     from_release(state, student, strict=True)
     return SigLino(student).to(device).eval()
@@ -118,7 +112,34 @@ def save(student: Student | SigLino, directory: str | Path) -> Path:
     return directory
 
 
+def checkpoint_config(path: Path) -> str | Path:
+    """A checkpoint's own config: the `config.json` beside it (or in its directory), else its released file name's."""
+    beside = (path if path.is_dir() else path.parent) / CONFIG_FILE
+    if beside.is_file():
+        return beside
+    if path.name in RELEASE_FILES:
+        return RELEASE_FILES[path.name]
+    raise AmoeError(
+        f"SigLino checkpoint {path}: no {CONFIG_FILE} beside it and not a released file name "
+        f"({', '.join(RELEASE_FILES)}); put the config.json it was saved with beside it, or pass a config name"
+    )
+
+
 def init_student(student: Student, checkpoint: str | Path) -> None:
-    """`student.init`: released weights into a training student; new teachers' adapters start fresh."""
-    fresh = from_release(read_state(checkpoint), student, strict=False)
-    log.info("student initialised from %s%s", checkpoint, f"; fresh adapters: {fresh}" if fresh else "")
+    """`student.init`: released weights into a training student whose architecture must be the checkpoint's own
+    (shapes alone cannot tell the 0.3B from the 0.15B, nor route_norm / route_scale / norm_eps apart). The release's
+    SigLIP2 pooling head comes along; new teachers' adapters start fresh."""
+    path = Path(checkpoint)
+    config = checkpoint_config(path)
+    arch, _ = resolve_config(config)
+    differences = arch_differences(arch, student.arch)
+    if differences:
+        raise AmoeError(
+            f"student.init = {path}: its architecture ({config}) differs from the student's: {'; '.join(differences)}"
+            "; set student.name / student.overrides to the checkpoint's"
+        )
+    fresh = from_release(read_state(path), student, strict=False)
+    log.info(
+        "student initialised from %s (config %s); %s", path, config,
+        f"adapters starting fresh (teachers the release does not know): {fresh}" if fresh else "no adapter starts fresh",
+    )  # fmt: skip

@@ -115,6 +115,45 @@ def args_from_arch(arch: StudentArch, dims: dict[str, int]) -> dict[str, Any]:
     }
 
 
+# Our StudentArch fields -> the release's SigLinoArgs names (what a user reads in config.json), for comparisons.
+ARCH_FIELDS = {
+    "depth": "n_layers",
+    "dim": "dim",
+    "heads": "n_heads",
+    "head_dim": "head_dim",
+    "patch_size": "spatial_patch_size",
+    "num_registers": "n_storage_tokens",
+    "num_experts": "num_experts",
+    "expert_hidden": "moe_dim",
+    "top_k": "top_k",
+    "dense_layers": "first_n_layers_dense",
+    "dense_hidden": "ffn_dim",
+    "route_norm": "route_norm",
+    "route_scale": "route_scale",
+    "norm_weights": "parameterized_norm",
+    "norm_eps": "norm_eps",
+    "qk_norm": "use_qk_norm",
+    "rope_min_freq": "rope_min_freqs",
+    "rope_max_freq": "rope_max_freqs",
+}
+_MOE_ONLY = ("expert_hidden", "top_k", "dense_layers", "route_norm", "route_scale")
+
+
+def arch_differences(checkpoint: StudentArch, student: StudentArch) -> list[str]:
+    """'field checkpoint-value vs student-value' (release names) for every setting that changes the computation;
+    the MoE settings of a dense model and the dense width of an all-MoE model change nothing and are skipped."""
+    skip = set()
+    if checkpoint.num_experts == 0 or student.num_experts == 0:
+        skip.update(_MOE_ONLY)
+    elif checkpoint.dense_layers == 0 and student.dense_layers == 0:
+        skip.add("dense_hidden")
+    return [
+        f"{release} {getattr(checkpoint, ours)} (checkpoint) vs {getattr(student, ours)} (student)"
+        for ours, release in ARCH_FIELDS.items()
+        if ours not in skip and getattr(checkpoint, ours) != getattr(student, ours)
+    ]
+
+
 def resolve_config(config: str | Path) -> tuple[StudentArch, dict[str, int]]:
     """A released or our config name, or a path to a config.json with SigLinoArgs fields."""
     name = str(config)

@@ -33,17 +33,23 @@ MAP_PREFIX, EXTRA_KEYS = (
 _EXPERT = re.compile(r"^(layers\.\d+\.moe\.experts)\.(\d+)\.(w[123])\.weight$")
 
 
-def map_head(dim: int) -> nn.Module:
-    """The release's frozen SigLIP2 pooling head for SigLIP2 width `dim` (16 heads, MLP 4304, LayerNorm eps 1e-5)."""
-    return summary_head(
-        dict(
-            hidden_size=dim,
-            num_attention_heads=MAP_HEADS,
-            intermediate_size=MAP_HIDDEN,
-            layer_norm_eps=MAP_EPS,
-            hidden_act="gelu_pytorch_tanh",
-        )
+def map_head_config(dim: int) -> dict[str, object]:
+    """`Siglip2VisionConfig` fields of the release's pooling head for SigLIP2 width `dim`."""
+    return dict(
+        hidden_size=dim,
+        num_attention_heads=MAP_HEADS,
+        intermediate_size=MAP_HIDDEN,
+        layer_norm_eps=MAP_EPS,
+        hidden_act="gelu_pytorch_tanh",
     )
+
+
+def map_head(dim: int) -> nn.Module:
+    """The release's frozen SigLIP2 pooling head for SigLIP2 width `dim` (16 heads, MLP 4304, LayerNorm eps 1e-5);
+    `spec_config` is what a run's student spec records to rebuild it (amoe_core.models.trained)."""
+    head = summary_head(map_head_config(dim))
+    head.spec_config = map_head_config(dim)
+    return head
 
 
 def roles_of(student: Student) -> dict[str, str]:
@@ -111,17 +117,22 @@ def to_release(student: Student) -> dict[str, Tensor]:
 
 def from_release(state: dict[str, Tensor], student: Student, strict: bool = True) -> list[str]:
     """Copy a release state dict into `student` (in place). strict: every key of both sides must match. Otherwise
-    (training init) parts without a counterpart keep their fresh init, and the pooling head stays the teacher's own
-    copy; returns the names of the teachers whose adapters start fresh."""
+    (training init) parts without a counterpart keep their fresh init; returns the names of the teachers whose
+    adapters start fresh. Either way the siglip2 teacher's pooling head becomes the release's (its weights and its
+    LayerNorm eps 1e-5): the released adapter was trained through that head, so a continued run starts from exactly
+    the released model's outputs."""
     roles = roles_of(student)
+    sig = roles.get("siglip2")
+    if sig in student.summary_heads and any(k.startswith(MAP_PREFIX) for k in state):
+        student.summary_heads[sig] = map_head(student.adapters[sig].fc1.out_features)
     ours = student.state_dict()
     mapped: dict[str, Tensor] = {}
     for key, value in state.items():
         if key in EXTRA_KEYS:
             student.release_extras[key] = value.detach().cpu().clone()
         elif key.startswith(MAP_PREFIX):
-            if "siglip2" in roles and roles["siglip2"] in student.summary_heads and strict:
-                mapped[f"summary_heads.{roles['siglip2']}.head.{key[len(MAP_PREFIX) :]}"] = value
+            if sig in student.summary_heads:
+                mapped[f"summary_heads.{sig}.head.{key[len(MAP_PREFIX) :]}"] = value
         elif (m := re.match(r"^(siglip2|dinov3)_adapter\.(.+)$", key)) is not None:
             if m[1] in roles:
                 mapped[f"adapters.{roles[m[1]]}.{m[2]}"] = value

@@ -33,17 +33,21 @@ EXPORT_CONFIG = "config.json"  # in an export directory: the spec plus its sourc
 SPEC_FORMAT = "amoe-student/2"  # 2: the released SigLino architecture
 
 
-def student_spec(params: Any, teachers: dict[str, nn.Module]) -> dict[str, Any]:
+def student_spec(params: Any, teachers: dict[str, nn.Module], student: nn.Module | None = None) -> dict[str, Any]:
     """Everything needed to rebuild the student without its teachers: architecture and, per teacher, the head
-    dimensions and the config of a frozen summary head (SigLIP2's MAP head; its weights are in the student's)."""
+    dimensions and the config of a frozen summary head (SigLIP2's MAP head; its weights are in the student's). A head
+    the student took from a released checkpoint (`spec_config`, amoe_core.models.siglino_weights) is described as
+    that head, not as the teacher's."""
     spec_teachers: dict[str, Any] = {}
+    heads = getattr(student, "summary_heads", {})
     for name, t in teachers.items():
         head = getattr(t, "summary_head", None)
         head_spec = None
         if head is not None:
             if getattr(t, "kind", None) != "siglip2":
                 raise AmoeError(f"teacher {name!r}: cannot describe its summary head ({type(head).__name__})")
-            head_spec = {"kind": "siglip2", "config": t.model.config.to_dict()}
+            own = getattr(heads[name], "spec_config", None) if name in heads else None
+            head_spec = {"kind": "siglip2", "config": own or t.model.config.to_dict()}
         spec_teachers[name] = {
             "dim": int(t.dim),
             "num_registers": int(t.num_registers),

@@ -145,7 +145,7 @@ class Trainer:
         teachers = components.load_teachers(params, info.device)
         self.student = components.build(params, teachers, info.device)
         if info.is_main and not (run_dir.path / STUDENT_SPEC).exists():
-            atomic_write_json(run_dir.path / STUDENT_SPEC, student_spec(params, teachers))
+            atomic_write_json(run_dir.path / STUDENT_SPEC, student_spec(params, teachers, self.student))
         if resumed is None and info.is_main:  # PHI-S on rank 0; wrapping broadcasts it with the weights
             self._fit_phis(teachers)
         self.optimizer = components.optimizer(params, self.student)
