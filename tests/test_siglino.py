@@ -130,3 +130,49 @@ def test_bad_configs_and_checkpoints_are_clear_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(AmoeError, match="unreadable"):
         siglino.load(tmp_path / "bad.pt", d / "config.json")
+
+
+# ------------------------------------------------------------------------------------------------------ export
+def _structure(value):
+    """A config.json's shape: nested keys and value types (ints and floats as numbers, as JSON does not tell)."""
+    if isinstance(value, dict):
+        return {k: _structure(v) for k, v in value.items()}
+    return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_has_the_fixture_format_that_the_release_loads(name, tmp_path):
+    """What the release's code reads (fixture README): a plain state dict for torch.load(weights_only=True) with the
+    release's keys, shapes and dtypes, and config.json with SigLinoArgs' fields in the same structure."""
+    d, _, _ = _fixture(name)
+    siglino.save(siglino.load(d / "checkpoint.pt"), tmp_path / "out")
+    ours, theirs = (json.loads((p / "config.json").read_text()) for p in (tmp_path / "out", d))
+    assert _structure(ours) == _structure(theirs)
+    # the values too, but max_seq_len: the 1D RoPE table's length (unused: images sit at 1D position 0); the
+    # fixture was made at 1024, we write the release's default 8192
+    differ = {k for k in ours if ours[k] != theirs[k]}
+    assert differ <= {"max_seq_len"}, {k: (ours[k], theirs[k]) for k in differ}
+    # the README's snippet turns every nested object into the release's class: moe_args is the only one
+    assert [k for k, v in ours.items() if isinstance(v, dict)] == ["moe_args"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert 'SigLino(SigLinoArgs(**{**config, "moe_args": MoEArgs(**config["moe_args"])}))' in readme
+    written = torch.load(tmp_path / "out" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    release = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert {k: (v.shape, v.dtype) for k, v in written.items()} == {k: (v.shape, v.dtype) for k, v in release.items()}
+
+
+def test_released_sizes_are_named_for_load_siglino_model():
+    from amoe_core.models.configs import ARCHS
+    from amoe_core.models.siglino_config import (
+        RELEASE_NAMES,
+        RELEASE_TEACHER_DIMS,
+        arch_from_args,
+        args_from_arch,
+        release_name,
+    )
+
+    for release, ours in RELEASE_NAMES.items():
+        arch, dims = arch_from_args(args_from_arch(ARCHS[ours], RELEASE_TEACHER_DIMS))  # through config.json
+        assert release_name(arch, dims) == release
+    assert release_name(ARCHS["tiny"], RELEASE_TEACHER_DIMS) is None
+    assert release_name(ARCHS["siglino-moe-0.15B"], {"siglip2": 1152, "dinov3": 768}) is None  # custom teacher width

@@ -7,8 +7,11 @@ convention, and write our students in the release's format.
   release's `SigLinoArgs` fields (default: the `config.json` beside the checkpoint, else the released file name's
   config, e.g. amoe-0.3B.pt -> siglino-0.3B). Returns a `SigLino` whose `forward(pixel_values, padding_mask=,
   spatial_shapes=)` returns the release's dict {"patch_features": {...}, "summary_features": {...}} with keys dinov3 / siglip2 / siglino.
-- `save(student, dir)`: `checkpoint.pt` + `config.json` that the release's `SigLino(SigLinoArgs(**config))` loads
-  with a strict `load_state_dict`.
+- `save(student, dir)`: `checkpoint.pt` (the release's exact key set) + `config.json` (the release's `SigLinoArgs`
+  fields, the layout of its configs). The release loads a named size with `load_siglino_model(path, name)`; any size
+  with `SigLino(SigLinoArgs(**{**config, "moe_args": MoEArgs(**config["moe_args"])}))` and a strict
+  `load_state_dict` (README, "The student is the released SigLino model"; `SigLinoArgs(**config)` alone fails for
+  MoE configs: the release reads `moe_args.num_experts`). `save` logs which of the two a model needs.
 - `init_student(student, path)`: start a training student from released weights (`student.init`).
 
 The config mapping is amoe_core.models.siglino_config, the state-dict mapping amoe_core.models.siglino_weights.
@@ -26,7 +29,13 @@ from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_json
 from amoe_core.models.configs import StudentArch
 from amoe_core.models.heads import TeacherDims
-from amoe_core.models.siglino_config import RELEASE_FILES, arch_differences, args_from_arch, resolve_config
+from amoe_core.models.siglino_config import (
+    RELEASE_FILES,
+    arch_differences,
+    args_from_arch,
+    release_name,
+    resolve_config,
+)
 from amoe_core.models.siglino_weights import CHECKPOINT_FILE, from_release, map_head, read_state, roles_of, to_release
 from amoe_core.models.student import Student
 from amoe_core.models.trained import is_export, load_pretrained
@@ -109,6 +118,19 @@ def save(student: Student | SigLino, directory: str | Path) -> Path:
     with atomic_path(directory / CHECKPOINT_FILE) as tmp:
         torch.save({k: v.contiguous() for k, v in state.items()}, tmp)
     atomic_write_json(directory / CONFIG_FILE, args_from_arch(model.arch, dims))
+    name = release_name(model.arch, dims)
+    if name:
+        log.info(
+            "%s: the release loads it with load_siglino_model(%r, %r)",
+            directory,
+            str(directory / CHECKPOINT_FILE),
+            name,
+        )
+    else:
+        log.info(
+            "%s: a custom size: load it in the release with SigLinoArgs and MoEArgs from config.json (README)",
+            directory,
+        )
     return directory
 
 

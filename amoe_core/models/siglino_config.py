@@ -59,7 +59,7 @@ def arch_from_args(args: dict[str, Any]) -> tuple[StudentArch, dict[str, int]]:
         expert_hidden=moe_dim or ffn,
         top_k=1 if dense else int(moe["top_k"]),
         dense_layers=int(args.get("first_n_layers_dense", 0)),
-        ffn_hidden=ffn,
+        ffn_hidden=int(args.get("ffn_dim") or 0),  # null: the dense layers (if any) use moe_dim, as in the release
         route_norm=bool(moe.get("route_norm", False)),
         route_scale=float(moe.get("route_scale", 1.0)),
         norm_weights=bool(args.get("parameterized_norm", True)),
@@ -74,14 +74,15 @@ def arch_from_args(args: dict[str, Any]) -> tuple[StudentArch, dict[str, int]]:
 
 def args_from_arch(arch: StudentArch, dims: dict[str, int]) -> dict[str, Any]:
     """Our arch + {role: teacher dim} -> the release's `SigLinoArgs` fields (config.json)."""
-    dense_layers = arch.depth if arch.num_experts == 0 else arch.dense_layers
+    dense = arch.num_experts == 0
+    dense_layers = arch.depth if dense else arch.dense_layers
     return {
         "dim": arch.dim,
         "n_layers": arch.depth,
         "n_heads": arch.heads,
         "head_dim": arch.head_dim,
         "n_kv_heads": arch.heads,
-        "moe_dim": arch.expert_hidden,
+        "moe_dim": 0 if dense else arch.expert_hidden,  # a dense model's MoE settings as the release's dense configs
         "moe_args": {
             "num_experts": max(arch.num_experts, 1),
             "num_shared_experts": 0,
@@ -89,7 +90,7 @@ def args_from_arch(arch: StudentArch, dims: dict[str, int]) -> dict[str, Any]:
             "route_norm": arch.route_norm,
             "route_scale": arch.route_scale,
             "score_before_experts": False,
-            "top_k": arch.top_k,
+            "top_k": 1 if dense else arch.top_k,
             "use_grouped_mm": False,
             "activation": "silu",
         },
@@ -152,6 +153,17 @@ def arch_differences(checkpoint: StudentArch, student: StudentArch) -> list[str]
         for ours, release in ARCH_FIELDS.items()
         if ours not in skip and getattr(checkpoint, ours) != getattr(student, ours)
     ]
+
+
+def release_name(arch: StudentArch, dims: dict[str, int]) -> str | None:
+    """The release's config name of this architecture and teacher widths, if it is one of the released sizes (the
+    release's `load_siglino_model(path, name)` takes names only); None for a custom size."""
+    if dims != RELEASE_TEACHER_DIMS:
+        return None
+    for release, ours in RELEASE_NAMES.items():
+        if not arch_differences(ARCHS[ours], arch):
+            return release
+    return None
 
 
 def resolve_config(config: str | Path) -> tuple[StudentArch, dict[str, int]]:

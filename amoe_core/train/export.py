@@ -72,8 +72,8 @@ def export_run(params: Params, run: str, out: str | Path | None = None) -> Path:
 
 def export_siglino(params: Params, run: str, out: str | Path | None = None) -> Path:
     """`amoe export RUN --format siglino`: the run's newest checkpoint in the released SigLino format
-    (checkpoint.pt + config.json, loadable by the release's `SigLino(SigLinoArgs(**config))`); default
-    runs/<run>/export-siglino. The same output rules as `export_run`."""
+    (checkpoint.pt + config.json: the release's `load_siglino_model` for a released size, its `SigLino(SigLinoArgs)`
+    with `moe_args` as `MoEArgs` for any size, see amoe_core.models.siglino); default runs/<run>/export-siglino. The same output rules as `export_run`."""
     return _export(
         params,
         run,
