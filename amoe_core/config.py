@@ -174,16 +174,19 @@ class ClusterConfig(Section):
 
     embeddings: Path = Path("data/curation/embeddings")
     k: list[int] = Field(default_factory=lambda: [300, 60, 20], min_length=1)
-    iters: int = Field(20, ge=1)
+    iters: int = Field(50, ge=1)  # Lloyd iterations per k-means (the reference's 50; stops once nothing moves)
     # k-means runs per level, the first on all items being step 0: 1 = no resampling
     resampling_steps: list[int] = Field(default_factory=lambda: [6, 6, 6])
     # items taken per cluster in a resampling step (~half the mean cluster size); <= 1 = no resampling
     sample_size: list[int] = Field(default_factory=lambda: [25, 3, 2])
     sampling_strategy: Literal["closest", "random"] = "closest"  # which items of a cluster a resampling step takes
-    metric: Literal["cosine", "l2"] = "cosine"
-    init: Literal["kmeans++", "random"] = "kmeans++"  # seeding reaches small, far clusters that random misses
+    # l2 as the reference; cosine (on unit-normalised embeddings) when the encoder's norms carry no meaning
+    metric: Literal["cosine", "l2"] = "l2"
+    # greedy k-means++ (2 + ln k candidates per centre, as the reference) reaches small, far clusters random misses
+    init: Literal["kmeans++", "random"] = "kmeans++"
     chunk_size: int = Field(65536, ge=1)  # points assigned per faiss search (bounds the float32 working copy)
-    max_points_per_centroid: int = Field(256, ge=1)  # step 0 of level 1 trains on at most k * this many points
+    # level-1 step 0 trains on k * this many random points (less memory); None = all points, as the reference
+    max_points_per_centroid: int | None = Field(None, ge=1)
     processes: int = Field(1, ge=1)  # processes of `amoe curate cluster` on this machine (torchrun when > 1)
     out: Path = Path("data/curation/clusters")
 

@@ -64,9 +64,10 @@ def test_two_processes_equal_one(tmp_path: Path, strategy: str) -> None:
     two = np.load(out)
     for i, level in enumerate(single):
         rand, together = pair_agreement(level.assignment, two[f"arr_{i}"])
-        # the same seeds pick the same items on any number of processes; only float64 summation order differs,
-        # which may move a borderline point (measured: identical partitions at every level, both strategies)
-        assert rand >= 0.99 and together >= 0.99, (i, rand, together)
+        # the same seeds pick the same items on any number of processes (seeding sums the potential in fixed
+        # point, exactly); only the float64 order of Lloyd's sums differs, which may move a borderline point
+        # (measured: identical partitions at every level, both strategies; the issue asks >= 99.5% of pairs)
+        assert rand >= 0.995 and together >= 0.995, (i, rand, together)
     final_single, final_two = single[0].resample_objective[-1], float(two["objective"][-1])
     assert abs(final_two - final_single) <= 0.01 * final_single, (final_single, final_two)  # the issue's 1%
 

@@ -159,3 +159,40 @@ def test_pick_lowest_on_one_process_is_per_cluster_pick() -> None:
     offset = 1000  # a rank's slice starts anywhere: indices are global
     expected = per_cluster_pick(labels, scores, 4, 9) + offset
     np.testing.assert_array_equal(pick_lowest(labels, scores, np.arange(500) + offset, 4, 9), expected)
+
+
+# ------------------------------------------------------------------------------------------------------ reference
+# Concepts that are the majority of no level-1 cluster, on zipf_mixture(n_clusters=100, total=20000, dim=64, a=1.0,
+# seed=s, noise=3.0) for s = 0, 1, 2, level-1 k 200, no resampling, in facebookresearch/ssl-data-curation (commit of
+# 2026-11-30): its src/ run once on CPU, outside this repository, as `hierarchical_kmeans_with_resampling(
+# torch.tensor(x, dtype=torch.float64), [200], 1, [1])` after `np.random.seed(s)` (its defaults: greedy k-means++,
+# l2, 50 iterations, all points; numpy 2 needed its `np.Inf` spelled `np.inf`). Before this platform seeded greedily
+# with l2 and 50 iterations on all points it lost 2 / 6 / 2 (cosine, 20 iterations) or 5 / 6 / 6 (l2, 50).
+REFERENCE_LOST = [0, 2, 0]
+
+
+def test_small_concepts_are_kept_as_well_as_the_reference() -> None:
+    lost = []
+    for seed in range(3):
+        x, y = zipf_mixture(n_clusters=100, total=20000, dim=64, a=1.0, seed=seed, noise=3.0)
+        (level,) = hierarchical_kmeans(x, [200], 50, [1], [1], "closest", "l2", seed=seed)
+        lost.append(int((level1_clusters_per_component(level.assignment, y, 100) == 0).sum()))
+    # summed over the 3 data seeds: a single run may lose one borderline concept more or less with another CPU's
+    # float rounding (measured here: 1 / 0 / 0)
+    assert sum(lost) <= sum(REFERENCE_LOST) + 1, (lost, REFERENCE_LOST)
+
+
+def test_greedy_seeding_lowers_the_potential_of_plain_kmeanspp() -> None:
+    """Greedy k-means++ keeps, among 2 + ln k candidates, the one that lowers the potential most: its seeds leave a
+    lower potential than plain k-means++ (one candidate) on the same data (measured: ~0.85x on every seed)."""
+    from amoe_core.curation.kmeans import kmeans_pp
+
+    x, _ = zipf_mixture(n_clusters=100, total=5000, dim=32, a=1.0, seed=0, noise=3.0)
+    potential = {}
+    for trials in (1, None):
+        pots = []
+        for seed in range(3):
+            c = kmeans_pp(x, 100, "l2", seed, trials=trials)
+            pots.append(float(assign(x, c, "l2")[1].sum(dtype=np.float64)))
+        potential[trials] = np.mean(pots)
+    assert potential[None] < 0.95 * potential[1], potential

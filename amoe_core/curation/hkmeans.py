@@ -4,8 +4,9 @@ configuration (facebookresearch/ssl-data-curation), on one or many processes.
 
 Level 1 clusters the embeddings; level l clusters the centroids of level l-1, so every level above the first is
 small. Each level runs `resampling_steps` k-means, numbered from 0:
-  step 0     k-means (k-means++ seeding, then Lloyd) on all items (level 1: a random subset of at most
-             k * max_points_per_centroid of them), then every item is assigned to its nearest centroid;
+  step 0     k-means (greedy k-means++ seeding, then Lloyd) on all items (optionally, at level 1, a random subset
+             of k * max_points_per_centroid of them, to save memory), then every item is assigned to its nearest
+             centroid;
   step s > 0 take `sample_size` items per cluster of step s-1 (`sampling_strategy`: the closest to the centroid, or
              at random), run a NEW k-means on that sample (fresh k-means++ seeding, not the current centroids: from
              those it would converge straight back), and reassign every item.
@@ -88,41 +89,47 @@ def resamples(steps: int, sample_size: int) -> bool:
     return steps > 1 and sample_size > 1
 
 
-def cluster_level(
-    x: np.ndarray,
-    k: int,
-    iters: int,
-    steps: int,
-    sample_size: int,
-    strategy: str,
-    metric: Metric,
-    seed: int,
-    comm: Comm = SINGLE,
-    chunk_size: int = 65536,
-    max_points_per_centroid: int = 256,
-    init: str = "kmeans++",
-) -> Level:
+@dataclass(frozen=True)
+class LevelSettings:
+    """How one level is clustered (`cluster` params, one level's values)."""
+
+    k: int
+    iters: int = 50  # Lloyd iterations per k-means (the reference's 50; stops early once nothing moves)
+    steps: int = 1  # k-means runs, the first on all items being step 0 (1 = no resampling)
+    sample_size: int = 1  # items taken per cluster in a resampling step (<= 1 = no resampling)
+    strategy: str = "closest"  # closest | random: which items of a cluster a resampling step takes
+    metric: Metric = "l2"
+    seed: int = 0
+    chunk_size: int = 65536  # items assigned per faiss search
+    max_points_per_centroid: int | None = None  # step 0 on a random subset of k * this many items; None = all
+    init: str = "kmeans++"  # greedy k-means++ | random
+
+
+def cluster_level(x: np.ndarray, level: LevelSettings, comm: Comm = SINGLE) -> Level:
     """k-means + resampling steps over the rows of `x` (a float16/32 array or memmap, the same on every rank; each
     rank reads only its slice) and the full assignment (on every rank)."""
-    n = x.shape[0]
+    n, k, s = x.shape[0], level.k, level
     lo, hi = comm.part(n)
     mine = x[lo:hi]  # a view: read chunk by chunk
     index = np.arange(lo, hi)
     train = np.arange(n)
-    if n > k * max_points_per_centroid:  # train on a random subset, like faiss, without copying all of x
-        train = np.sort(np.random.default_rng(seed).choice(n, k * max_points_per_centroid, replace=False))
+    cap = s.max_points_per_centroid
+    if cap is not None and n > k * cap:  # a random subset, like faiss, without copying all of x (saves memory)
+        train = np.sort(np.random.default_rng(s.seed).choice(n, k * cap, replace=False))
     train = train[(train >= lo) & (train < hi)]
-    centroids, objective = kmeans(gather(x, train, metric, chunk_size), k, iters, metric, seed, comm, init, chunk_size)
-    labels, dist = assign(mine, centroids, metric, chunk_size)
+    centroids, objective = kmeans(
+        gather(x, train, s.metric, s.chunk_size), k, s.iters, s.metric, s.seed, comm, s.init, s.chunk_size
+    )
+    labels, dist = assign(mine, centroids, s.metric, s.chunk_size)
     history: list[float] = []
-    for step in range(1, steps if resamples(steps, sample_size) else 1):
-        scores = dist if strategy == "closest" else hash_scores(index, seed * 7919 + step)
-        sample = pick_lowest(labels, scores, index, sample_size, k, comm)
+    for step in range(1, s.steps if resamples(s.steps, s.sample_size) else 1):
+        scores = dist if s.strategy == "closest" else hash_scores(index, s.seed * 7919 + step)
+        sample = pick_lowest(labels, scores, index, s.sample_size, k, comm)
         sample = sample[(sample >= lo) & (sample < hi)]
         centroids, _ = kmeans(
-            gather(x, sample, metric, chunk_size), k, iters, metric, seed + step, comm, init, chunk_size
+            gather(x, sample, s.metric, s.chunk_size), k, s.iters, s.metric, s.seed + step, comm, s.init, s.chunk_size
         )
-        labels, dist = assign(mine, centroids, metric, chunk_size)
+        labels, dist = assign(mine, centroids, s.metric, s.chunk_size)
         history.append(float(comm.sum(np.array([dist.sum(dtype=np.float64)]))[0] / n))
     return Level(centroids, comm.concat(labels), objective, history)
 
@@ -134,11 +141,11 @@ def hierarchical_kmeans(
     resampling_steps: list[int],
     sample_sizes: list[int],
     strategy: str = "closest",
-    metric: Metric = "cosine",
+    metric: Metric = "l2",
     seed: int = 0,
     comm: Comm = SINGLE,
     chunk_size: int = 65536,
-    max_points_per_centroid: int = 256,
+    max_points_per_centroid: int | None = None,
     init: str = "kmeans++",
 ) -> list[Level]:
     """All levels, bottom-up. `x` [n, d] may be a float16 memmap; each rank only reads its slice, chunk by chunk."""
@@ -151,10 +158,11 @@ def hierarchical_kmeans(
     items = x
     for i, k in enumerate(ks):
         log.info("level %d: k-means of %d items into %d clusters", i + 1, items.shape[0], k)
-        level = cluster_level(
-            items, k, iters, resampling_steps[i], sample_sizes[i], strategy, metric, seed + 1000 * i, comm,
-            chunk_size, max_points_per_centroid, init,
+        settings = LevelSettings(
+            k, iters, resampling_steps[i], sample_sizes[i], strategy, metric, seed + 1000 * i, chunk_size,
+            max_points_per_centroid if i == 0 else None, init,
         )  # fmt: skip
+        level = cluster_level(items, settings, comm)
         levels.append(level)
         items = level.centroids
     return levels

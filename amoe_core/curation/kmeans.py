@@ -184,48 +184,78 @@ def _sqdist_to(x: np.ndarray, x_sq: np.ndarray, c: np.ndarray, metric: Metric) -
     return np.maximum(2.0 - 2.0 * dot, 0.0) if metric == "cosine" else np.maximum(x_sq - 2.0 * dot + c @ c, 0.0)
 
 
-def _owned_row(x: np.ndarray, local_row: int | None, comm: Comm) -> np.ndarray:
-    """The item one rank owns (`local_row` there, None elsewhere), on every rank."""
-    row = np.zeros(x.shape[1], dtype=np.float64)
-    if local_row is not None:
-        row[:] = x[local_row]
-    return comm.sum(row).astype(np.float32)
+def _sqdist_to_many(x: np.ndarray, x_sq: np.ndarray, c: np.ndarray, metric: Metric) -> np.ndarray:
+    """[n, m] float32 squared distances of the rows of `x` to the m rows of `c`."""
+    d = x @ c.T
+    d *= -2.0
+    d += 2.0 if metric == "cosine" else x_sq[:, None] + np.einsum("ij,ij->i", c, c)[None]
+    return np.maximum(d, 0.0, out=d)
 
 
-def kmeans_pp(x: np.ndarray, k: int, metric: Metric, seed: int, comm: Comm = SINGLE) -> np.ndarray:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) over the items of all ranks, `x` being this rank's float32
-    slice (rank order = global order). Each centre is an item drawn with probability proportional to its squared
-    distance to the nearest centre so far; the draw is a uniform number on the global cumulative potential, so the
-    same seed gives the same centres on any number of processes (up to float summation order)."""
+def _owned_rows(x: np.ndarray, positions: np.ndarray, offsets: np.ndarray, comm: Comm) -> np.ndarray:
+    """Rows of the items at global `positions`, each read by the rank that owns it, on every rank (float32)."""
+    rows = np.zeros((len(positions), x.shape[1]), dtype=np.float64)
+    lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
+    mine = (positions >= lo) & (positions < hi)
+    rows[mine] = x[positions[mine] - lo]
+    return comm.sum(rows).astype(np.float32)
+
+
+def _fixed_point(d: np.ndarray, scale: float) -> np.ndarray:
+    """Squared distances as int64 units of 1/scale (a power of two: the product is exact): integer sums are exact, so
+    the potential and its cumulative sums are the same whatever the split of the items over ranks (float sums would
+    differ in their last bits)."""
+    return np.floor(d * np.float32(scale)).astype(np.int64)
+
+
+def kmeans_pp(
+    x: np.ndarray, k: int, metric: Metric, seed: int, comm: Comm = SINGLE, trials: int | None = None
+) -> np.ndarray:
+    """Greedy k-means++ seeding over the items of all ranks, `x` being this rank's float32 slice (rank order = global
+    order), as the reference (ssl-data-curation, after scikit-learn): for each new centre draw `trials` candidates
+    (default 2 + int(ln k)) with probability proportional to their squared distance to the nearest centre so far and
+    keep the one that lowers the potential most; `trials=1` is plain k-means++ (Arthur & Vassilvitskii 2007).
+
+    Rank-independent: the draws are uniform numbers on the global cumulative potential, which is summed in fixed
+    point (int64, exact); the candidates' potentials too. Any number of processes picks the same centres."""
+    trials = trials or 2 + int(np.log(k))
     rng = np.random.default_rng(seed)
     sizes = comm.gather_scalars(float(len(x))).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)])
+    n = int(offsets[-1])
     x_sq = np.einsum("ij,ij->i", x, x) if metric == "l2" else np.empty(0, np.float32)
 
-    def owner_of(position: int) -> int | None:  # global item -> local row on its owning rank
-        r = int(np.searchsorted(offsets, position, side="right") - 1)
-        return position - int(offsets[r]) if r == comm.rank else None
-
     centres = np.empty((k, x.shape[1]), dtype=np.float32)
-    centres[0] = _owned_row(x, owner_of(int(rng.integers(offsets[-1]))), comm)
-    closest = _sqdist_to(x, x_sq, centres[0], metric)
+    centres[0] = _owned_rows(x, np.array([rng.integers(n)]), offsets, comm)[0]
+    closest = _sqdist_to_many(x, x_sq, centres[:1], metric)[:, 0]
+    # a power of two (exact products) such that the n quantised distances, each <= the largest one, fit in int64
+    largest = float(comm.concat(np.array([closest.max(initial=0.0)], dtype=np.float64)).max())
+    scale = 2.0 ** (61 - int(np.ceil(np.log2(max(n, 2)))) - int(np.ceil(np.log2(max(largest, 1e-30)))))
+    q = _fixed_point(closest, scale)
     for c in range(1, k):
-        pots = comm.gather_scalars(float(closest.sum(dtype=np.float64)))
-        u = rng.random()
-        if pots.sum() <= 0:  # every item sits on a centre already (duplicates): any item will do
-            local = owner_of(min(int(u * offsets[-1]), int(offsets[-1]) - 1))
+        pots = comm.concat(np.array([q.sum()], dtype=np.int64))  # exact per-rank potentials
+        total = int(pots.sum())
+        u = rng.random(trials)
+        if total == 0:  # every item sits on a centre already (duplicates): any items will do
+            cand = np.minimum((u * n).astype(np.int64), n - 1)
         else:
-            cum = np.cumsum(pots)
-            r = min(int(np.searchsorted(cum, u * cum[-1], side="right")), comm.world - 1)
-            while pots[r] <= 0:  # a rank whose items are all centres cannot be drawn
-                r -= 1
-            local = None
-            if r == comm.rank:
-                target = u * cum[-1] - (cum[r - 1] if r else 0.0)
-                local = min(int(np.searchsorted(np.cumsum(closest, dtype=np.float64), target, side="right")),
-                            len(x) - 1)  # fmt: skip
-        centres[c] = _owned_row(x, local, comm)
-        np.minimum(closest, _sqdist_to(x, x_sq, centres[c], metric), out=closest)
+            targets = np.minimum((u * total).astype(np.int64), total - 1)  # the item whose interval holds it
+            cum_ranks = np.concatenate([[0], np.cumsum(pots)])
+            cand = np.zeros(trials, dtype=np.int64)
+            owner = np.searchsorted(cum_ranks, targets, side="right") - 1
+            here = owner == comm.rank
+            if here.any():
+                local = np.searchsorted(np.cumsum(q), targets[here] - cum_ranks[comm.rank], side="right")
+                cand[here] = offsets[comm.rank] + local
+            cand = comm.concat(cand[None]).sum(0) if comm.world > 1 else cand  # each rank filled its own
+        rows = _owned_rows(x, cand, offsets, comm)
+        # the potential each candidate would leave, in fixed point; the lowest wins (the first on a tie)
+        d = _sqdist_to_many(x, x_sq, rows, metric)
+        new_pots = comm.concat(_fixed_point(np.minimum(closest[:, None], d), scale).sum(0)[None]).sum(0)
+        best = int(np.argmin(new_pots))
+        centres[c] = rows[best]
+        np.minimum(closest, d[:, best], out=closest)
+        q = _fixed_point(closest, scale)
     return centres
 
 
@@ -277,7 +307,8 @@ def kmeans(
     init: Literal["kmeans++", "random"] = "kmeans++",
     chunk_size: int = 65536,
 ) -> tuple[np.ndarray, list[float]]:
-    """Seeding + Lloyd over every rank's float32 slice `x` (normalised for cosine): centroids and objective history."""
+    """Seeding (greedy k-means++, or k distinct items drawn uniformly) + Lloyd over every rank's float32 slice `x`
+    (normalised for cosine): centroids and objective history."""
     if init == "kmeans++":
         centres = kmeans_pp(x, k, metric, seed, comm)
     else:  # k distinct items drawn uniformly
