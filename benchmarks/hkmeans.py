@@ -8,6 +8,10 @@ only as far as it is touched). Sides:
   hierarchy   all levels, resampling above the first (as Vo et al.'s web config: no resampling at level 1)
   resampled   the same with `--level1-steps` k-means runs at level 1 (Vo et al.'s resampling there too)
   2 procs     the hierarchy on 2 torch.distributed (gloo) processes, each holding half of the points
+  subset      the flat side with step 0 trained on k * `--points-per-centroid` random points (less memory) instead
+              of all of them (the default, as the reference)
+  seeding     greedy k-means++ (2 + ln k candidates per centre, the default, as the reference) vs plain k-means++,
+              seeding alone on all points
 Targets: hierarchy / flat <= 1.3 (levels above the first run on centroids); 2 processes: peak memory per process
 about half of one process's. The default (200k x 128, k 1500/150/15) took 4 minutes on 2 shared cores (k 2000/200/20
 took 14 on very busy ones); larger sizes by flag (e.g. --points 1000000 --levels 10000,1000,100); `--smoke` runs
@@ -26,8 +30,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from amoe_core.curation.hkmeans import cluster_level, hierarchical_kmeans
-from amoe_core.curation.kmeans import Comm
+from amoe_core.curation.hkmeans import LevelSettings, cluster_level, hierarchical_kmeans
+from amoe_core.curation.kmeans import Comm, gather, kmeans_pp
 from amoe_core.launch.cluster import free_port_pair
 from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
 
@@ -63,8 +67,12 @@ def measure(rank: int, world: int, port: int, side: str, args: argparse.Namespac
     base = _status_kib("VmRSS")
     barrier()
     t0 = time.perf_counter()
-    if side == "flat":
-        cluster_level(x, args.levels[0], args.iters, 1, 1, "closest", "l2", 0, comm)
+    if side in ("flat", "subset"):
+        cap = args.points_per_centroid if side == "subset" else None
+        cluster_level(x, LevelSettings(args.levels[0], args.iters, max_points_per_centroid=cap), comm)
+    elif side in ("greedy", "plain"):
+        lo, hi = comm.part(len(x))
+        kmeans_pp(gather(x, np.arange(lo, hi), "l2"), args.levels[0], "l2", 0, comm, None if side == "greedy" else 1)
     else:
         steps = [args.level1_steps if side == "resampled" else 1] + [args.steps] * (n_levels - 1)
         sizes = [args.sample_size[0] if side == "resampled" else 1] + args.sample_size[1:]
@@ -101,6 +109,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4, help="k-means runs per level above the first (step 0 included)")
     ap.add_argument("--level1-steps", type=int, default=4, help="k-means runs at level 1 on the resampled side")
     ap.add_argument("--sample-size", type=ints, default=[10, 5, 3], help="points per cluster when resampling")
+    ap.add_argument("--points-per-centroid", type=int, default=32, help="level-1 step 0 subset on the subset side")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmark runs, in seconds")
     args = ap.parse_args()
     if args.smoke:
@@ -114,17 +123,23 @@ def main() -> None:
             (f"hierarchy {args.levels}", "hierarchy", 1),
             (f"hierarchy, {args.level1_steps - 1} resampling steps at level 1", "resampled", 1),
             (f"hierarchy {args.levels}", "hierarchy", 2),
+            (f"flat, step 0 on k x {args.points_per_centroid} random points", "subset", 1),
+            ("greedy k-means++ seeding (level-1 k, all points)", "greedy", 1),
+            ("plain k-means++ seeding (level-1 k, all points)", "plain", 1),
         )]  # fmt: skip
     print(f"{args.points} x {args.dim} float16 memmap ({nbytes / 2**20:.0f} MiB), {args.iters} iterations, "
           f"{faiss.get_num_gpus()} GPUs, {faiss.omp_get_max_threads()} threads per process")  # fmt: skip
     print(f"{'side':<55} {'procs':>5} {'seconds':>8} {'peak MiB per process':>22}")
     for name, world, seconds, peaks in rows:
         print(f"{name:<55} {world:>5} {seconds:>8.1f} {' / '.join(f'{p / 2**20:.0f}' for p in peaks):>22}")
-    flat, hier, resampled, two = rows
+    flat, hier, resampled, two, subset, greedy, plain = rows
     print(f"resampled / hierarchy time (cost of level-1 resampling): {resampled[2] / hier[2]:.2f}")
     print(f"2 processes / 1 process: time {two[2] / hier[2]:.2f}, peak memory per process "
           f"{max(two[3]) / max(hier[3][0], 1):.2f}")  # fmt: skip
     print(f"hierarchy/flat time ratio: {hier[2] / flat[2]:.2f} (target <= 1.3)")
+    print(f"greedy / plain k-means++ seeding time: {greedy[2] / plain[2]:.2f}")
+    print(f"level-1 step 0 on all points / on the subset: time {flat[2] / subset[2]:.2f}, peak memory "
+          f"{max(flat[3]) / max(subset[3][0], 1):.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
