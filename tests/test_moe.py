@@ -91,3 +91,28 @@ def test_aux_loss_is_minimal_for_uniform_routing():
     x[:, 0] = x[:, 0].abs() + 1
     moe(x)
     assert moe.aux_loss.item() > 1.5  # everything on expert 0
+
+
+def test_gate_multiply_is_float32_under_bf16_autocast():
+    """As the release: the experts run in bf16 under autocast, their outputs are weighted by the float32 gates in
+    float32 (a bf16 gate keeps 8 bits). Reference: each expert's own bf16 outputs (captured), weighted per token."""
+    torch.manual_seed(0)
+    moe = MoEFFN(16, 24, 5, 2, dispatch="loop")
+    x = torch.randn(40, 16)
+    outputs: dict[int, torch.Tensor] = {}
+    for e, expert in enumerate(moe.experts):
+        expert.register_forward_hook(lambda _m, _i, y, e=e: outputs.__setitem__(e, y.detach()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = moe(x)
+        idx, gate, _ = moe.route(x)
+    assert outputs[0].dtype == torch.bfloat16 and gate.dtype == torch.float32
+    ref, ref_bf16 = torch.zeros(40, 16), torch.zeros(40, 16)
+    for e, y in outputs.items():
+        tokens = [t for t in range(40) if e in idx[t].tolist()]  # an expert's tokens, in token order (stable sort)
+        for row, t in enumerate(tokens):
+            g = gate[t, idx[t].tolist().index(e)]
+            ref[t] += y[row].float() * g
+            ref_bf16[t] += (y[row] * g.to(torch.bfloat16)).float()
+    # two slots per token: a float32 sum of two terms does not depend on their order, so the match is exact
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+    assert not torch.equal(out, ref_bf16)  # the bf16 gate multiply would round

@@ -103,7 +103,9 @@ class MoEFFN(nn.Module):
         token_of_slot = order // self.top_k
         xs = flat.index_select(0, token_of_slot)
         ys = self._experts_forward(xs, counts)
-        ys = ys * gate.reshape(-1)[order].unsqueeze(-1).to(ys.dtype)
+        # the gate multiply in float32 whatever autocast made of the experts' output (bf16 gates lose 8 bits), as
+        # the release does; the sum over a token's slots in the input's dtype
+        ys = ys.float() * gate.reshape(-1)[order].unsqueeze(-1)
         out = flat.new_zeros(flat.shape).index_add(0, token_of_slot, ys.to(flat.dtype))
         return out.reshape(shape)
 

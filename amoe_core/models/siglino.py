@@ -57,7 +57,12 @@ class SigLino(nn.Module):
         self, pixel_values: Tensor, padding_mask: Tensor | None = None, spatial_shapes: Tensor | None = None
     ) -> dict[str, dict[str, Tensor]]:
         """pixel_values [N, L, 3*P*P] (normalised, row-major patches of each image first, then padding),
-        padding_mask [N, L] (1 = real patch), spatial_shapes [N, 2] (rows, cols)."""
+        padding_mask [N, L] (1 = real patch), spatial_shapes [N, 2] (rows, cols); or, as the release accepts too,
+        normalised images [N, 3, H, W] (or [N, H, W, 3]) of one size, with no mask and no spatial_shapes."""
+        if pixel_values.dim() == 4:
+            pixel_values, spatial_shapes = self.patchify(pixel_values)
+            padding_mask = None
+        pixel_values = pixel_values.to(self.student.img_projector.weight.dtype)  # a model loaded with `dtype=`
         n, length, _ = pixel_values.shape
         dev = pixel_values.device
         if spatial_shapes is None:
@@ -80,6 +85,19 @@ class SigLino(nn.Module):
             patches[role] = self._unflatten(out.teachers[name].patches, real)
         return {"patch_features": patches, "summary_features": summary}
 
+    def patchify(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Images [N, 3, H, W] or [N, H, W, 3] -> (patches [N, h*w, 3*P*P], spatial_shapes [N, 2]) exactly as the
+        release's `SigLino._patchify`: whole patches only (a remainder is cropped), each patch flattened channel-first
+        (c, y, x). Its image processor flattens (y, x, c) instead, so the same image gives other features by the two
+        routes, in the release as here; the processor's is the one the models were trained on."""
+        if images.shape[-1] == 3:
+            images = images.permute(0, 3, 1, 2)
+        n, c, height, width = images.shape
+        p = self.student.arch.patch_size
+        h, w = height // p, width // p
+        patches = images.unfold(2, p, p).unfold(3, p, p).permute(0, 2, 3, 1, 4, 5).reshape(n, h * w, c * p * p)
+        return patches, torch.tensor([[h, w]] * n, device=images.device)
+
     @staticmethod
     def _unflatten(tokens: Tensor, real: Tensor) -> Tensor:
         """Canonical real tokens [T, D] -> [N, L, D] with zeros at padded positions."""
@@ -95,16 +113,22 @@ def release_student(arch: StudentArch, dims: dict[str, int]) -> Student:
     return Student(arch, teachers)
 
 
-def load(checkpoint: str | Path, config: str | Path | None = None, device: str | torch.device = "cpu") -> SigLino:
-    """A released SigLino checkpoint as our student (eval mode); see the module docstring."""
+def load(
+    checkpoint: str | Path,
+    config: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> SigLino:
+    """A released SigLino checkpoint as our student (eval mode), its weights cast to `dtype` if given (e.g.
+    torch.bfloat16, as the release's `load_siglino_model(..., dtype=)`); see the module docstring."""
     path = Path(checkpoint)
     if is_export(path):  # our own export (`amoe export`): our key names, the architecture in its config
-        return SigLino(load_pretrained(path, device)).eval()
+        return SigLino(load_pretrained(path, device)).to(dtype=dtype).eval()
     state = read_state(path)
     arch, dims = resolve_config(checkpoint_config(path) if config is None else config)
     student = release_student(arch, dims)
     from_release(state, student, strict=True)
-    return SigLino(student).to(device).eval()
+    return SigLino(student).to(device=device, dtype=dtype).eval()
 
 
 def save(student: Student | SigLino, directory: str | Path) -> Path:
