@@ -1,9 +1,10 @@
-"""k-means over items spread across processes: k-means++ seeding, Lloyd iterations, assignment and per-cluster
-selection, each rank holding only its own slice of the items (torch.distributed: gloo on CPU, NCCL on GPU).
+"""k-means over items spread across processes: greedy k-means++ seeding, Lloyd iterations, assignment and
+per-cluster selection, each rank holding only its own slice of the items (torch.distributed: gloo on CPU, NCCL on GPU).
 
 One code path for one and for many processes: with a single process every collective is the identity. The random
-draws (seeding, random scores) depend on the global item index only, never on how items are split over ranks, so a
-run on N processes equals the 1-process run up to float summation order (all sums are float64).
+draws (seeding, random scores) depend on the global item index only, never on how items are split over ranks, and the
+seeding's potentials are summed in fixed point (exact), so a run on N processes equals the 1-process run up to the
+float64 summation order of Lloyd's sums.
 
 Items are unit vectors for cosine (spherical k-means: centroids renormalised) and raw vectors for L2; distances are
 squared Euclidean in both cases (between unit vectors ||x - c||^2 = 2 - 2 <x, c>).
@@ -179,11 +180,6 @@ def pick_lowest(
 
 
 # ------------------------------------------------------------------------------------------------------ k-means
-def _sqdist_to(x: np.ndarray, x_sq: np.ndarray, c: np.ndarray, metric: Metric) -> np.ndarray:
-    dot = x @ c
-    return np.maximum(2.0 - 2.0 * dot, 0.0) if metric == "cosine" else np.maximum(x_sq - 2.0 * dot + c @ c, 0.0)
-
-
 def _sqdist_to_many(x: np.ndarray, x_sq: np.ndarray, c: np.ndarray, metric: Metric) -> np.ndarray:
     """[n, m] float32 squared distances of the rows of `x` to the m rows of `c`."""
     d = x @ c.T
