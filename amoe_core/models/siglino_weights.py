@@ -84,6 +84,14 @@ def to_release(student: Student) -> dict[str, Tensor]:
             f"teacher {sig!r}'s pooling head has {head.head.num_heads} heads and MLP {fc1.shape[0]}; the release "
             f"format fixes {MAP_HEADS} heads and MLP {MAP_HIDDEN} (SigLIP2 So400m's head)"
         )
+    if head.head.layernorm.eps != MAP_EPS:  # a fresh student's copy of its teacher's head (e.g. eps 1e-6)
+        log.warning(
+            "release format: teacher %r's pooling head has LayerNorm eps %g; the release runs it at %g, so its SigLIP2 "
+            "summary will differ slightly from this student's",
+            sig,
+            head.head.layernorm.eps,
+            MAP_EPS,
+        )
     dropped = sorted(set(student.adapters) - set(roles.values()))
     if dropped:
         log.warning("release format: teachers %s have no place in a SigLino checkpoint and are left out", dropped)
