@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from amoe_core.config import Params, load_params
+from amoe_core.config.load import load_params
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import USER_OS_ERRORS, os_error_line
 from amoe_core.progress import setup_logging

@@ -14,7 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
-from amoe_core.config import Params
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError, ConfigError
 
 APP = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"

@@ -110,3 +110,35 @@ def test_in_function_imports_say_why() -> None:
         "in-function imports without a comment saying why (optional dependency, start-up time), or move them to "
         "the top of the module:\n" + "\n".join(silent)
     )
+
+
+def test_config_imports_no_model() -> None:
+    """Config stands below the models: params validation never builds or imports a model (the named student sizes
+    are plain data in amoe_core.config.student, which the models read)."""
+    graph = import_graph(PACKAGES)
+    up = [
+        f"{i.module} (line {i.line}) imports {i.target}"
+        for m, imports in graph.items()
+        if m == "amoe_core.config" or m.startswith("amoe_core.config.")
+        for i in imports
+        if i.target == "amoe_core.models" or i.target.startswith("amoe_core.models.")
+    ]
+    assert not up, "amoe_core.config must not import amoe_core.models:\n" + "\n".join(up)
+
+
+def test_lazy_reexports_resolve_to_the_defining_module() -> None:
+    """`from amoe_core.config import Params` is an import of amoe_core.config.params (what runs), and importing one
+    section's module (which initialises the package) imports no other section."""
+    graph = import_graph(PACKAGES)
+    targets = {i.target for i in graph["amoe_core.overrides"]}
+    assert "amoe_core.config.load" in targets and "amoe_core.config.params" in targets
+    assert {i.target for i in graph["amoe_core.config"]} == set()
+    code = (
+        "import sys, amoe_core.config.distill\n"
+        "print(sorted(m for m in sys.modules if m.startswith('amoe_core.config.')))\n"
+        "from amoe_core.config import Params, load_params\n"
+        "assert Params.__module__ == 'amoe_core.config.params' and load_params.__module__ == 'amoe_core.config.load'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["['amoe_core.config.distill',", "'amoe_core.config.section']"]

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amoe_core.config import ConfigError, Params, TeacherSpec
+from amoe_core.config.teachers import TeacherSpec
 from amoe_core.device import pick_device
-from amoe_core.errors import AmoeError
+from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.eval.datasets import LabelledSet, load_pair
 from amoe_core.eval.features import (
     Extractor,
@@ -41,6 +41,9 @@ from amoe_core.models import siglino
 from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.models.trained import load_student
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
-from amoe_core.config import Params
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
 from amoe_core.experiments.data_scaling import scaling_points, scaling_table
 from amoe_core.experiments.findings import findings

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from amoe_core.config.student import StudentArch
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_json
-from amoe_core.models.configs import StudentArch
 from amoe_core.models.heads import TeacherDims
 from amoe_core.models.siglino_config import RELEASE_FILES, args_from_arch, resolve_config
 from amoe_core.models.siglino_weights import CHECKPOINT_FILE, from_release, map_head, read_state, roles_of, to_release

@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amoe_core.config import StudentConfig
+from amoe_core.config.student import StudentArch, StudentConfig, resolve_arch
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
-from amoe_core.models.configs import StudentArch, resolve_arch
 from amoe_core.models.heads import Adapter, PhiSPair, TeacherDims, frozen_copy
 from amoe_core.models.moe import FeedForward, MoEFFN
 from amoe_core.models.packed_attention import packed_attention, segment_count

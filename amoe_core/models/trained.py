@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from timm.models import register_model
 from torch import nn
 
-from amoe_core.config import StudentConfig
+from amoe_core.config.student import StudentConfig
 from amoe_core.errors import AmoeError
 from amoe_core.models.heads import TeacherDims
 from amoe_core.models.run_checkpoints import MODEL_FILE, newest_weights

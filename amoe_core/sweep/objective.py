@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from amoe_core.config import Params
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.stages import stage_function
 from amoe_core.tracking.runs import SWEEP_DIR, RunDir

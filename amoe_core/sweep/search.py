@@ -19,7 +19,8 @@ from typing import Any
 import optuna
 import yaml
 
-from amoe_core.config import Params, SweepConfig, validate_params
+from amoe_core.config.params import Params, validate_params
+from amoe_core.config.sweep import SweepConfig
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_write_text
 from amoe_core.overrides import with_overrides

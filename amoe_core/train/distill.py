@@ -17,12 +17,12 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from amoe_core.config import Params, dump_params
+from amoe_core.config.section import dump_params
 from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_write_json, mark_output, written_by
@@ -43,6 +43,9 @@ from amoe_core.train.checkpoint import (
 )
 from amoe_core.train.live import LiveLog
 from amoe_core.train.loop import DistillStep, Position, batches_forever, position_dict, timed, trim_records
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 RUN_OUTPUT = "distill.run"  # the marker a run directory carries (amoe_core/outputs.py)

@@ -15,7 +15,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from amoe_core.config import Params
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_dir
 from amoe_core.models import siglino

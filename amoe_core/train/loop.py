@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from amoe_core.config import DistillConfig
+from amoe_core.config.distill import DistillConfig
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_write_text, read_jsonl
