@@ -120,9 +120,7 @@ def module_imports(
         else:
             base = _absolute(node, module, is_package)
             table = (reexports or {}).get(base, {})
-            names = [
-                f"{base}.{a.name}" if f"{base}.{a.name}" in known else table.get(a.name, base) for a in node.names
-            ]
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else table.get(a.name, base) for a in node.names]
         targets: set[str] = set()
         for name in names:
             parts = name.split(".")
