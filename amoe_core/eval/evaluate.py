@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from amoe_core.config.evaluate import EvaluateConfig
 from amoe_core.config.teachers import TeacherSpec
 from amoe_core.device import pick_device
 from amoe_core.errors import AmoeError, ConfigError
@@ -57,7 +58,8 @@ FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
 
 def resolutions(params: Params) -> list[int]:
     """Every resolution to evaluate (the main one included), checked against the student patch size."""
-    cfg, p = params.evaluate, params.packing.patch_size
+    cfg: EvaluateConfig = params.evaluate
+    p = params.packing.patch_size
     res = sorted(set(cfg.resolutions) | {cfg.main_resolution})
     bad = [r for r in res if r % p]
     if bad:
@@ -84,7 +86,7 @@ class TeacherBank:
 def _split_features(
     params: Params, bank: TeacherBank, student: Extractor | None, dataset: str, split: str, data: LabelledSet, res: int
 ) -> dict[str, np.ndarray]:
-    cfg = params.evaluate
+    cfg: EvaluateConfig = params.evaluate
     if student is None:
         return {
             f"teacher:{name}": cached_teacher_summaries(
@@ -113,7 +115,7 @@ def evaluate(
     params: Params, out: RunDir, student: Extractor | None, device: torch.device | None = None
 ) -> dict[str, Any]:
     """Evaluate the student's features (or, with `student=None`, the teachers') and write everything under `out`."""
-    cfg = params.evaluate
+    cfg: EvaluateConfig = params.evaluate
     res_list = resolutions(params)
     device = device or pick_device()
     bank = TeacherBank(params.teachers, device)
