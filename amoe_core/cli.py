@@ -52,7 +52,7 @@ def _stage(name: str, **extra: Callable[[argparse.Namespace], Any]) -> Callable[
 
 
 def _model_info(params: Params, args: argparse.Namespace) -> None:
-    from amoe_core.models.size import print_model_info  # start-up time (module docstring)
+    from amoe_core.model_info import print_model_info  # start-up time (module docstring)
 
     print_model_info(args.names or None, params)
 

@@ -26,7 +26,7 @@ class StudentConfig(Section):
 
 @dataclass(frozen=True)
 class StudentArch:
-    """The released SigLino architecture's knobs (field -> release `SigLinoArgs` name in amoe_core.models.siglino)."""
+    """The released SigLino architecture's knobs (field -> release `SigLinoArgs` name in amoe_core.models.release.siglino)."""
 
     depth: int  # n_layers
     dim: int

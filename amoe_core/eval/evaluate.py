@@ -38,7 +38,7 @@ from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
 from amoe_core.eval.summary import summary_lines
-from amoe_core.models import siglino
+from amoe_core.models.release import siglino
 from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.models.trained import load_student
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
@@ -217,7 +217,7 @@ def load_student_extractor(params: Params, run_dir: Path, device: torch.device) 
 
 
 def siglino_extractor(params: Params, spec: str, device: torch.device) -> tuple[str, Extractor]:
-    """`--model siglino:CHECKPOINT[@CONFIG]`: a released SigLino model (amoe_core.models.siglino.load) as an
+    """`--model siglino:CHECKPOINT[@CONFIG]`: a released SigLino model (amoe_core.models.release.siglino.load) as an
     Extractor, its siglip2 / dinov3 outputs named after the configured teacher of that kind (so fidelity and the
     ensemble compare them with those teachers). Returns (run id for its results, extractor)."""
     path, _, config = spec.removeprefix("siglino:").partition("@")

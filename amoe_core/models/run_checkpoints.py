@@ -2,7 +2,7 @@
 
 Layout: `runs/<run>/checkpoints/step_0000100/{model.safetensors, optimizer.pt, state.json}` plus `checkpoints/latest`
 (the name of the newest complete checkpoint). Training writes them atomically and reads them for `--resume`
-(amoe_core.train.checkpoint); loading a trained student reads only the weights (amoe_core.models.trained).
+(amoe_core.checkpoints); loading a trained student reads only the weights (amoe_core.models.trained).
 """
 
 from __future__ import annotations

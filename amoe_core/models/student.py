@@ -8,7 +8,7 @@ router, top-k, no shared expert; aux-loss-free balancing) or, in the first `dens
 Final RMSNorm; per teacher one Adapter on CLS and patches; a SigLIP2-kind teacher's summary is its frozen MAP head
 over the adapted CLS + registers + patches. Initialisation follows the release (depth-scaled std, zero-initialised
 output projections). Parameter names are the release's except the experts (one module per expert here, stacked
-tensors there; amoe_core.models.siglino maps them), so released checkpoints load and ours export.
+tensors there; amoe_core.models.release.siglino maps them), so released checkpoints load and ours export.
 
 Training with PHI-S (Ranzinger et al.): the adapters predict raw teacher features, so the trained student's inference
 graph is exactly the release's. PHI-S, x -> alpha * H U^T (x - mu), is applied alike to prediction and target inside

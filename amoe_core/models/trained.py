@@ -1,4 +1,4 @@
-"""A trained student from our own formats, as a `Student` in eval mode (the release's format: amoe_core.models.siglino).
+"""A trained student from our own formats, as a `Student` in eval mode (the release's format: amoe_core.models.release.siglino).
 
 - a distill run directory (`runs/<run>`): `student.json` (written by training, `student_spec`) and the run's newest
   complete checkpoint (amoe_core.models.run_checkpoints): `load_student(run_dir)`;

@@ -20,7 +20,7 @@ from amoe_core.io import atomic_path
 from amoe_core.launch.distributed import DistInfo, broadcast_module_state
 from amoe_core.losses.distill_loss import DistillLoss
 from amoe_core.models.heads import TeacherDims
-from amoe_core.models.siglino import init_student
+from amoe_core.models.release.siglino import init_student
 from amoe_core.models.student import Student, build_student
 from amoe_core.models.teachers.base import Teacher, TeacherOutput
 from amoe_core.models.teachers.loader import load_teacher

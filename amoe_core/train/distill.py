@@ -22,6 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from amoe_core.checkpoints import (
+    Resumable,
+    resumable_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
 from amoe_core.config.section import dump_params
 from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
@@ -33,14 +41,6 @@ from amoe_core.outputs import claim_outputs
 from amoe_core.progress import progress
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import components
-from amoe_core.train.checkpoint import (
-    Resumable,
-    resumable_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    unwrap,
-)
 from amoe_core.train.live import LiveLog
 from amoe_core.train.loop import DistillStep, Position, batches_forever, position_dict, timed, trim_records
 

@@ -2,7 +2,7 @@
 
 Our format (`model.safetensors` with weights and buffers: adaptors, PHI-S normalisers, MoE biases, no optimizer
 state; `config.json`: the run's student spec plus where the weights came from) loads with
-`amoe_core.models.trained.load_pretrained(dir)`; the SigLino format with `amoe_core.models.siglino.load(dir)` or the
+`amoe_core.models.trained.load_pretrained(dir)`; the SigLino format with `amoe_core.models.release.siglino.load(dir)` or the
 release's own code.
 """
 
@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_dir
-from amoe_core.models import siglino
+from amoe_core.models.release import siglino
 from amoe_core.models.run_checkpoints import MODEL_FILE, Weights, newest_weights
 from amoe_core.models.student import Student
 from amoe_core.models.trained import EXPORT_CONFIG, STUDENT_SPEC, build_from_spec

@@ -1,5 +1,5 @@
 """The released SigLino configs (tiiuae/amoe `SigLinoArgs`, config.json) <-> our `StudentArch`, and the release's
-config names (amoe_core.models.siglino loads and writes the checkpoints)."""
+config names (amoe_core.models.release.siglino loads and writes the checkpoints)."""
 
 from __future__ import annotations
 
