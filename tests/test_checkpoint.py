@@ -15,13 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from amoe_core.checkpoints import load_optimizer_state, rng_state, save_checkpoint, set_rng_state
-from amoe_core.models.run_checkpoints import (
+from amoe_core.checkpoints import (
     LATEST,
     complete_checkpoints,
     latest_checkpoint,
     load_model_tensors,
+    load_optimizer_state,
     read_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
 
 

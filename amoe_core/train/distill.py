@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from amoe_core.checkpoints import (
-    Resumable,
+    Checkpoint,
+    latest_checkpoint,
     resumable_checkpoint,
     rng_state,
     save_checkpoint,
@@ -35,7 +36,6 @@ from amoe_core.device import set_cpu_threads
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_write_json, mark_output, written_by
 from amoe_core.launch import distributed
-from amoe_core.models.run_checkpoints import latest_checkpoint
 from amoe_core.models.trained import STUDENT_SPEC, student_spec
 from amoe_core.outputs import claim_outputs
 from amoe_core.progress import progress
@@ -117,7 +117,7 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
 
 
 def _start_attempt(
-    params: Params, run_dir: RunDir, resumed: Resumable | None, skipped: list[str], resume: bool, world_size: int
+    params: Params, run_dir: RunDir, resumed: Checkpoint | None, skipped: list[str], resume: bool, world_size: int
 ) -> RunDir:
     """Rank 0: create (or reopen) the run directory and record this attempt's params and start in it."""
     if resumed is None:  # from step 0: drop records an earlier run here left (`dvc repro` removes only its outs)
@@ -143,7 +143,7 @@ class Trainer:
     weights not yet updated), when a preemption must not write a checkpoint.
     """
 
-    def __init__(self, params: Params, info: distributed.DistInfo, run_dir: RunDir, resumed: Resumable | None) -> None:
+    def __init__(self, params: Params, info: distributed.DistInfo, run_dir: RunDir, resumed: Checkpoint | None) -> None:
         self.params, self.cfg, self.info, self.run_dir = params, params.distill, info, run_dir
         teachers = components.load_teachers(params, info.device)
         self.student = components.build(params, teachers, info.device)
@@ -181,7 +181,7 @@ class Trainer:
         self.run_dir.event(f"PHI-S fitted on {fitted['images']} images")
         log.info("PHI-S fitted on %d images; training %s for %d steps", fitted["images"], self.cfg.run, self.cfg.steps)
 
-    def _restore(self, resumed: Resumable) -> None:
+    def _restore(self, resumed: Checkpoint) -> None:
         """Weights, optimizer, step, data position and this rank's RNG from the checkpoint being resumed."""
         state = resumed.state
         unwrap(self.student).load_state_dict(resumed.model)
