@@ -76,6 +76,8 @@ def launch(
             "Pass --allow-remote to serve it on the network anyway"
         )
     env = {**os.environ, **roots(params, runs, curation, storage)}
+    # the page imports the `dashboards` package, which lives in the checkout next to amoe_core (not installed)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP.parent.parent), os.environ.get("PYTHONPATH")]))
     print(f"dashboard: http://{host}:{port} (runs: {env['AMOE_RUNS_DIR']}); Ctrl-C stops it", flush=True)
     argv = command(host, port)
     os.execve(argv[0], argv, env)

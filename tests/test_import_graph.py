@@ -15,20 +15,21 @@ import sys
 from _import_graph import REPO, cycles, describe, function_imports, import_graph, project_modules
 
 PACKAGES = ("amoe_core", "flows")
-# dashboards/app.py is a Streamlit script (importing it runs the page); its two helper modules import cleanly
-DASHBOARD_MODULES = ("charts", "curation_loaders", "loaders", "sweep_loaders")
+# dashboards/app.py is a Streamlit script (importing it runs the page); the package and its helper modules import
+# cleanly, from the repository root (the working directory of the check), with no sys.path edit
+DASHBOARD_MODULES = ("dashboards", "dashboards.charts", "dashboards.curation_loaders", "dashboards.loaders",
+                     "dashboards.sweep_loaders")  # fmt: skip
 
 # One process imports the heavy third-party libraries once, then forks a child per module: each child starts with no
 # project module imported, which is what "imports on its own" means here, at the cost of one torch import in all.
 _FORK_IMPORTS = r"""
 import importlib, json, os, sys, traceback
-sys.path.insert(0, sys.argv[1] + "/dashboards")
 for heavy in ("numpy", "torch", "pandas", "PIL.Image", "timm", "transformers", "pydantic"):
     try:
         importlib.import_module(heavy)
     except ImportError:
         pass
-assert not [m for m in sys.modules if m.split(".")[0] in ("amoe_core", "flows", "charts", "curation_loaders", "loaders", "sweep_loaders")]
+assert not [m for m in sys.modules if m.split(".")[0] in ("amoe_core", "flows", "dashboards")]
 failed = {}
 for name in json.loads(sys.argv[2]):
     r, w = os.pipe()
