@@ -88,11 +88,17 @@ def _claim_run(params: Params) -> contextlib.AbstractContextManager:
     return claim_outputs({"distill.run": run_dir.path}, owner=RUN_OUTPUT)
 
 
-def _run(params: Params, resume: bool) -> dict[str, Any]:
+def check_inputs(params: Params) -> None:
+    """The files a run reads that earlier stages make: missing ones stop it (and a sweep) before any work."""
     cfg = params.distill
     require_path("distill.shards", cfg.shards, "shard directory")
     if cfg.selection is not None:
         require_path("distill.selection", cfg.selection, "selection parquet")
+
+
+def _run(params: Params, resume: bool) -> dict[str, Any]:
+    cfg = params.distill
+    check_inputs(params)
     info = distributed.init_distributed()
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.run)
     resumed, skipped = resumable_checkpoint(run_dir.checkpoints, info.device) if resume else (None, [])
