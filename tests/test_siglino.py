@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
-from amoe_core.models import siglino, siglino_weights
+from amoe_core.models.release import siglino
+from amoe_core.models.release import weights as siglino_weights
 from amoe_core.models.rope import golden_frequencies
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "siglino"
@@ -162,8 +163,8 @@ def test_export_has_the_fixture_format_that_the_release_loads(name, tmp_path):
 
 
 def test_released_sizes_are_named_for_load_siglino_model():
-    from amoe_core.models.configs import ARCHS
-    from amoe_core.models.siglino_config import (
+    from amoe_core.config.student import ARCHS
+    from amoe_core.models.release.config import (
         RELEASE_NAMES,
         RELEASE_TEACHER_DIMS,
         arch_from_args,

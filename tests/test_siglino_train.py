@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from amoe_core.cli import main
 from amoe_core.config import dump_params
 from amoe_core.errors import AmoeError
-from amoe_core.models import siglino, siglino_weights
+from amoe_core.models.release import siglino
+from amoe_core.models.release import weights as siglino_weights
 from amoe_core.models.trained import load_student
 from amoe_core.train import components
 from amoe_core.train.distill import run
@@ -98,7 +99,7 @@ def test_distillation_from_release_lowers_the_loss_and_exports_the_release_forma
 
 # ------------------------------------------------------------------------------------------------------ continuing
 def _student(arch: dict) -> siglino.Student:
-    from amoe_core.models.configs import resolve_arch
+    from amoe_core.config.student import resolve_arch
 
     return siglino.release_student(resolve_arch("tiny", arch), {"siglip2": 64, "dinov3": 48})
 
