@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 from amoe_core.errors import AmoeError, ConfigError
 
+log = logging.getLogger(__name__)
 MARKER = ".amoe-output.json"  # names the stage that wrote an output folder (amoe_core/outputs.py)
 
 
@@ -145,6 +148,46 @@ def check_output(field: str, path: str | os.PathLike, stage: str, legacy: tuple[
     )
 
 
+def owns_file(path: str | os.PathLike, header: bytes) -> bool:
+    """Whether `path` is a regular file that starts with `header` (the first line this platform writes there)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, "rb") as f:
+            return f.read(len(header)) == header
+    except OSError:
+        return False
+
+
+def check_file_output(field: str, path: str | os.PathLike, header: bytes, beside: tuple[str, ...] = ()) -> None:
+    """The ownership rule for a single-file output: `path` may replace only a file this platform wrote, one that
+    starts with `header`; the files named `beside` (plots written next to it) only when absent or when `path` is
+    already ours. Anything else exits 2 naming the path; nothing is written."""
+    p = Path(path)
+    for parent in p.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{field} = {show_path(path)}: {parent} is a file, not a folder; choose another output"
+                )
+            break
+    if p.is_dir():
+        raise ConfigError(f"{field} = {show_path(path)}: is a directory; give the path of a file to write")
+    ours = owns_file(p, header)
+    if (p.exists() or p.is_symlink()) and not ours:
+        raise ConfigError(
+            f"{field} = {show_path(path)}: exists and was not written by amoe (it does not start with "
+            f"{header.decode()!r}); nothing is replaced: choose a new file or remove that one"
+        )
+    for name in beside:
+        other = p.parent / name
+        if (other.exists() or other.is_symlink()) and not ours:
+            raise ConfigError(
+                f"{field} = {show_path(path)}: writing it would replace {show_path(other)} beside it, which amoe did "
+                "not write; choose another folder"
+            )
+
+
 def mark_output(path: str | os.PathLike, stage: str) -> None:
     """Record in `path` that `stage` owns it (what `check_output` accepts on the next run)."""
     atomic_write_json(Path(path) / MARKER, {"stage": stage})
@@ -224,16 +267,27 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read records, ignoring a truncated last line left by a kill."""
+    """Read records: a truncated last line (left by a kill) is ignored; a damaged line elsewhere is skipped and
+    counted in one warning naming the file, and the records after it are kept."""
     out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.exists():
         return out
-    for line in p.read_text(encoding="utf-8").splitlines():
+    text = p.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    last = len(lines) - 1  # the part after the final newline: empty, or a line a kill cut short
+    bad = 0
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
-            break
+            rec = None
+        if isinstance(rec, dict):
+            out.append(rec)
+        elif i != last:
+            bad += 1
+    if bad:
+        log.warning("%s: %d damaged lines skipped (not JSON records); the other records are read", p, bad)
     return out

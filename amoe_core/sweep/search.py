@@ -21,7 +21,7 @@ import yaml
 
 from amoe_core.config import Params, SweepConfig, validate_params
 from amoe_core.errors import AmoeError, ConfigError
-from amoe_core.io import atomic_write_text
+from amoe_core.io import atomic_write_text, check_file_output
 from amoe_core.overrides import with_overrides
 from amoe_core.progress import setup_logging
 from amoe_core.sweep import space
@@ -33,8 +33,10 @@ from amoe_core.sweep.objective import (
     trial_runs_dir,
     trial_steps,
 )
+from amoe_core.user_files import read_user_yaml
 
 log = logging.getLogger("amoe.sweep")
+BEST_HEADER = "# Best trial of Optuna study"  # how sweep.best_out starts (its ownership mark)
 
 
 def open_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
@@ -173,7 +175,7 @@ def export_best(study: optuna.Study, out: Path) -> list[str]:
     best, overrides = best_overrides(study)
     command = "dvc exp run " + " ".join(f"-S '{o}'" for o in overrides)
     doc = {"study": study.study_name, "trial": best.number, "value": best.value, "overrides": overrides}
-    header = f"# Best trial of Optuna study {study.study_name!r}. Apply with:\n#   {command}\n"
+    header = f"{BEST_HEADER} {study.study_name!r}. Apply with:\n#   {command}\n"
     atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False))
     return overrides
 
@@ -183,7 +185,7 @@ def read_best(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"sweep.best_out = {str(p)!r}: no exported best trial; run `amoe sweep` first")
-    doc = yaml.safe_load(p.read_text()) or {}
+    doc = read_user_yaml("sweep.best_out", p) or {}
     if not isinstance(doc.get("overrides"), list):
         raise ConfigError(f"{p}: expected an `overrides` list of section.key=value strings")
     return [str(o) for o in doc["overrides"]]
@@ -191,6 +193,7 @@ def read_best(path: str | Path) -> list[str]:
 
 def run(params: Params, **_: Any) -> dict[str, Any]:
     """`amoe sweep`: run the trials, then export the best one; returns a small summary."""
+    check_file_output("sweep.best_out", params.sweep.best_out, BEST_HEADER.encode())  # before any trial
     space.selected(params)  # unknown sweep.search names fail before any worker starts
     load_objective(params.sweep.objective)
     run_workers(params)
