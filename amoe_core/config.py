@@ -16,9 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from amoe_core.errors import ConfigError
+from amoe_core.io import NoAliasLoader, load_yaml, read_user_text
 from amoe_core.models.configs import resolve_arch
 from amoe_core.outputs import check_disjoint
-from amoe_core.user_files import NoAliasLoader, load_yaml, read_user_text
 
 DEFAULT_PARAMS = Path("params.yaml")
 Byte = Annotated[int, Field(ge=0, le=255)]

@@ -210,3 +210,75 @@ def test_a_bad_metrics_line_is_skipped_and_counted_later_lines_kept(tmp_path, ca
         assert [r["step"] for r in read_jsonl(path)] == [1, 3, 4]
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and str(path) in warned[0] and "2 damaged lines skipped" in warned[0], warned
+
+
+# ---------------------------------------------------------------------------------------------------------- 4. disks
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MB file system (tmpfs; needs root, as in CI's container): a full disk without a mock."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Take all but `leave` bytes of `disk`."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * (os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize - leave))
+    return filler
+
+
+def test_embed_onto_a_full_disk_exits_2_and_the_next_run_cleans_up(tmp_path, small_disk) -> None:
+    """The memmap's pages failed on write: SIGBUS (rc 135), no message, a stale temp file left."""
+    from test_curation_cli import write_params
+    from test_embed import build_shards, save_tiny_encoder
+
+    encoder = save_tiny_encoder(tmp_path / "enc")
+    build_shards(tmp_path / "shards", {"grey": 150, "colour": 50}, shard_size=64)
+    params = write_params(tmp_path, encoder)
+    out = small_disk / "emb"
+    argv = ["curate", "embed", "--params", str(params), "-q", "-S", f"embed.out={out}"]
+    filler = _fill(small_disk, 3 * 4096)  # room for the marker and progress files, not for 200 x 32 float16 rows
+    res = _amoe(argv, timeout=300)
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    err = res.stderr.strip()
+    assert (
+        len(err.splitlines()) == 1 and "embeddings.partial.npy" in err and f"needs {200 * 32 * 2 + 4096} bytes" in err
+    ), err  # rows + a header page
+    assert not list(out.rglob("*.npy"))  # nothing half-written left
+    filler.unlink()
+    (out / ".embeddings.npy.x1y2z3.tmp.npy").write_bytes(b"left by a killed attempt")
+    (out / ".keys.parquet.x1y2z3.tmp.parquet").write_bytes(b"left by a killed attempt")
+    res = _amoe(argv, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [".amoe-output.json", "embeddings.npy", "keys.parquet", "meta.json"]
+    assert np.load(out / "embeddings.npy").shape == (200, 32)
+
+
+def test_leftovers_of_killed_attempts_are_removed_by_the_next_run(shards_small, tmp_path) -> None:
+    """A successful rerun used to leave `.manifest.parquet.*.tmp.parquet`, `.staging`, and atomic_dir's `.X.tmp` /
+    `.X.old-PID` folders behind."""
+    from amoe_core.io import atomic_dir
+
+    out = tmp_path / "shards"
+    argv = ["data", "ingest", "-q", "--source", f"shards:{shards_small}", "--out", str(out)]
+    assert main(argv) == 0
+    (out / ".manifest.parquet.abcd1234.tmp.parquet").write_bytes(b"killed while writing the manifest")
+    (out / ".staging").mkdir()  # killed after the run was complete, before it removed its staging folder
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
+        ".amoe-output.json",
+        ".ingest_state.json",
+    ]
+    sel = tmp_path / "selection"
+    for stale in (".selection.k2j4_x9q.tmp", ".selection.old-4242"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "balanced.parquet").write_bytes(b"x")
+    (tmp_path / ".selection-notes.tmp").mkdir()  # not an atomic_dir leftover: kept
+    with atomic_dir(sel, "sample.out") as tmp:
+        (tmp / "balanced.parquet").write_bytes(b"y")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".selection")) == [".selection-notes.tmp"]

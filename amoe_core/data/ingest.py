@@ -85,6 +85,8 @@ def ingest(
     settings = decode_settings(cfg)
     fp = _fingerprint(items, settings, cfg)
     state = _read_json(out / STATE)
+    for stale in out.glob(f".{MANIFEST}.*.tmp.parquet"):  # atomic_path's temporary of a killed run (we hold the lock)
+        stale.unlink()
     if state.get("fingerprint") == fp and state.get("complete") and _outputs_present(out, state):
         log.info("ingest: %s is up to date (%d images); nothing to do", out, state["kept"])
         if not cfg.keep_staging:  # a run killed after it finished but before it tidied up
@@ -97,7 +99,7 @@ def ingest(
         atomic_write_json(out / STATE, {"fingerprint": fp, "complete": False})
     staging = out / STAGING
     staging.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob(".shard-*"), *out.glob(f".{MANIFEST}.*.tmp.parquet")]:  # a killed run's temporaries
+    for stale in out.glob(".shard-*"):  # a shard being written when a previous run was killed
         stale.unlink()
 
     chunks = [items[i : i + cfg.chunk_size] for i in range(0, len(items), cfg.chunk_size)]

@@ -21,7 +21,7 @@ import yaml
 
 from amoe_core.config import Params, SweepConfig, validate_params
 from amoe_core.errors import AmoeError, ConfigError
-from amoe_core.io import atomic_write_text, check_file_output
+from amoe_core.io import atomic_write_text, check_file_output, read_user_yaml
 from amoe_core.overrides import with_overrides
 from amoe_core.progress import setup_logging
 from amoe_core.sweep import space
@@ -33,7 +33,6 @@ from amoe_core.sweep.objective import (
     trial_runs_dir,
     trial_steps,
 )
-from amoe_core.user_files import read_user_yaml
 
 log = logging.getLogger("amoe.sweep")
 BEST_HEADER = "# Best trial of Optuna study"  # how sweep.best_out starts (its ownership mark)
