@@ -282,3 +282,24 @@ def test_leftovers_of_killed_attempts_are_removed_by_the_next_run(shards_small, 
     with atomic_dir(sel, "sample.out") as tmp:
         (tmp / "balanced.parquet").write_bytes(b"y")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".selection")) == [".selection-notes.tmp"]
+
+
+def test_a_truncated_eval_json_is_one_warning_and_every_other_run_is_shown(tmp_path, caplog, capsys) -> None:
+    """One truncated eval.json made the dashboard page a JSONDecodeError and `amoe report` exit 1 with a traceback."""
+    import shutil
+
+    from amoe_core.tracking.runs import student_runs
+    from dashboards.loaders import runs_table
+
+    runs = tmp_path / "runs"
+    shutil.copytree(REPO / "results" / "ablations", runs)
+    damaged = runs / "loss-none-s0-balanced" / "eval.json"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # killed mid-write by an older version, or an editor
+    n = len(student_runs(runs))
+    with caplog.at_level("WARNING"):
+        assert main(["report", "-S", f"report.runs_dir={runs}", "-S", f"report.out={tmp_path / 'R.md'}", "-q"]) == 0
+        table = runs_table(student_runs(runs), runs)
+    warned = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert len(warned) == 1 and str(damaged) in warned[0], warned
+    assert f"from {n - 1} runs" in (tmp_path / "R.md").read_text()
+    assert len(table) == n and table["run"].str.contains("loss-none-s0-balanced").any()

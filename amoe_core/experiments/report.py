@@ -64,7 +64,7 @@ def _shared_recipe(runs: list[RunDir]) -> str:
 def build_report(runs_dir: Path, out: Path) -> str:
     """Write `out` (markdown) and its plots next to it; return the markdown."""
     teacher_eval = RunDir(Path(runs_dir) / TEACHERS_RUN).eval()  # written by `amoe evaluate --teachers`
-    runs = [r for r in student_runs(runs_dir) if r.eval_file.exists()]
+    runs = [r for r in student_runs(runs_dir) if r.eval()]  # a damaged eval.json: warned, that run left out
     if not runs:
         raise AmoeError(f"no evaluated runs under {runs_dir}: run `amoe distill` and `amoe evaluate RUN` first")
     variants = group_variants(runs)
