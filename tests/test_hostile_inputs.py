@@ -303,3 +303,46 @@ def test_a_truncated_eval_json_is_one_warning_and_every_other_run_is_shown(tmp_p
     assert len(warned) == 1 and str(damaged) in warned[0], warned
     assert f"from {n - 1} runs" in (tmp_path / "R.md").read_text()
     assert len(table) == n and table["run"].str.contains("loss-none-s0-balanced").any()
+
+
+# ---------------------------------------------------------------------------------------------------------- 6. evaluate
+HOLD_LOCK = """
+import os, signal, sys
+from amoe_core.outputs import output_lock
+with output_lock("distill.run", sys.argv[1]):  # what `amoe distill` holds on its run for the whole attempt
+    os.kill(os.getpid(), signal.SIGSTOP)
+"""
+
+
+def test_evaluate_holds_the_run_lock_and_records_the_checkpoint_step(tmp_path, capsys) -> None:
+    """Two `amoe evaluate RUN` at once both wrote eval.json; eval.json did not say which checkpoint it evaluated
+    when it fell back from a damaged newest one."""
+    from _train_setup import make_shards, make_teachers, tiny_params
+
+    from amoe_core.eval.evaluate import load_student_extractor
+    from amoe_core.train.distill import run as distill
+
+    params = tiny_params(tmp_path, make_teachers(tmp_path / "teachers"), make_shards(tmp_path / "shards", n=24),
+                         steps=2, checkpoint_every=1)  # fmt: skip
+    distill(params)
+    run = tmp_path / "runs" / "t"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        _, status = os.waitpid(holder.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        argv = ["evaluate", "t", "-q", "-S", f"distill.runs_dir={tmp_path / 'runs'}"]
+        capsys.readouterr()  # the fixtures' progress bars
+        assert main(argv) == 2
+        assert f"is being written by PID {holder.pid}" in _one_line_error(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    (run / "checkpoints" / "step_0000002" / "model.safetensors").write_bytes(b"truncated")
+    _, step = load_student_extractor(params, run, torch_device_cpu())
+    assert step == 1  # the damaged newest one skipped: what eval.json's checkpoint_step then records
+
+
+def torch_device_cpu():
+    import torch
+
+    return torch.device("cpu")
