@@ -278,7 +278,7 @@ class DistillConfig(Section):
     run: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     # The training seed (student init, data order, per-image token budgets). The top-level `seed` fixes the data:
     # demo pool, teachers, curation and evaluation splits, so seed repeats of an ablation share all of those.
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 0 .. 2**32 - 1
     runs_dir: Path = Path("runs")
     shards: Path = Path("data/shards")
     selection: Path | None = Path("data/curation/selection/balanced.parquet")  # None = every image of the shards
@@ -301,6 +301,8 @@ class DistillConfig(Section):
     def _folder_name(cls, run: str) -> str:
         if run in (".", ".."):  # a folder name under runs_dir, not runs_dir itself or its parent
             raise ValueError("must name a run folder, not . or ..")
+        if run.startswith("."):  # hidden names are the locks and temporaries beside runs (`.lk.lock` is run lk's)
+            raise ValueError("must not start with a dot")
         return run
 
 
@@ -348,9 +350,9 @@ class EvaluateConfig(Section):
     max_train_per_dataset: int = Field(5000, ge=10)
     resolutions: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 112], min_length=1)
     main_resolution: int = Field(64, ge=16)
-    ks: list[int] = Field(default_factory=lambda: [10, 20, 100], min_length=1)
+    ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10, 20, 100], min_length=1)
     temperature: float = Field(0.07, gt=0)
-    probe_lrs: list[float] = Field(default_factory=lambda: [0.1, 0.03, 0.01])
+    probe_lrs: list[Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: [0.1, 0.03, 0.01], min_length=1)
     probe_epochs: int = Field(30, ge=1)
     probe_val_fraction: float = Field(0.1, gt=0, lt=1)
     pca_images: int = Field(6, ge=1)
@@ -368,7 +370,7 @@ class SweepConfig(Section):
     workers: int = Field(1, ge=1)  # parallel worker processes on this machine, sharing the storage
     steps: int = Field(60, ge=1)  # distillation steps per trial (when token_budget is not set)
     token_budget: int | None = Field(None, ge=1)  # fixed compute: steps = budget / (c_max * seqs_per_step)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 0 .. 2**32 - 1
     search: list[str] = Field(default_factory=list)  # dimensions of amoe_core/sweep/space.py to search; [] = all
     overrides: list[str] = Field(default_factory=list)  # applied to every trial, e.g. evaluate.resolutions=[64]
     feature: str = "student:ensemble"  # scored feature: mean over datasets of kNN at evaluate.main_resolution
@@ -410,7 +412,7 @@ def _default_teachers() -> list[TeacherSpec]:
 class Params(Section):
     """params.yaml: the top-level seed, the teachers and one section per stage (a section left out takes its defaults)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 0 .. 2**32 - 1
     demo_pool: DemoPoolConfig
     ingest: IngestConfig
     teachers: list[TeacherSpec] = Field(default_factory=_default_teachers, min_length=1)

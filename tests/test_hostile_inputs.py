@@ -346,3 +346,70 @@ def torch_device_cpu():
     import torch
 
     return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------------------- 7. up front
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("evaluate.ks=[0]", "evaluate.ks.0 = 0"),  # was refused only after ~6 s of features
+        ("evaluate.probe_lrs=[-1]", "evaluate.probe_lrs.0 = -1"),
+        ("evaluate.probe_lrs=[]", "evaluate.probe_lrs = []"),
+        ("seed=-1", "seed = -1"),  # numpy's seed raised ValueError mid-stage
+        ("distill.run=.lk.lock", "must not start with a dot"),  # `.lk.lock` is the lock file of run `lk`
+    ],
+)
+def test_values_that_fail_later_are_refused_up_front(override, says, capsys) -> None:
+    assert main(["model", "info", "-S", override]) == 2
+    assert says in _one_line_error(capsys)
+
+
+def test_an_output_folder_where_no_lock_can_be_created_is_one_line(tmp_path, capsys) -> None:
+    """distill.runs_dir=/proc/self was a traceback (the lock file cannot be created there)."""
+    from amoe_core.errors import ConfigError
+    from amoe_core.outputs import output_lock
+
+    with pytest.raises(ConfigError, match=r"distill.run = '/proc/self/t': cannot create its lock"):
+        with output_lock("distill.run", "/proc/self/t"):
+            pass
+
+
+def test_report_over_runs_without_the_headline_k_is_one_line(tmp_path, capsys) -> None:
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(REPO / "results" / "ablations", runs)
+    for f in runs.glob("*/eval.json"):
+        f.write_text(f.read_text().replace('"k20"', '"k21"'))  # evaluated with evaluate.ks=[21]
+    assert main(["report", "-S", f"report.runs_dir={runs}", "-S", f"report.out={tmp_path / 'R.md'}", "-q"]) == 2
+    assert "no kNN k20 result" in _one_line_error(capsys)
+    assert not (tmp_path / "R.md").exists()
+
+
+def test_run_names_are_escaped_where_shown_as_markdown(tmp_path) -> None:
+    """A run named `![p](https://...)` made RESULTS.md (and the dashboard) fetch an image from anywhere."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(REPO / "results" / "ablations", runs)
+    (runs / "ref-s0-balanced").rename(runs / "![p](https:evil.example)")
+    assert main(["report", "-S", f"report.runs_dir={runs}", "-S", f"report.out={tmp_path / 'R.md'}", "-q"]) == 0
+    text = (tmp_path / "R.md").read_text()
+    assert "![p](https:evil.example)" not in text and r"\!\[p\]\(https:evil.example\)" in text
+
+
+def test_phis_file_follows_the_umask(tmp_path) -> None:
+    """runs/<run>/phis.safetensors was 0600: safetensors writes a new file over atomic_path's temporary."""
+    import stat
+
+    code = (
+        "import os, sys, torch\n"
+        "os.umask(0o022)\n"
+        "from safetensors.torch import save_file\n"
+        "from amoe_core.io import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    save_file({'a': torch.zeros(2)}, str(tmp))\n"
+    )
+    out = tmp_path / "phis.safetensors"
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644

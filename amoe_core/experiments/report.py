@@ -18,7 +18,7 @@ from amoe_core.experiments.data_scaling import scaling_points, scaling_table
 from amoe_core.experiments.findings import findings
 from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text, check_file_output
-from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs
+from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import (
     HEADLINE_K,
     Variant,
@@ -72,6 +72,9 @@ def build_report(runs_dir: Path, out: Path) -> str:
     if student_feature is None or res is None:
         raise AmoeError(f"the runs under {runs_dir} have no kNN results: run `amoe evaluate RUN` on them")
     k = HEADLINE_K
+    if all(lookup(r.eval(), "knn", d, student_feature, res, k) is None for r in runs for d in datasets):
+        raise AmoeError(f"the runs under {runs_dir} have no kNN {k} result at {res} (the headline number): evaluate "
+                        f"them with {k[1:]} in evaluate.ks")  # fmt: skip
     teachers = sorted({f.split(":", 1)[1] for d in datasets for f in lookup(teacher_eval, "knn", d) or {}})
     fidelity_teachers = sorted({t for r in runs for t in r.eval().get("fidelity", {})})
 
@@ -88,7 +91,7 @@ def build_report(runs_dir: Path, out: Path) -> str:
                     v.label,
                     *(short(x) for x in v.settings.values()),
                     ", ".join(map(str, v.seeds)),
-                    ", ".join(r.id for r in v.runs),
+                    ", ".join(md_escape(r.id) for r in v.runs),
                 ]
                 for v in variants
             ],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # damaged eval.json files already warned about (the report reads each one many times)
 TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: `amoe evaluate --teachers`, the teachers' own baselines
 SWEEP_DIR = "_sweep"  # runs/_sweep/<study>/<trial>/: `amoe sweep` trials, kept out of list_runs (report, ablations)
+
+
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()<>#!|~])")
+
+
+def md_escape(text: str) -> str:
+    """User-chosen text (run names, settings) shown as markdown: its markup characters escaped, so a run named
+    `![p](https://...)` or `[x](javascript:...)` is shown as that text, never fetched or linked."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", str(text))
 
 
 @dataclass(frozen=True)
