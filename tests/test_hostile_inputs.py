@@ -413,3 +413,22 @@ def test_phis_file_follows_the_umask(tmp_path) -> None:
     out = tmp_path / "phis.safetensors"
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
+
+
+def test_a_pickle_only_teacher_is_refused_in_one_line(tmp_path) -> None:
+    """A teacher directory with only `pytorch_model.bin` was unpickled or failed with a traceback."""
+    import torch
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from amoe_core.config import TeacherSpec
+    from amoe_core.errors import AmoeError
+    from amoe_core.models.teachers.loader import load_teacher
+
+    cfg = DINOv3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          patch_size=16, num_register_tokens=4, image_size=32)  # fmt: skip
+    model = DINOv3ViTModel(cfg)
+    model.save_pretrained(tmp_path / "dino")
+    (tmp_path / "dino" / "model.safetensors").unlink()  # the older layout: the weights as a pickle only
+    torch.save(model.state_dict(), tmp_path / "dino" / "pytorch_model.bin")
+    with pytest.raises(AmoeError, match=r"only as a pickle \(pytorch_model.bin\), which amoe never unpickles"):
+        load_teacher(TeacherSpec(name="dino", kind="dinov3", path=str(tmp_path / "dino")))
