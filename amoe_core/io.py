@@ -74,6 +74,27 @@ def naming_errors(path: str | os.PathLike, size: int | None = None) -> Iterator[
         raise OSError(e.errno, what, str(path)) from None
 
 
+@contextlib.contextmanager
+def full_disk_as_os_error(path: str | os.PathLike) -> Iterator[None]:
+    """safetensors (SafetensorError) and torch.save (RuntimeError) report a full disk as their own exceptions, a
+    traceback to the user: raised again as the OSError(ENOSPC) it is, naming `path` (the CLI: one line, exit 2)."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:
+        text = str(e)
+        full = any(m in text for m in ("os error 28", "No space left", "StorageFull", "QuotaExceeded"))
+        if not full and "file write failed" in text:  # torch's writer drops the errno: judge by the space left
+            probe = Path(path)
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            full = shutil.disk_usage(probe).free < (1 << 20)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
+
+
 def write_named(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to a temporary `path`; on failure nothing partial is left there."""
     try:

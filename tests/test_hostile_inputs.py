@@ -432,3 +432,28 @@ def test_a_pickle_only_teacher_is_refused_in_one_line(tmp_path) -> None:
     torch.save(model.state_dict(), tmp_path / "dino" / "pytorch_model.bin")
     with pytest.raises(AmoeError, match=r"only as a pickle \(pytorch_model.bin\), which amoe never unpickles"):
         load_teacher(TeacherSpec(name="dino", kind="dinov3", path=str(tmp_path / "dino")))
+
+
+def test_checkpoint_and_export_onto_a_full_disk_are_one_line(tmp_path, small_disk, capsys) -> None:
+    """safetensors and torch.save raised their own exceptions on ENOSPC: a traceback instead of one line."""
+    from _train_setup import make_shards, make_teachers, tiny_params
+
+    from amoe_core.config import dump_params
+    from amoe_core.train.checkpoint import save_checkpoint
+    from amoe_core.train.components import build, load_teachers
+    from amoe_core.train.distill import run as distill
+
+    params = tiny_params(tmp_path, make_teachers(tmp_path / "teachers"), make_shards(tmp_path / "shards", n=24),
+                         steps=1)  # fmt: skip
+    distill(params)
+    (tmp_path / "params.yaml").write_text(dump_params(params))
+    student = build(params, load_teachers(params, "cpu"), "cpu")
+    _fill(small_disk, 16 * 4096)  # less than the tiny student's weights
+    with pytest.raises(OSError) as e:
+        save_checkpoint(small_disk / "checkpoints", 1, student, None, {})
+    assert e.value.errno == 28 and "checkpoints" in str(e.value.filename)
+    assert [p.name for p in (small_disk / "checkpoints").iterdir()] == []  # the partial one removed
+    capsys.readouterr()
+    assert main(["export", "t", "--params", str(tmp_path / "params.yaml"), "--out", str(small_disk / "exp")]) == 2
+    assert "No space left on device" in _one_line_error(capsys)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["checkpoints", "filler"]  # no temporary left

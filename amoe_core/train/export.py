@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
-from amoe_core.io import atomic_dir
+from amoe_core.io import atomic_dir, full_disk_as_os_error
 from amoe_core.models import siglino
 from amoe_core.models.run_checkpoints import MODEL_FILE, Weights, newest_weights
 from amoe_core.models.student import Student
@@ -54,7 +54,8 @@ def _export(params: Params, run: str, out: str | Path | None, default: str, what
     out = Path(out) if out is not None else run_dir / default
     inputs = {"checkpoint": found.path, "run spec": run_dir / STUDENT_SPEC}
     with claim_outputs({field: out}, inputs, owner=EXPORT_STAGE), atomic_dir(out, EXPORT_STAGE, field) as tmp:
-        write(tmp, found, spec, student)
+        with full_disk_as_os_error(out):
+            write(tmp, found, spec, student)
     print(f"exported {run_dir.name} ({found.path.name}){what} -> {out}")
     return out
 
