@@ -457,3 +457,21 @@ def test_checkpoint_and_export_onto_a_full_disk_are_one_line(tmp_path, small_dis
     assert main(["export", "t", "--params", str(tmp_path / "params.yaml"), "--out", str(small_disk / "exp")]) == 2
     assert "No space left on device" in _one_line_error(capsys)
     assert sorted(p.name for p in small_disk.iterdir()) == ["checkpoints", "filler"]  # no temporary left
+
+
+def test_a_damaged_optuna_database_is_one_line_before_any_worker(tmp_path, capsys) -> None:
+    """A study file damaged mid-file: every worker died on its first query with sqlalchemy's traceback."""
+    import optuna
+
+    db = tmp_path / "optuna.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
+    for x in range(200):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=float(x)))
+    data = bytearray(db.read_bytes())
+    assert len(data) > 5 * 4096
+    data[2 * 4096 : 3 * 4096] = b"\xa5" * 4096  # one page overwritten: the header still says SQLite
+    db.write_bytes(bytes(data))
+    argv = ["sweep", "-q", "-S", f"sweep.storage=sqlite:///{db}", "-S", f"sweep.best_out={tmp_path / 'best.yaml'}"]
+    capsys.readouterr()  # optuna's own line about creating the study above
+    assert main(argv) == 2
+    assert "the database is damaged" in _one_line_error(capsys)

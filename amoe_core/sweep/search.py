@@ -9,8 +9,10 @@ each array job is one more worker on the same study. The best trial is written a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
+import sqlite3
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +65,26 @@ def open_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
         raise ConfigError(f"sweep.storage = {url!r}: cannot open ({str(e).splitlines()[0]})") from None
     except Exception as e:  # sqlalchemy.exc.OperationalError and friends: unreachable server, bad credentials
         raise AmoeError(f"sweep.storage = {url!r}: cannot connect ({str(e).splitlines()[0]})") from None
+
+
+def check_storage(cfg: SweepConfig) -> None:
+    """A damaged SQLite study file (a bad copy, a disk error mid-file) fails here, in one line, before any worker starts:
+    otherwise every worker dies on its first query with sqlalchemy's traceback."""
+    if not cfg.storage.startswith("sqlite:///"):
+        return
+    path = Path(cfg.storage.removeprefix("sqlite:///"))
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new study file
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as e:
+        problems = [str(e)]
+    if problems != ["ok"]:
+        raise ConfigError(
+            f"sweep.storage = {cfg.storage!r}: the database is damaged ({problems[0]}); restore it from a copy, or "
+            "point sweep.storage at a new file"
+        )
 
 
 def load_study(params: Params, worker: int = 0) -> optuna.Study:
@@ -194,6 +216,7 @@ def run(params: Params, **_: Any) -> dict[str, Any]:
     """`amoe sweep`: run the trials, then export the best one; returns a small summary."""
     check_file_output("sweep.best_out", params.sweep.best_out, BEST_HEADER.encode())  # before any trial
     space.selected(params)  # unknown sweep.search names fail before any worker starts
+    check_storage(params.sweep)
     load_objective(params.sweep.objective)
     run_workers(params)
     study = load_study(params)
