@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from _train_setup import make_shards, make_teachers, tiny_params
 
+from amoe_core.checkpoints import latest_checkpoint, read_state
 from amoe_core.config import dump_params
-from amoe_core.models.run_checkpoints import latest_checkpoint, read_state
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train.distill import run as distill
 

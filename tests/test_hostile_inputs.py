@@ -438,8 +438,8 @@ def test_checkpoint_and_export_onto_a_full_disk_are_one_line(tmp_path, small_dis
     """safetensors and torch.save raised their own exceptions on ENOSPC: a traceback instead of one line."""
     from _train_setup import make_shards, make_teachers, tiny_params
 
+    from amoe_core.checkpoints import save_checkpoint
     from amoe_core.config import dump_params
-    from amoe_core.train.checkpoint import save_checkpoint
     from amoe_core.train.components import build, load_teachers
     from amoe_core.train.distill import run as distill
 
