@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from amoe_core.errors import AmoeError
-from amoe_core.io import _fsync_dir, atomic_write_text
+from amoe_core.io import _fsync_dir, atomic_write_text, full_disk_as_os_error
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,10 @@ def save_checkpoint(
     tmp = checkpoints / f".tmp-{final.name}-{os.getpid()}"
     tmp.mkdir()
     try:
-        save_file(model_tensors(model), str(tmp / MODEL_FILE), metadata={"step": str(step)})
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        with full_disk_as_os_error(tmp):
+            save_file(model_tensors(model), str(tmp / MODEL_FILE), metadata={"step": str(step)})
+            if optimizer is not None:
+                torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=1) + "\n")
         for f in tmp.iterdir():
             _fsync_file(f)

@@ -79,7 +79,13 @@ def output_lock(field: str, path: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         raise ConfigError(f"{field} = {show_path(path)}: cannot create its folder ({e.strerror})") from None
     while True:
-        fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:  # /proc/self, a read-only or foreign folder: one line, not a traceback
+            raise ConfigError(
+                f"{field} = {show_path(path)}: cannot create its lock {show_path(lp)} there ({e.strerror}); "
+                "choose a writable folder"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

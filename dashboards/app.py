@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs
+from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order
 from dashboards import charts, curation_loaders, loaders, sweep_loaders
 
@@ -169,7 +169,7 @@ def live_view(data: dict[str, Any], runs_dir: str) -> None:
         step = max((int(m["step"]) for m in records if "step" in m), default=0)
         age = time.time() - run.metrics_file.stat().st_mtime
         state = "finished" if run.train_file.exists() else f"last record {age:.0f} s ago"
-        st.markdown(f"**{name}**: step {step}" + (f" of {target}" if target else "") + f" ({state})")
+        st.markdown(f"**{md_escape(name)}**: step {step}" + (f" of {target}" if target else "") + f" ({state})")
         if target:
             st.progress(min(step / target, 1.0))
         last = records[-1] if records else {}

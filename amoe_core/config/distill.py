@@ -15,7 +15,7 @@ class DistillConfig(Section):
     run: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     # The training seed (student init, data order, per-image token budgets). The top-level `seed` fixes the data:
     # demo pool, teachers, curation and evaluation splits, so seed repeats of an ablation share all of those.
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 0 .. 2**32 - 1
     runs_dir: Path = Path("runs")
     shards: Path = Path("data/shards")
     selection: Path | None = Path("data/curation/selection/balanced.parquet")  # None = every image of the shards
@@ -38,4 +38,6 @@ class DistillConfig(Section):
     def _folder_name(cls, run: str) -> str:
         if run in (".", ".."):  # a folder name under runs_dir, not runs_dir itself or its parent
             raise ValueError("must name a run folder, not . or ..")
+        if run.startswith("."):  # hidden names are the locks and temporaries beside runs (`.lk.lock` is run lk's)
+            raise ValueError("must not start with a dot")
         return run

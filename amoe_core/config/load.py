@@ -13,11 +13,12 @@ import yaml
 
 from amoe_core.config.params import Params, validate_params
 from amoe_core.errors import ConfigError
+from amoe_core.io import NoAliasLoader, load_yaml, read_user_text
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(NoAliasLoader):
     """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -39,7 +40,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     dotted, raw = assignment.split("=", 1)
     keys = dotted.strip().split(".")
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError as e:
         raise ConfigError(f"override {dotted}: cannot parse value {raw!r} ({e.__class__.__name__})") from None
     node: Any = tree
@@ -69,7 +70,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | None = No
     p = Path(path) if path is not None else DEFAULT_PARAMS
     if p.exists():
         try:
-            data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+            data = yaml.load(read_user_text("--params", p), Loader=_UniqueKeyLoader)
         except IsADirectoryError:
             raise ConfigError(f"--params {str(p)!r}: is a directory; give the params.yaml file") from None
         except (UnicodeDecodeError, ValueError) as e:

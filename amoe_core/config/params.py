@@ -32,7 +32,7 @@ from amoe_core.outputs import check_disjoint
 class Params(Section):
     """params.yaml: the top-level seed, the teachers and one section per stage (a section left out takes its defaults)."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 0 .. 2**32 - 1
     demo_pool: DemoPoolConfig
     ingest: IngestConfig
     teachers: list[TeacherSpec] = Field(default_factory=default_teachers, min_length=1)

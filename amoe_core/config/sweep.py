@@ -18,7 +18,7 @@ class SweepConfig(Section):
     workers: int = Field(1, ge=1)  # parallel worker processes on this machine, sharing the storage
     steps: int = Field(60, ge=1)  # distillation steps per trial (when token_budget is not set)
     token_budget: int | None = Field(None, ge=1)  # fixed compute: steps = budget / (c_max * seqs_per_step)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 0 .. 2**32 - 1
     search: list[str] = Field(default_factory=list)  # dimensions of amoe_core/sweep/space.py to search; [] = all
     overrides: list[str] = Field(default_factory=list)  # applied to every trial, e.g. evaluate.resolutions=[64]
     feature: str = "student:ensemble"  # scored feature: mean over datasets of kNN at evaluate.main_resolution

@@ -38,7 +38,7 @@ from amoe_core.config.embed import EmbedConfig
 from amoe_core.config.teachers import TeacherSpec
 from amoe_core.data.shards import iter_images, read_manifest, reading_order
 from amoe_core.errors import AmoeError, require_path
-from amoe_core.io import atomic_path, atomic_write_json
+from amoe_core.io import atomic_path, atomic_write_json, create_memmap
 from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
 from amoe_core.launch.local_ranks import run_local_ranks
 from amoe_core.models.teachers.loader import load_teacher
@@ -143,6 +143,8 @@ def _start(out: Path, world: int) -> None:
     (out / "meta.json").unlink(missing_ok=True)  # a finished older output is replaced, never mixed
     for legacy in ("embeddings.partial.npy", "progress.json"):  # the 1-process layout before parts
         (out / legacy).unlink(missing_ok=True)
+    for stale in [*out.glob(".embeddings.npy.*.tmp.npy"), *out.glob(".keys.parquet.*.tmp.parquet")]:
+        stale.unlink(missing_ok=True)  # atomic_path's temporaries of a killed attempt (the lock is held: none live)
     for old in (out / "parts").glob("*") if (out / "parts").exists() else ():
         if not old.name.endswith(f"-of-{world:05d}"):
             shutil.rmtree(old)
@@ -164,7 +166,7 @@ def _embed_part(
     n = len(rows)
     done = _resume_point(marker, partial, fp, n, dim)
     if done == 0:
-        emb = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=(n, dim))
+        emb = create_memmap("embed.out", partial, (n, dim), np.float16)
         atomic_write_json(marker, {"fingerprint": fp, "done": 0})
     else:
         log.info("%s: resuming at image %d of %d", part.name, done, n)
@@ -222,7 +224,7 @@ def _finalize(out: Path, manifest: pd.DataFrame, meta: dict, world: int) -> None
     chunk = 65536  # rows copied at a time: bounded memory on a pool of any size
     (out / "meta.json").unlink(missing_ok=True)
     with atomic_path(out / "embeddings.npy", suffix=".npy") as tmp:
-        emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(meta["count"], meta["dim"]))
+        emb = create_memmap("embed.out", tmp, (meta["count"], meta["dim"]), np.float16)
         for rank in range(world):
             rows = part_order(manifest, rank, world)
             part = np.load(part_dir(out, rank, world) / "embeddings.partial.npy", mmap_mode="r")

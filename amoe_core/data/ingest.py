@@ -57,7 +57,13 @@ def run(params: Params, sources: list[str] | None = None, out: str | Path | None
         unlisted: list[dict[str, str]] = []
         items = list_items(specs, unlisted)
         if not items:
-            raise AmoeError(f"{field}: no files in {', '.join(map(str, specs))}; point it at a folder of images")
+            first = (
+                f" ({len(unlisted)} paths left out, e.g. {unlisted[0]['path']}: {unlisted[0]['detail']})"
+                if unlisted
+                else ""
+            )
+            raise AmoeError(f"{field}: nothing usable found in {', '.join(map(str, specs))}: no files{first}; "
+                            "point it at a folder of images")  # fmt: skip
         return ingest(items, [str(s) for s in specs], out, cfg, unlisted)
 
 
@@ -82,8 +88,12 @@ def ingest(
     settings = decode_settings(cfg)
     fp = _fingerprint(items, settings, cfg)
     state = _read_json(out / STATE)
+    for stale in out.glob(f".{MANIFEST}.*.tmp.parquet"):  # atomic_path's temporary of a killed run (we hold the lock)
+        stale.unlink()
     if state.get("fingerprint") == fp and state.get("complete") and _outputs_present(out, state):
         log.info("ingest: %s is up to date (%d images); nothing to do", out, state["kept"])
+        if not cfg.keep_staging:  # a run killed after it finished but before it tidied up
+            shutil.rmtree(out / STAGING, ignore_errors=True)
         return _read_json(out / REPORT)
     if state.get("fingerprint") != fp:  # same fingerprint: resume (staged chunks and finished shards are reused)
         _reset(out)
@@ -110,6 +120,10 @@ def ingest(
     report = _report(meta, kept, dd.groups, sources, out, seconds, n_staged, written)
     report["unlisted"] = _group(unlisted or [])
     atomic_write_json(out / REPORT, report)
+    if len(kept) == 0:  # an empty shard set is no result: say so (the report beside it says why each was skipped)
+        why = ", ".join(f"{n} {r}" for r, n in report["skipped"].items() if n) or "no files"
+        raise AmoeError(f"nothing usable found in {', '.join(sources)}: no image was kept ({why}; "
+                        f"{sum(map(len, report['unlisted'].values()))} paths left out); see {out / REPORT}")  # fmt: skip
     atomic_write_json(
         out / STATE, {"fingerprint": fp, "complete": True, "kept": len(kept), "shards": sorted(kept["shard"].unique())}
     )

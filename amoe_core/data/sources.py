@@ -21,6 +21,7 @@ import os
 import re
 import stat
 import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def _slug(text: str) -> str:
 
 def make_key(source: str, ident: str) -> str:
     # WebDataset splits a sample's key from its extension at the first dot of the file name: keys carry no dots.
-    return f"{_slug(source)}_{hashlib.blake2b(ident.encode(), digest_size=8).hexdigest()}"
+    return f"{_slug(source)}_{hashlib.blake2b(ident.encode('utf-8', 'surrogateescape'), digest_size=8).hexdigest()}"
 
 
 def list_items(specs: list[SourceSpec], unlisted: list[dict[str, str]] | None = None) -> list[Item]:
@@ -105,11 +106,13 @@ def _folder_items(root: Path, unlisted: list[dict[str, str]]) -> list[Item]:
     root_name = root.resolve().name
 
     def unreadable(e: OSError) -> None:
-        unlisted.append({"path": str(e.filename), "reason": "unreadable_directory", "detail": e.strerror or str(e)})
+        unlisted.append(
+            {"path": _shown(e.filename or "?"), "reason": "unreadable_directory", "detail": e.strerror or str(e)}
+        )
 
     st = os.stat(root)
     visited = {(st.st_dev, st.st_ino)}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+    for dirpath, dirnames, filenames in _walk(str(root), unreadable):
         keep = []
         for d in sorted(d for d in dirnames if not d.startswith(".")):
             try:
@@ -136,14 +139,54 @@ def _folder_items(root: Path, unlisted: list[dict[str, str]]) -> list[Item]:
                 st = path.stat()
             except OSError as e:
                 reason = "dangling_symlink" if path.is_symlink() else "unreadable"
-                unlisted.append({"path": str(path), "reason": reason, "detail": e.strerror or str(e)})
+                unlisted.append({"path": _shown(path), "reason": reason, "detail": e.strerror or str(e)})
                 continue
             if not stat.S_ISREG(st.st_mode):  # a FIFO would block forever, /dev/zero never ends
-                unlisted.append({"path": str(path), "reason": "not_a_regular_file", "detail": _kind(st.st_mode)})
+                unlisted.append({"path": _shown(path), "reason": "not_a_regular_file", "detail": _kind(st.st_mode)})
                 continue
             rel = (rel_dir / fn).as_posix()
+            if not _utf8(rel):  # a name no UTF-8 can hold (`bad_\xff.png`): manifest and keys are text
+                unlisted.append({"path": _shown(path), "reason": "undecodable_name",
+                                 "detail": "the file name is not valid UTF-8; rename it to include it"})  # fmt: skip
+                continue
             out.append(Item(source, label, str(path), fn, make_key(source, rel), st.st_size, st.st_mtime_ns))
     return out
+
+
+def _walk(top: str, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, list[str], list[str]]]:
+    """os.walk(top, followlinks=True) without recursion (os.walk recurses in Python 3.11: a folder tree deeper than
+    ~1000 levels raised RecursionError); same order, and the caller prunes `dirnames` in place the same way."""
+    stack = [top]
+    while stack:
+        path = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as e:
+            onerror(e)
+            continue
+        dirs, files = [], []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows symlinks, like followlinks=True
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(e.name)
+        yield path, dirs, files
+        stack.extend(os.path.join(path, d) for d in reversed(dirs))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(path: str | os.PathLike) -> str:
+    """A path for the report (JSON text): undecodable bytes as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _kind(mode: int) -> str:
@@ -168,7 +211,11 @@ def _shard_items(root: Path, unlisted: list[dict[str, str]]) -> list[Item]:
             # (read_item seeks into the file) only mean something in an uncompressed tar
             with tarfile.open(tar_path, "r:") as tf:
                 for m in tf:
-                    if not m.isfile() or "." not in Path(m.name).name:
+                    if not m.isfile() and not m.isdir():  # links and devices carry no image bytes of their own
+                        unlisted.append({"path": f"{tar_path}:{m.name}", "reason": "tar_member_not_a_file",
+                                         "detail": _member_kind(m)})  # fmt: skip
+                        continue
+                    if m.isdir() or "." not in Path(m.name).name:
                         continue
                     base, ext = _split_key(m.name)
                     s = samples.setdefault(base, {})
@@ -184,11 +231,9 @@ def _shard_items(root: Path, unlisted: list[dict[str, str]]) -> list[Item]:
                             s["meta"] = {}
                     elif f".{ext}" in IMAGE_SUFFIXES and "member" not in s:
                         s["member"] = m
-        except tarfile.TarError as e:
-            raise ConfigError(
-                f"ingest.sources: {tar_path} is not a readable plain tar ({e}); compressed shards are not read: "
-                "decompress them first (e.g. gunzip -c X.tar.gz > X.tar)"
-            ) from None
+        except (tarfile.TarError, OSError) as e:  # one bad shard is reported and skipped; the others are read
+            unlisted.append({"path": str(tar_path), "reason": "unreadable_tar", "detail": _tar_problem(tar_path, e)})
+            continue
         for base, s in samples.items():
             m = s.get("member")
             if m is None:
@@ -202,6 +247,27 @@ def _shard_items(root: Path, unlisted: list[dict[str, str]]) -> list[Item]:
                      make_key(source, ident), m.size, st.st_mtime_ns, m.offset_data)
             )  # fmt: skip
     return out
+
+
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def _tar_problem(tar_path: Path, e: Exception) -> str:
+    """Why a shard cannot be read: compressed (by its magic bytes, not a guess) or damaged."""
+    with open(tar_path, "rb") as f:
+        head = f.read(6)
+    for magic, name in COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            return f"{name}-compressed; shards are read as plain tars: decompress it first (e.g. gunzip -c X > Y.tar)"
+    return f"not a readable plain tar (truncated or damaged: {e}); skipped"
+
+
+def _member_kind(m: tarfile.TarInfo) -> str:
+    for test, name in ((m.issym, "symlink"), (m.islnk, "hardlink"), (m.ischr, "character device"),
+                       (m.isblk, "block device"), (m.isfifo, "fifo")):  # fmt: skip
+        if test():
+            return f"{name}; only regular members are read"
+    return "special member; only regular members are read"
 
 
 def _split_key(name: str) -> tuple[str, str]:

@@ -41,6 +41,7 @@ from amoe_core.eval.summary import summary_lines
 from amoe_core.models.release import siglino
 from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.models.trained import load_student
+from amoe_core.outputs import output_lock
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 
 if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
@@ -112,14 +113,21 @@ def _features_of(extractors: list[Extractor], images: torch.Tensor, batch_size: 
 
 
 def evaluate(
-    params: Params, out: RunDir, student: Extractor | None, device: torch.device | None = None
+    params: Params,
+    out: RunDir,
+    student: Extractor | None,
+    device: torch.device | None = None,
+    checkpoint_step: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the student's features (or, with `student=None`, the teachers') and write everything under `out`."""
+    """Evaluate the student's features (or, with `student=None`, the teachers') and write everything under `out`;
+    `checkpoint_step`: the run's checkpoint the student was read from (recorded in eval.json)."""
     cfg: EvaluateConfig = params.evaluate
     res_list = resolutions(params)
     device = device or pick_device()
     bank = TeacherBank(params.teachers, device)
     results: dict[str, Any] = {"knn": {}, "linear": {}, "fidelity": {}, "pca_maps": PCA_FILE}
+    if checkpoint_step is not None:
+        results["checkpoint_step"] = checkpoint_step
     samples: list[list[torch.Tensor]] = []  # per dataset: test images at the main resolution (fidelity)
     tests: list[LabelledSet] = []  # per dataset: the test split (PCA maps)
     for ds in cfg.datasets:
@@ -199,8 +207,9 @@ def _write_pca(params: Params, out: RunDir, tests: list[LabelledSet], extractors
     save_pca_grid([im.permute(1, 2, 0).numpy() for im in picked], columns, out.path / PCA_FILE)
 
 
-def load_student_extractor(params: Params, run_dir: Path, device: torch.device) -> Extractor:
-    """The trained student of a run as an Extractor (its adapters predict each teacher's raw features)."""
+def load_student_extractor(params: Params, run_dir: Path, device: torch.device) -> tuple[Extractor, int]:
+    """The trained student of a run as an Extractor (its adapters predict each teacher's raw features), and the
+    step of the checkpoint it was read from."""
     try:
         student, _, _ = load_student(run_dir, device=device)
     except AmoeError:
@@ -213,7 +222,7 @@ def load_student_extractor(params: Params, run_dir: Path, device: torch.device) 
         ) from None
     student.eval()
     pk = params.packing
-    return student_extractor(student, pk.patch_size, pk.c_max, pk.max_images_per_seq)
+    return student_extractor(student, pk.patch_size, pk.c_max, pk.max_images_per_seq), student.checkpoint_step
 
 
 def siglino_extractor(params: Params, spec: str, device: torch.device) -> tuple[str, Extractor]:
@@ -254,16 +263,20 @@ def run(
         run_id, extractor = siglino_extractor(params, model, device)
         out = RunDir(runs_dir / run_id)
         out.path.mkdir(parents=True, exist_ok=True)
-        return evaluate(params, out, extractor, device)
+        with output_lock(f"evaluate --model {model}", out.path):
+            return evaluate(params, out, extractor, device)
     if teachers:
         out = RunDir(runs_dir / TEACHERS_RUN)  # not a training run: no params.yaml, so list_runs skips it
         out.path.mkdir(parents=True, exist_ok=True)
-        return evaluate(params, out, None, device)
+        with output_lock("evaluate --teachers", out.path):
+            return evaluate(params, out, None, device)
     run_id = run or params.distill.run
     run_dir = RunDir(runs_dir / run_id)
     if not run_dir.path.is_dir():
         raise AmoeError(
             f"run {run_id!r}: no directory {run_dir.path}; train it with `amoe distill` or pick an existing run"
         )
-    student = load_student_extractor(params, run_dir.path, device)
-    return evaluate(params, run_dir, student, device)
+    # the run's own lock (the one `amoe distill` holds): one writer of eval.json, never while the run trains
+    with output_lock(f"run {run_id}", run_dir.path):
+        student, step = load_student_extractor(params, run_dir.path, device)
+        return evaluate(params, run_dir, student, device, checkpoint_step=step)

@@ -101,6 +101,7 @@ def load_student(
     student, dims = build_from_spec(json.loads(spec_path.read_text()))
     student.load_state_dict(found.model)
     student = student.to(device).eval()
+    student.checkpoint_step = int(found.state["step"])  # which one it is (a damaged newer one may have been skipped)
     phis = {name: {"summary": pair.summary, "patches": pair.patches} for name, pair in student.phis.items()}
     return student, dims, phis
 

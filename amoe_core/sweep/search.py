@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import sqlite3
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import yaml
 from amoe_core.config.params import Params, validate_params
 from amoe_core.config.sweep import SweepConfig
 from amoe_core.errors import AmoeError, ConfigError
-from amoe_core.io import atomic_write_text
+from amoe_core.io import atomic_write_text, check_file_output, read_user_yaml
 from amoe_core.overrides import with_overrides
 from amoe_core.progress import setup_logging
 from amoe_core.sweep import space
@@ -37,6 +38,7 @@ from amoe_core.sweep.objective import (
 )
 
 log = logging.getLogger("amoe.sweep")
+BEST_HEADER = "# Best trial of Optuna study"  # how sweep.best_out starts (its ownership mark)
 
 
 def open_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
@@ -64,6 +66,26 @@ def open_storage(cfg: SweepConfig) -> optuna.storages.RDBStorage:
         raise ConfigError(f"sweep.storage = {url!r}: cannot open ({str(e).splitlines()[0]})") from None
     except Exception as e:  # sqlalchemy.exc.OperationalError and friends: unreachable server, bad credentials
         raise AmoeError(f"sweep.storage = {url!r}: cannot connect ({str(e).splitlines()[0]})") from None
+
+
+def check_storage(cfg: SweepConfig) -> None:
+    """A damaged SQLite study file (a bad copy, a disk error mid-file) fails here, in one line, before any worker starts:
+    otherwise every worker dies on its first query with sqlalchemy's traceback."""
+    if not cfg.storage.startswith("sqlite:///"):
+        return
+    path = Path(cfg.storage.removeprefix("sqlite:///"))
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # a new study file
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            problems = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as e:
+        problems = [str(e)]
+    if problems != ["ok"]:
+        raise ConfigError(
+            f"sweep.storage = {cfg.storage!r}: the database is damaged ({problems[0]}); restore it from a copy, or "
+            "point sweep.storage at a new file"
+        )
 
 
 def load_study(params: Params, worker: int = 0) -> optuna.Study:
@@ -189,7 +211,7 @@ def export_best(study: optuna.Study, out: Path) -> list[str]:
     best, overrides = best_overrides(study)
     command = "dvc exp run " + " ".join(f"-S '{o}'" for o in overrides)
     doc = {"study": study.study_name, "trial": best.number, "value": best.value, "overrides": overrides}
-    header = f"# Best trial of Optuna study {study.study_name!r}. Apply with:\n#   {command}\n"
+    header = f"{BEST_HEADER} {study.study_name!r}. Apply with:\n#   {command}\n"
     atomic_write_text(out, header + yaml.safe_dump(doc, sort_keys=False))
     return overrides
 
@@ -199,7 +221,7 @@ def read_best(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"sweep.best_out = {str(p)!r}: no exported best trial; run `amoe sweep` first")
-    doc = yaml.safe_load(p.read_text()) or {}
+    doc = read_user_yaml("sweep.best_out", p) or {}
     if not isinstance(doc.get("overrides"), list):
         raise ConfigError(f"{p}: expected an `overrides` list of section.key=value strings")
     return [str(o) for o in doc["overrides"]]
@@ -207,7 +229,9 @@ def read_best(path: str | Path) -> list[str]:
 
 def run(params: Params, **_: Any) -> dict[str, Any]:
     """`amoe sweep`: run the trials, then export the best one; returns a small summary."""
+    check_file_output("sweep.best_out", params.sweep.best_out, BEST_HEADER.encode())  # before any trial
     space.selected(params)  # unknown sweep.search names fail before any worker starts
+    check_storage(params.sweep)
     check = getattr(load_objective(params.sweep.objective), "check_inputs", None)
     if check is not None:  # missing shards, selection or evaluation data: exit 2 before the study changes
         check(params)

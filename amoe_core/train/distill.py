@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,15 @@ from amoe_core.progress import progress
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import components
 from amoe_core.train.live import LiveLog
-from amoe_core.train.loop import DistillStep, Position, batches_forever, position_dict, timed, trim_records
+from amoe_core.train.loop import (
+    DistillStep,
+    Position,
+    StopSignals,
+    batches_forever,
+    position_dict,
+    timed,
+    trim_records,
+)
 
 if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
     from amoe_core.config.params import Params
@@ -207,6 +216,10 @@ class Trainer:
             trim_records(self.run_dir.metrics_file, self.step)
 
     def train(self) -> None:
+        with StopSignals() as signals:
+            self._train(signals)
+
+    def _train(self, signals: StopSignals) -> None:
         while self.step < self.cfg.steps:
             self.busy = True  # from here until the step is counted, the data position runs ahead of the weights
             micro = [next(self.stream) for _ in range(self.cfg.grad_accum)]
@@ -217,9 +230,24 @@ class Trainer:
             self.last = rec.as_metrics()
             if self.info.is_main:
                 self._log(rec.losses.get("total", float("nan")))
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+            saved = self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps
+            if saved:
                 self.checkpoint(self.step)
             self.busy = False
+            if self.step < self.cfg.steps and (signum := signals.requested()) is not None:
+                self._stop(signum, saved)
+
+    def _stop(self, signum: int, saved: bool) -> None:
+        """Stopped by SIGTERM / SIGINT between two steps: checkpoint, then exit with the signal's code (128 + n,
+        what a shell shows for a process the signal ended) so schedulers and scripts see why it stopped."""
+        if not saved:
+            self.checkpoint(self.step)
+        name = signal.Signals(signum).name
+        if self.info.is_main:
+            self.run_dir.event(f"stopped by {name} after step {self.step}: checkpoint written")
+            log.warning("stopped by %s after step %d: checkpoint written; continue with `amoe distill --resume`",
+                        name, self.step)  # fmt: skip
+        raise SystemExit(128 + signum)
 
     def _log(self, total_loss: float) -> None:
         """Rank 0: metrics every `log_every` steps and at the end; the progress bar every step."""

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from amoe_core.checkpoints import MODEL_FILE, Checkpoint, newest_weights
 from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
-from amoe_core.io import atomic_dir
+from amoe_core.io import atomic_dir, full_disk_as_os_error
 from amoe_core.models.release import siglino
 from amoe_core.models.student import Student
 from amoe_core.models.trained import EXPORT_CONFIG, STUDENT_SPEC, build_from_spec
@@ -54,7 +54,8 @@ def _export(params: Params, run: str, out: str | Path | None, default: str, what
     out = Path(out) if out is not None else run_dir / default
     inputs = {"checkpoint": found.path, "run spec": run_dir / STUDENT_SPEC}
     with claim_outputs({field: out}, inputs, owner=EXPORT_STAGE), atomic_dir(out, EXPORT_STAGE, field) as tmp:
-        write(tmp, found, spec, student)
+        with full_disk_as_os_error(out):
+            write(tmp, found, spec, student)
     print(f"exported {run_dir.name} ({found.path.name}){what} -> {out}")
     return out
 

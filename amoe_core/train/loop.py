@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -182,3 +185,47 @@ def trim_records(path: Path, last_step: int) -> None:
         return
     keep = [r for r in read_jsonl(path) if int(r.get("step", -1)) <= last_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+class StopSignals:
+    """SIGTERM (a cluster preempting, `kill`) and SIGINT (Ctrl-C) during training: the first one is noted and the
+    loop stops after the step in progress, with a checkpoint (`requested`); a second one ends the process at once.
+
+    Installed only where the signal still has its default behaviour and only from the main thread: under submitit
+    its own handlers stay (SLURM preemption goes through the preemption hooks, amoe_core/launch/submit.py).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is defaults[sig]:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # the second one: the user means now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        log.warning("%s received: stopping after this step with a checkpoint (send it again to stop at once)",
+                    signal.Signals(signum).name)  # fmt: skip
+
+    def requested(self) -> int | None:
+        """The signal to stop for, agreed by every rank (ranks may receive it a step apart)."""
+        flag = torch.tensor([float(self.signum or 0)], dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flag = _all_reduce_(flag)  # the sum is > 0 when any rank got one; its own number is enough to exit
+            return (self.signum or int(signal.SIGTERM)) if float(flag) > 0 else None
+        return self.signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)

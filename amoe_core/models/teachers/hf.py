@@ -83,6 +83,20 @@ def _load_errors(name: str, source: str) -> Iterator[None]:
         raise AmoeError(f"teacher {name!r}: unsupported model in {source!r}: {first[:300]}") from None
 
 
+def refuse_pickle_weights(name: str, source: str) -> None:
+    """Weights only as a pickle (`pytorch_model.bin`, `.pt`): unpickling can run code, so amoe reads safetensors only;
+    said up front in one line instead of transformers' traceback."""
+    d = Path(source)
+    if d.is_dir() and not any(d.glob("*.safetensors")):
+        pickles = sorted(p.name for p in (*d.glob("*.bin"), *d.glob("*.pt"), *d.glob("*.pth")))
+        if pickles:
+            raise AmoeError(
+                f"teacher {name!r}: {source!r} has its weights only as a pickle ({pickles[0]}), which amoe never "
+                "unpickles; convert it once where you trust it: from_pretrained(...).save_pretrained(DIR) writes "
+                "model.safetensors, then point teachers[].path at DIR"
+            )
+
+
 def refuse_custom_code(name: str, source: str) -> None:
     """A checkpoint whose model type transformers does not know runs its own Python (`auto_map`): never here."""
     from transformers import CONFIG_MAPPING  # transformers: imported on use (start-up time)
@@ -113,8 +127,9 @@ def load_config(name: str, source: str) -> Any:
 def load_model(name: str, cls: Any, source: str, device: torch.device | str) -> nn.Module:
     """`cls.from_pretrained(source)` frozen on `device` in the teacher compute dtype; never the checkpoint's code."""
     refuse_custom_code(name, source)
+    refuse_pickle_weights(name, source)
     with _load_errors(name, source):
-        model = cls.from_pretrained(source, dtype=compute_dtype(device), trust_remote_code=False)
+        model = cls.from_pretrained(source, dtype=compute_dtype(device), trust_remote_code=False, use_safetensors=True)
     return freeze(model.to(device))
 
 
