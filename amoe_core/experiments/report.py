@@ -14,10 +14,11 @@ from pathlib import Path
 
 from amoe_core.config import Params
 from amoe_core.errors import AmoeError
-from amoe_core.experiments.data_scaling import scaling_points, scaling_table
+from amoe_core.experiments.data_scaling import SELECTION_KEY, scaling_points, scaling_table
 from amoe_core.experiments.findings import findings
 from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text
+from amoe_core.tracking.palette import variant_colours
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs
 from amoe_core.tracking.variants import (
     HEADLINE_K,
@@ -139,7 +140,7 @@ def build_report(runs_dir: Path, out: Path) -> str:
     parts += ["## The paper's findings at this scale", "", *findings(variants, datasets, res, k, student_feature), ""]
     points = scaling_points(variants, datasets, res, k, student_feature)
     if points:
-        scaling = scaling_plot(points, res, k, out.parent / "results_data_scaling.png")
+        scaling = scaling_plot(points, res, k, out.parent / "results_data_scaling.png", _selection_colours(variants))
         parts += [
             "## Data scaling: kNN against the number of selected images",
             "",
@@ -154,6 +155,23 @@ def build_report(runs_dir: Path, out: Path) -> str:
     text = "\n".join(parts)
     atomic_write_text(out, text)
     return text
+
+
+def _selection_colours(variants: list[Variant]) -> dict[str, str]:
+    """Each selection's line in the data-scaling figure in the colour of the variant that stands for it on the
+    dashboard: the reference's own selection is the reference's colour, another is "selection=<it>"'s."""
+    colours = variant_colours(v.label for v in variants)
+    ref = variants[0]  # group_variants puts the reference first
+    own = short(ref.settings.get(SELECTION_KEY, "-"))
+    out = {own: colours[ref.label]}
+    out.update(
+        {
+            s: colours[f"selection={s}"]
+            for v in variants
+            if (s := short(v.settings.get(SELECTION_KEY, "-"))) != own and f"selection={s}" in colours
+        }
+    )
+    return out
 
 
 def _expert_check(
