@@ -176,12 +176,12 @@ def runs_view(data: dict[str, Any], selected: list[str]) -> None:
         )
 
 
-def live_view(data: dict[str, Any], runs_dir: str) -> None:
+def live_view(data: dict[str, Any], runs_dir: str, selected: list[str]) -> None:
     st.subheader("Live training")
-    runs = [RunDir(Path(runs_dir) / n) for n in data["runs"]]
+    runs = [RunDir(Path(runs_dir) / n) for n in selected]  # the sidebar's selection, as on every tab
     growing = sorted((r for r in runs if r.metrics_file.exists()), key=lambda r: -r.metrics_file.stat().st_mtime)
     if not growing:
-        st.info("No run with a metrics.jsonl here: start one with `amoe distill -S distill.run=NAME`.")
+        st.info("No selected run with a metrics.jsonl: start one with `amoe distill -S distill.run=NAME`.")
         return
     names = [loaders.run_name(r, runs_dir) for r in growing]
     name = st.selectbox("Run (most recently written first)", names, key="live_run")
@@ -401,7 +401,7 @@ def main() -> None:
     with tabs["Runs"]:
         runs_view(data, selected)
     with tabs["Live"]:
-        live_view(data, runs_dir)
+        live_view(data, runs_dir, selected)
     with tabs["Evaluation"]:
         eval_view(data, selected)
     with tabs["Teachers vs student"]:

@@ -53,7 +53,7 @@ def sweep_trials(storage: str, study: str) -> pd.DataFrame:
     df["state"] = df["state"].astype(str)
     # only a complete trial has an objective: Optuna stores a pruned trial's last intermediate value as its value
     df["value"] = df["value"].where(df["state"] == "COMPLETE")
-    df["best so far"] = df["value"].cummax()  # the objective (kNN accuracy) is maximised
+    df["best so far"] = df["value"].cummax().ffill()  # maximised (kNN accuracy); carried past pruned trials
     return df
 
 
