@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from amoe_core.tracking.palette import TEACHER_PREFIX, variant_colours
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order
 from dashboards import charts, curation_loaders, loaders, sweep_loaders
@@ -60,6 +61,9 @@ def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> di
     labels = loaders.variant_labels(runs, runs_dir)
     evals = {n: r.eval() for n, r in names.items()}
     teachers = RunDir(Path(runs_dir) / TEACHERS_RUN).eval()
+    teacher_knn = loaders.knn_rows(TEACHERS_RUN, teachers)
+    variants = variant_order(labels.values())
+    teacher_labels = sorted({TEACHER_PREFIX + f.split(":", 1)[1] for f in teacher_knn.feature})
 
     def tagged(frames: list[pd.DataFrame], empty: pd.DataFrame) -> pd.DataFrame:
         df = pd.concat(frames or [empty], ignore_index=True)
@@ -68,7 +72,9 @@ def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> di
     return {
         "runs": list(names),
         "labels": labels,
-        "variants": variant_order(labels.values()),
+        "variants": variants,
+        # one colour per variant on every chart and tab, from all of the directory's variants (never the selection)
+        "colours": variant_colours(variants + teacher_labels),
         "main_res": main_resolution_px(runs[0].params()) if runs else 64,
         "variants_table": loaders.variants_table(runs, runs_dir),
         "table": loaders.runs_table(runs, runs_dir),
@@ -81,7 +87,7 @@ def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> di
         "knn": tagged([loaders.knn_rows(n, e) for n, e in evals.items()], loaders.knn_rows("", {})),
         "linear": tagged([loaders.linear_rows(n, e) for n, e in evals.items()], loaders.linear_rows("", {})),
         "fidelity": tagged([loaders.fidelity_rows(n, e) for n, e in evals.items()], loaders.fidelity_rows("", {})),
-        "teachers_knn": loaders.knn_rows(TEACHERS_RUN, teachers),
+        "teachers_knn": teacher_knn,
         "pca": {n: str(p) for n, r in names.items() if (p := pca_file(r, evals[n])) is not None},
     }
 
@@ -117,6 +123,12 @@ def load_curation(curation_dir: str, key: tuple) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------- views
+def table(df: pd.DataFrame) -> None:
+    """A table as tall as its rows (no scrolling inside it) with the variant's full label."""
+    wide = {c: st.column_config.TextColumn(width="large") for c in ("variant", "run") if c in df.columns}
+    st.dataframe(df, hide_index=True, height="content", column_config=wide)
+
+
 def _resolution_index(options: list[int], main: int) -> int:
     """Selectors start at the runs' evaluate.main_resolution (the resolution the headline numbers use)."""
     return options.index(main) if main in options else 0
@@ -133,28 +145,36 @@ def runs_view(data: dict[str, Any], selected: list[str]) -> None:
         "mean ± std over its seeds. Accuracies in %, at the runs' main resolution."
     )
     vt = data["variants_table"]
-    st.dataframe(vt[vt.variant.isin(set(data["labels"][r] for r in selected))], hide_index=True)
+    table(vt[vt.variant.isin(set(data["labels"][r] for r in selected))])
+    if loaders.DIFF_COLUMN in vt.columns:
+        st.caption(
+            "Δ: the variant's kNN average minus the reference's, in points, ± the standard error of that difference "
+            "over seeds (Welch, as `amoe report`'s findings): beyond 2 s.e. it is more than seed noise."
+        )
     with st.expander("Single runs (key metrics and every condition param that differs)"):
-        st.dataframe(data["table"][data["table"].run.isin(selected)], hide_index=True)
+        table(data["table"][data["table"].run.isin(selected)])
     curves = data["curves"][data["curves"].run.isin(selected)]
     if not curves.empty:
         terms = sorted(curves.term.unique())
         shown = st.multiselect("Loss terms", terms, default=terms, key="terms")
-        st.altair_chart(charts.loss_curves(curves[curves.term.isin(shown)], data["variants"]))
+        st.altair_chart(charts.loss_curves(curves[curves.term.isin(shown)], data["colours"]))
     load = data["load"][data["load"].run.isin(selected)]
     if not load.empty:
         st.caption("Uniform routing is 1 / number of experts in every cell; one colour scale for all runs.")
         st.altair_chart(charts.expert_load(load))
     if curves.empty and load.empty:
-        st.info("No metrics.jsonl among the selected runs (collected ablation runs keep only train.json).")
+        st.info(
+            "No training curves among the selected runs (collected ablation runs keep only train.json): "
+            "`amoe distill -S distill.run=NAME` writes them."
+        )
 
 
-def live_view(data: dict[str, Any], runs_dir: str) -> None:
+def live_view(data: dict[str, Any], runs_dir: str, selected: list[str]) -> None:
     st.subheader("Live training")
-    runs = [RunDir(Path(runs_dir) / n) for n in data["runs"]]
+    runs = [RunDir(Path(runs_dir) / n) for n in selected]  # the sidebar's selection, as on every tab
     growing = sorted((r for r in runs if r.metrics_file.exists()), key=lambda r: -r.metrics_file.stat().st_mtime)
     if not growing:
-        st.info("No run with a metrics.jsonl here: start one with `amoe distill -S distill.run=NAME`.")
+        st.info("No selected run with a metrics.jsonl: start one with `amoe distill -S distill.run=NAME`.")
         return
     names = [loaders.run_name(r, runs_dir) for r in growing]
     name = st.selectbox("Run (most recently written first)", names, key="live_run")
@@ -179,7 +199,7 @@ def live_view(data: dict[str, Any], runs_dir: str) -> None:
         cols[2].metric("lr", f"{last.get('lr', float('nan')):.2e}")
         curves = loaders.loss_curves(run, name).assign(variant=data["labels"].get(name, name))
         if not curves.empty:
-            st.altair_chart(charts.loss_curves(curves, data["variants"]))
+            st.altair_chart(charts.loss_curves(curves, data["colours"]))
 
     follow_run()
 
@@ -200,34 +220,34 @@ def eval_view(data: dict[str, Any], selected: list[str]) -> None:
     head = headline_feature(features)
     shown = c3.multiselect("Features", features, default=[head] if head else features, key="eval_feats")
     at = knn[(knn.resolution == res) & (knn.k == k) & knn.feature.isin(shown)]
-    st.dataframe(loaders.mean_std_table(at, ["variant", "feature"], "dataset"), hide_index=True)
+    table(loaders.mean_std_table(at, ["variant", "feature"], "dataset"))
     lin = data["linear"][data["linear"].run.isin(selected) & data["linear"].feature.isin(shown)]
     if not lin.empty:
         st.subheader("Linear probe accuracy (%)")
         lt = lin.assign(resolution=lin.resolution.astype(str) + "px")
-        st.dataframe(loaders.mean_std_table(lt, ["variant", "feature", "dataset"], "resolution"), hide_index=True)
+        table(loaders.mean_std_table(lt, ["variant", "feature", "dataset"], "resolution"))
     fid = data["fidelity"][data["fidelity"].run.isin(selected)]
     if not fid.empty:
         st.subheader("Student-teacher fidelity")
         metrics = [c for c in ("summary_cos", "patch_cos", "cka", "spearman") if c in fid.columns]
         long = fid.melt(id_vars=["variant", "teacher"], value_vars=metrics, var_name="metric", value_name="value")
-        table = loaders.mean_std_table(long, ["variant", "teacher"], "metric", "value", scale=1, digits=3)
-        st.dataframe(table, hide_index=True)
+        fid_table = loaders.mean_std_table(long, ["variant", "teacher"], "metric", "value", scale=1, digits=3)
+        table(fid_table)
     with st.expander("Per run"):
         per_run = at.pivot_table(index=["run", "variant", "feature"], columns="dataset", values="accuracy") * 100
-        st.dataframe(per_run.reset_index(), hide_index=True)
+        table(per_run.round(1).reset_index())
     st.subheader("Accuracy vs resolution")
     per_run = knn[(knn.k == k) & knn.feature.isin(shown)].assign(accuracy=lambda d: 100 * d.accuracy)
     teachers = data["teachers_knn"]
     teachers = teachers[teachers.k == k]
     teachers = teachers.assign(
-        variant="teacher " + teachers.feature.str.split(":").str[1], accuracy=100 * teachers.accuracy
+        variant=TEACHER_PREFIX + teachers.feature.str.split(":").str[1], accuracy=100 * teachers.accuracy
     )
     teacher_rows = [teachers.assign(feature=f) for f in shown]  # a teacher is the reference line in every row
     both = pd.concat([per_run, *teacher_rows], ignore_index=True)
     both["feature"] = both.feature.str.replace(":", " ")  # a facet header drops the colon: "student ensemble"
-    domain = data["variants"] + sorted(teachers.variant.unique())
-    st.altair_chart(charts.accuracy_vs_resolution(both, k, domain))
+    st.caption("Each dataset on its own axis, fitted to its numbers; teachers are the dashed grey lines.")
+    st.altair_chart(charts.accuracy_vs_resolution(both, k, data["colours"]))
 
 
 def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
@@ -238,7 +258,10 @@ def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
         return
     cmp = loaders.teacher_vs_student(data["knn"][data["knn"].run.isin(selected)], teachers)
     if cmp.empty:
-        st.info("No student:<teacher> features of the selected runs match the teacher baselines.")
+        st.info(
+            "No student:<teacher> features of the selected runs match the teacher baselines: "
+            "`amoe evaluate RUN` writes them."
+        )
         return
     cmp["variant"] = cmp.run.map(data["labels"])
     resolutions, ks = sorted(cmp.resolution.unique()), sorted(cmp.k.unique())
@@ -256,33 +279,20 @@ def teachers_view(data: dict[str, Any], selected: list[str]) -> None:
         delta=("delta", "mean"),
         runs=("run", "count"),
     )
-    summary["teacher_acc"] = (100 * summary.teacher_acc).round(1)
-    summary["delta"] = (100 * summary.delta).round(1)
-    names = {"teacher_acc": "teacher alone", "delta": "student - teacher"}
-    st.dataframe(summary.reset_index().rename(columns=names), hide_index=True)
-    domain = [f"teacher {t}" for t in sorted(sub.teacher.unique())] + data["variants"]
+    summary["teacher_acc"] = (100 * summary.teacher_acc).map("{:.1f}".format)
+    summary["delta"] = (100 * summary.delta).map("{:+.1f}".format)
+    names = {"teacher_acc": "teacher alone", "delta": "student - teacher (mean)"}
+    st.caption("Each chart's axis is fitted to its numbers; the dashed line is the teacher alone.")
     pairs = sorted({(d, t) for d, t in zip(sub.dataset, sub.teacher)})
     cols = st.columns(2)
     for i, (d, t) in enumerate(pairs):
         part = sub[(sub.dataset == d) & (sub.teacher == t)]
-        rows = pd.concat(
-            [
-                pd.DataFrame(
-                    {
-                        "variant": [f"teacher {t}"],
-                        "run": [TEACHERS_RUN],
-                        "accuracy": [100 * part.accuracy_teacher.iloc[0]],
-                    }
-                ),
-                part.assign(accuracy=100 * part.accuracy_student)[["variant", "run", "accuracy"]],
-            ],
-            ignore_index=True,
-        )
+        rows = part.assign(accuracy=100 * part.accuracy_student)[["variant", "run", "accuracy"]]
         title = f"{d}, {res} px: teacher {t} vs the student's {t} adaptor"
+        chart = charts.teacher_vs_student(rows, 100 * float(part.accuracy_teacher.iloc[0]), data["colours"], title)
         # the key includes the resolution: a new chart element per choice, sized for its own rows
-        cols[i % 2].altair_chart(
-            charts.teacher_vs_student(rows, domain, title), width="content", key=f"tvs-{d}-{t}-{res}-{k}"
-        )
+        cols[i % 2].altair_chart(chart, width="content", key=f"tvs-{d}-{t}-{res}-{k}")
+    table(summary.reset_index().rename(columns=names))
 
 
 def sweep_view(storage: str) -> None:
@@ -296,15 +306,16 @@ def sweep_view(storage: str) -> None:
         st.warning(f"Cannot read Optuna storage {storage}: {e}")
         return
     if not sweep["studies"]:
-        st.info("The storage holds no study yet.")
+        st.info(f"The storage {storage} holds no study yet: run `amoe sweep`.")
         return
     study = st.selectbox("Study", sweep["studies"], key="study")
     trials = sweep["trials"][study]
     st.caption(f"Also browsable with `optuna-dashboard {storage}`. Trial runs live under runs/_sweep/{study}/.")
     if trials.empty:
-        st.info("No trials yet.")
+        st.info("No trials yet: `amoe sweep` runs them.")
         return
-    st.dataframe(trials, hide_index=True)
+    st.caption("The objective is a complete trial's; a pruned or failed trial has none (its row's value is empty).")
+    table(trials)
     st.altair_chart(charts.sweep_history(trials, sweep["objective"][study]))
     imp = sweep["importance"][study]
     done = int((trials.state == "COMPLETE").sum())
@@ -314,7 +325,9 @@ def sweep_view(storage: str) -> None:
                 f"Parameter importance from only {done} finished trials: fANOVA needs about "
                 f"{sweep_loaders.RELIABLE_TRIALS} or more before its ranking means much."
             )
-        st.altair_chart(charts.importance(imp, f"Parameter importance (fANOVA, {done} finished trials)"))
+        st.altair_chart(
+            charts.importance(imp, f"Parameter importance (fANOVA, {done} finished trials)"), width="stretch"
+        )
 
 
 def curation_view(curation_dir: str) -> None:
@@ -326,9 +339,9 @@ def curation_view(curation_dir: str) -> None:
         return
     scalars, frames, other = curation_loaders.report_sections(cur["report"])
     if scalars:
-        table = pd.DataFrame({"key": list(scalars), "value": [str(v) for v in scalars.values()]})
-        table["meaning"] = table.key.map(lambda k: curation_loaders.CURATION_TERMS.get(k, ""))
-        st.dataframe(table, hide_index=True)
+        report_table = pd.DataFrame({"key": list(scalars), "value": [str(v) for v in scalars.values()]})
+        report_table["meaning"] = report_table.key.map(lambda k: curation_loaders.CURATION_TERMS.get(k, ""))
+        table(report_table)
     for name, frame in frames.items():
         st.altair_chart(charts.labelled_values(frame, name.replace("_", " ")))
         if name in curation_loaders.CURATION_TERMS:
@@ -344,9 +357,21 @@ def pca_view(data: dict[str, Any], selected: list[str]) -> None:
     st.subheader("PCA feature maps")
     shown = [r for r in selected if r in data["pca"]]
     if not shown:
-        st.info("No pca_maps.png among the selected runs yet.")
+        st.info("No pca_maps.png among the selected runs yet: `amoe evaluate RUN` draws it.")
     for r in shown:
         st.image(data["pca"][r], caption=f"{r}: first three principal components of patch features as RGB")
+
+
+def variant_selection(runs_dir: str, include_sweeps: bool, options: list[str]) -> list[str]:
+    """The sidebar's variant filter. Its options change with "Show sweep trials", which makes it a new widget
+    (keyed by what the options come from); it starts from the last choice in this runs directory, plus whatever
+    variants are new, so toggling the sweep trials never resets a selection. Another directory starts with all."""
+    memory = f"variants-last-{runs_dir}"
+    before, chosen_before = st.session_state.get(memory, (options, options))
+    default = [v for v in options if v in chosen_before or v not in before]
+    chosen = st.multiselect("Variants", options, default=default, key=f"variants-{runs_dir}-{include_sweeps}")
+    st.session_state[memory] = (options, chosen)
+    return chosen
 
 
 def main() -> None:
@@ -358,10 +383,7 @@ def main() -> None:
         include_sweeps = st.checkbox("Show sweep trials", value=False, key="sweeps")
     data = load_runs(runs_dir, include_sweeps, loaders.runs_fingerprint(runs_dir, include_sweeps))
     with st.sidebar:
-        # keyed by what the options come from: another runs directory starts with all its variants selected
-        chosen = st.multiselect(
-            "Variants", data["variants"], default=data["variants"], key=f"variants-{runs_dir}-{include_sweeps}"
-        )
+        chosen = variant_selection(runs_dir, include_sweeps, data["variants"])
         selected = [r for r in data["runs"] if data["labels"][r] in chosen]
         st.caption(f"{len(selected)} of {len(data['runs'])} runs selected.")
         st.caption(f"Curation: `{roots['curation']}`  \nOptuna storage: `{roots['storage']}`")
@@ -372,7 +394,7 @@ def main() -> None:
     with tabs["Runs"]:
         runs_view(data, selected)
     with tabs["Live"]:
-        live_view(data, runs_dir)
+        live_view(data, runs_dir, selected)
     with tabs["Evaluation"]:
         eval_view(data, selected)
     with tabs["Teachers vs student"]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from amoe_core.experiments.findings import Effect
 from amoe_core.tracking.runs import SWEEP_DIR, TEACHERS_RUN, RunDir, flatten, student_runs
 from amoe_core.tracking.variants import (
     HEADLINE_K,
@@ -86,16 +88,21 @@ def runs_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
         summary = r.train_summary()
         row: dict[str, Any] = {"run": name, "variant": labels[name], "seed": run_seed(r)}
         row["steps"] = summary.get("steps")
-        row["loss/total (last)"] = lookup(summary, "loss", "total")
-        row["tokens/s (median)"] = summary.get("tokens_per_s")
+        row["loss/total (last)"] = _rounded(lookup(summary, "loss", "total"), 3)
+        tps = summary.get("tokens_per_s")
+        row["tokens/s (median)"] = f"{tps:,.0f}" if isinstance(tps, int | float) else None
         for d in datasets:
             acc = lookup(r.eval(), "knn", d, feat, res, HEADLINE_K) if feat and res else None
-            row[_knn_column(d, feat, res)] = 100 * acc if isinstance(acc, int | float) else None
+            row[_knn_column(d, feat, res)] = _rounded(100 * acc if isinstance(acc, int | float) else None, 1)
         for k in keys:
             v = flatten(r.params()).get(k)
             row[k] = json.dumps(v) if isinstance(v, list | dict) else v
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _rounded(x: float | None, digits: int) -> float | None:
+    return round(float(x), digits) if x is not None else None
 
 
 def variants_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
@@ -114,13 +121,43 @@ def variants_table(runs: list[RunDir], runs_dir: str | Path) -> pd.DataFrame:
         row: dict[str, Any] = {"variant": label, "seeds": ", ".join(map(str, v.seeds)), "runs": len(v.runs)}
         row["steps"] = mean_std(train_values(v, "steps"), scale=1, digits=0)
         row["loss/total (last)"] = mean_std(train_values(v, "loss", "total"), scale=1, digits=3)
-        row["tokens/s"] = mean_std(train_values(v, "tokens_per_s"), scale=1, digits=0)
+        row["tokens/s"] = thousands(train_values(v, "tokens_per_s"))
         if feat and res:
             for d in datasets:
                 row[_knn_column(d, feat, res)] = mean_std(eval_values(v, "knn", d, feat, res, HEADLINE_K))
-            row[f"kNN avg % ({res}, {HEADLINE_K})"] = mean_std(knn_avg_per_seed(v, datasets, res, HEADLINE_K, feat))
+            avgs = knn_avg_per_seed(v, datasets, res, HEADLINE_K, feat)
+            row[f"kNN avg % ({res}, {HEADLINE_K})"] = mean_std(avgs)
+            ref = (
+                knn_avg_per_seed(by_label["reference"], datasets, res, HEADLINE_K, feat)
+                if "reference" in by_label
+                else []
+            )
+            row[DIFF_COLUMN] = difference(avgs, ref) if label != "reference" else ""
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    first = ["variant", *(c for c in df.columns if c.startswith("kNN avg")), *([DIFF_COLUMN] * (DIFF_COLUMN in df))]
+    return df[first + [c for c in df.columns if c not in first]]  # the headline and the effect first, on screen
+
+
+DIFF_COLUMN = "Δ kNN avg vs reference (± s.e.)"
+
+
+def difference(ours: list[float], reference: list[float]) -> str:
+    """Variant minus reference in kNN points with the standard error of that difference over seeds (Welch, as the
+    report's findings compute it: findings.Effect), e.g. "+0.2 ± 0.7"; "-" without numbers on either side."""
+    if not ours or not reference:
+        return "-"
+    effect = Effect.of(ours, reference)
+    return f"{effect.diff:+.1f} ± {effect.se:.1f}" if effect.se else f"{effect.diff:+.1f} (one seed: no s.e.)"
+
+
+def thousands(values: list[float]) -> str:
+    """mean ± std of a throughput with thousands separators ("2,246 ± 31"), the mean alone for one run."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:,.0f}"
+    return f"{statistics.fmean(values):,.0f} ± {statistics.stdev(values):,.0f}"
 
 
 def mean_std_table(

@@ -40,7 +40,8 @@ def objective_name(storage: str, study: str) -> str:
 
 
 def sweep_trials(storage: str, study: str) -> pd.DataFrame:
-    """Every trial of a study: number, state, value, best value so far, and its parameters (columns params_*)."""
+    """Every trial of a study: number, state, value (the objective; empty unless COMPLETE), best value so far, and its
+    parameters (columns params_*)."""
     import optuna  # start-up time: see the module docstring
 
     s = optuna.load_study(study_name=study, storage=storage)
@@ -50,8 +51,9 @@ def sweep_trials(storage: str, study: str) -> pd.DataFrame:
     if s.metric_names:  # a named objective becomes column `value_<name>`; the chart names it on its axis instead
         df = df.rename(columns={f"value_{s.metric_names[0]}": "value"})
     df["state"] = df["state"].astype(str)
-    done = df["value"].where(df["state"] == "COMPLETE")
-    df["best so far"] = done.cummax()  # the objective (kNN accuracy) is maximised
+    # only a complete trial has an objective: Optuna stores a pruned trial's last intermediate value as its value
+    df["value"] = df["value"].where(df["state"] == "COMPLETE")
+    df["best so far"] = df["value"].cummax().ffill()  # maximised (kNN accuracy); carried past pruned trials
     return df
 
 

@@ -7,6 +7,7 @@ import os
 import statistics
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,10 @@ from PIL import Image
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from amoe_core.tracking.palette import REFERENCE, variant_colours  # noqa: E402
+from amoe_core.tracking.runs import student_runs  # noqa: E402
+from dashboards import loaders  # noqa: E402  (the screenshots' source data)
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboards" / "app.py")
 DATASETS = ("fmnist", "clipart")
@@ -126,7 +131,28 @@ def write_fixture(root: Path) -> dict[str, Path]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["kNN accuracy (fixture)"])
     study.optimize(lambda t: t.suggest_float("x", 0, 1) * 0.5 + t.suggest_int("c", 1, 4) * 0.01, n_trials=6)
+    write_pruned_study(storage)
     return {"runs": runs, "curation": cur, "storage": storage, "teachers": teachers}  # type: ignore[dict-item]
+
+
+PRUNED_REPORT = -1.0192  # a pruned trial's last intermediate value: never to be shown as an objective
+
+
+def write_pruned_study(storage: str) -> None:
+    """Study "pruned-sweep": trials 0, 1, 3 complete (0.61, 0.64, 0.62), 2 pruned after reporting PRUNED_REPORT,
+    4 failed."""
+    import optuna
+
+    study = optuna.create_study(study_name="pruned-sweep", storage=storage, direction="maximize")
+    for value in [0.61, 0.64, "pruned", 0.62, "fail"]:
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        if value == "pruned":
+            trial.report(PRUNED_REPORT, step=1)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif value == "fail":
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, value)
 
 
 @pytest.fixture(scope="module")
@@ -168,8 +194,8 @@ def test_variants_fold_seeds_into_mean_and_std(app):
     a, b = 100 * _acc(0, 1, 1, 1, 1), 100 * _acc(1, 1, 1, 1, 1)  # runs 0 and 1: clipart, ensemble, 64px, k20
     assert ref[col] == f"{statistics.fmean([a, b]):.1f} ± {statistics.stdev([a, b]):.1f}"
     # throughput: median of steps 2-5 (the first fifth is warm-up, tracking.summarize_training), then mean ± std
-    tps = [1003.5, 2003.5]
-    assert ref["tokens/s"] == f"{statistics.fmean(tps):.0f} ± {statistics.stdev(tps):.0f}"
+    tps = [1003.5, 2003.5]  # with a thousands separator
+    assert ref["tokens/s"] == f"{statistics.fmean(tps):,.0f} ± {statistics.stdev(tps):,.0f}" == "1,504 ± 707"
     # the sweep trial under _sweep/ is hidden by default
     assert not any(v.startswith("sweep ") for v in variants.index)
 
@@ -184,9 +210,9 @@ def test_runs_table_holds_differing_condition_params_and_key_metrics(app):
     assert table.loc["beta", "loss.relational"] == "rkd" and table.loc["alpha", "packing.c_max"] == 256
     assert table.loc["alpha", "steps"] == 5
     assert table.loc["beta", "loss/total (last)"] == pytest.approx(10.0 / 5 + 2)
-    assert table.loc["beta", "tokens/s (median)"] == pytest.approx(3003.5)  # median of steps 2-5 (warm-up cut)
+    assert table.loc["beta", "tokens/s (median)"] == "3,004"  # median of steps 2-5 (warm-up cut): 3003.5, rounded
     col = "kNN clipart % (ensemble, 64px, k20)"  # student:ensemble at main_resolution 64px, k20
-    assert table.loc["beta", col] == pytest.approx(100 * _acc(2, 1, 1, 1, 1))
+    assert table.loc["beta", col] == round(100 * _acc(2, 1, 1, 1, 1), 1)  # one decimal, as the report
     assert not table.isna().any().any()
 
 
@@ -217,33 +243,146 @@ def test_eval_tables_default_to_the_main_resolution(app):
     assert len(fid) == 4 and (fid.cka == "0.700 ± 0.000").sum() == 2
 
 
-def test_charts_colour_by_variant_with_one_legend_entry_each(app):
+def _colour_scales(spec: Any) -> list[dict[str, str]]:
+    """label -> colour of every variant colour scale anywhere in a Vega-Lite spec (layers, facets, concats)."""
+    found = []
+    if isinstance(spec, dict):
+        colour = spec.get("color")
+        if isinstance(colour, dict) and colour.get("field") == "variant":
+            found.append(dict(zip(colour["scale"]["domain"], colour["scale"]["range"])))
+        for v in spec.values():
+            found += _colour_scales(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            found += _colour_scales(v)
+    return found
+
+
+def _panels(spec: Any) -> list[dict]:
+    """The innermost charts that hold data and a layer (the accuracy-vs-resolution panels, a teacher chart)."""
+    if isinstance(spec, dict):
+        if "layer" in spec and ("data" in spec or "datasets" in spec or "title" in spec):
+            return [spec]
+        return [p for v in spec.values() for p in _panels(v)]
+    if isinstance(spec, list):
+        return [p for v in spec for p in _panels(v)]
+    return []
+
+
+REFERENCE_LABELS = ["reference", "relational=rkd, c_max=128"]
+
+
+def test_every_chart_gives_a_variant_the_palettes_colour(app):
     specs = _chart_specs(app)
     titles = json.dumps(specs)
     assert "Loss terms" in titles and "Expert load" in titles and "Sweep history" in titles
+    scales = [m for s in specs for m in _colour_scales(s)]
+    assert len(scales) >= 6  # loss curves, accuracy vs resolution (2 panels), 4 teacher charts
+    palette = variant_colours([*REFERENCE_LABELS, "teacher dino", "teacher siglip"])
+    for m in scales:  # the same variant has the same colour in every chart: the palette's
+        assert all(palette[label] == colour for label, colour in m.items()), m
+    assert palette["reference"] == REFERENCE and len(set(palette.values())) == len(palette)
     res = next(s for s in specs if "kNN accuracy vs resolution" in json.dumps(s.get("title", "")))
-    colour = res["spec"]["layer"][0]["encoding"]["color"]
-    # the colour scale's domain lists each variant once, then each teacher: one legend entry per line
-    assert colour["field"] == "variant"
-    assert colour["scale"]["domain"] == ["reference", "relational=rkd, c_max=128", "teacher dino", "teacher siglip"]
-    assert set(res["facet"]) == {"column", "row"}  # dataset x feature panels
-    # the same variant keeps its colour on the loss chart: same domain, same scheme
-    loss = next(s for s in specs if s.get("title") == "Loss terms")
-    assert loss["spec"]["encoding"]["color"]["scale"]["domain"][:2] == colour["scale"]["domain"][:2]
+    legend = _colour_scales(res)[0]  # the legend: each variant once, then each teacher
+    assert list(legend) == [*REFERENCE_LABELS, "teacher dino", "teacher siglip"]
 
 
-def test_teacher_vs_student_bars_are_sized_by_their_rows(app, fixture_root):
+def test_the_legend_follows_the_variant_selection(app):
+    app.sidebar.multiselect(key=f"variants-{app.sidebar.selectbox(key='runs_dir').value}-False").unselect(
+        REFERENCE_LABELS[1]
+    ).run()
+    assert not app.exception
+    for m in (m for s in _chart_specs(app) for m in _colour_scales(s)):
+        assert REFERENCE_LABELS[1] not in m and (not m or "reference" in m or "teacher dino" in m)
+    res = next(s for s in _chart_specs(app) if "kNN accuracy vs resolution" in json.dumps(s.get("title", "")))
+    assert list(_colour_scales(res)[0]) == ["reference", "teacher dino", "teacher siglip"]
+
+
+def test_showing_sweep_trials_keeps_the_variant_selection(app):
+    runs_dir = app.sidebar.selectbox(key="runs_dir").value
+    app.sidebar.multiselect(key=f"variants-{runs_dir}-False").unselect(REFERENCE_LABELS[1]).run()
+    app.sidebar.checkbox(key="sweeps").check().run()
+    chosen = app.sidebar.multiselect(key=f"variants-{runs_dir}-True").value
+    assert chosen == ["reference", "sweep demo-sweep/t0000"]  # the dropped variant stays dropped; the trial is new
+    app.sidebar.checkbox(key="sweeps").uncheck().run()
+    assert app.sidebar.multiselect(key=f"variants-{runs_dir}-False").value == ["reference"]
+
+
+def _mean_std_span(values: dict[str, list[float]]) -> tuple[float, float]:
+    """Lowest mean - std and highest mean + std over the groups (what a chart with error bars must show)."""
+    lo = min(statistics.fmean(v) - (statistics.stdev(v) if len(v) > 1 else 0) for v in values.values())
+    hi = max(statistics.fmean(v) + (statistics.stdev(v) if len(v) > 1 else 0) for v in values.values())
+    return lo, hi
+
+
+def _assert_fitted(domain: list[float], lo: float, hi: float) -> None:
+    """The axis shows all of [lo, hi] and not much more: charts.MARGIN (8%) of the span or up to MIN_SPAN (2 points)
+    around it, then out to whole points (+1)."""
+    slack = max(0.08 * (hi - lo), 2.0) + 1
+    assert domain[0] <= lo and domain[1] >= hi, (domain, lo, hi)
+    assert domain[0] >= lo - slack and domain[1] <= hi + slack, (domain, lo, hi)
+
+
+def test_axes_are_fitted_to_the_data_with_teachers_as_reference_lines(app, fixture_root):
+    res = next(s for s in _chart_specs(app) if "kNN accuracy vs resolution" in json.dumps(s.get("title", "")))
+    panels = _panels(res)
+    assert [p["title"] for p in panels] == ["clipart", "fmnist"]  # one panel per dataset, wide
+    for di, (dataset, panel) in enumerate(zip(("fmnist", "clipart")[::-1], panels)):
+        di = DATASETS.index(dataset)
+        groups: dict[str, list[float]] = {}
+        for i, (_name, _seed, relational, _c) in enumerate(RUNS):  # student:ensemble (feature 1), k20 (index 1)
+            for ri in range(len(RESOLUTIONS)):
+                groups.setdefault(f"{relational}{ri}", []).append(100 * _acc(i, di, 1, ri, 1))
+        teachers = fixture_root["teachers"]["knn"][dataset]
+        for t in ("teacher:dino", "teacher:siglip"):
+            for r in RESOLUTIONS:
+                groups[f"{t}{r}"] = [100 * teachers[t][f"{r}px"]["k20"]]
+        y = panel["layer"][0]["encoding"]["y"]["scale"]["domain"]
+        _assert_fitted(y, *_mean_std_span(groups))
+    bars = [s for s in _chart_specs(app) if "vs the student's" in json.dumps(s.get("title", ""))]
+    for spec in bars:
+        heading = spec["title"]
+        dataset, teacher = heading["text"].split(",")[0], heading["text"].split("teacher ")[1].split(" ")[0]
+        di = DATASETS.index(dataset)
+        ref = 100 * fixture_root["teachers"]["knn"][dataset][f"teacher:{teacher}"]["64px"]["k20"]
+        assert heading["subtitle"] == f"dashed: the teacher alone, {ref:.1f}"
+        fi = STUDENT_FEATURES.index(f"student:{teacher}")
+        groups = {"ref": [100 * _acc(i, di, fi, 1, 1) for i in (0, 1)], "beta": [100 * _acc(2, di, fi, 1, 1)]}
+        groups["teacher"] = [ref]
+        x = next(layer["encoding"]["x"]["scale"]["domain"] for layer in spec["layer"])
+        assert all(layer["encoding"]["x"]["scale"]["domain"] == x for layer in spec["layer"])  # one x axis
+        _assert_fitted(x, *_mean_std_span(groups))
+
+
+def test_difference_to_the_reference_is_findings_welch_effect(app):
+    from amoe_core.experiments.findings import Effect
+
+    variants = _frame(app, {"variant", "seeds", "runs"}).set_index("variant")
+    col = "Δ kNN avg vs reference (± s.e.)"
+    assert variants.loc["reference", col] == ""
+    # per-seed kNN avg over the datasets, student:ensemble, 64px, k20: alpha (runs 0, 1) and beta (run 2)
+    avg = [statistics.fmean(_acc(i, di, 1, 1, 1) for di in range(len(DATASETS))) for i in range(3)]
+    effect = Effect.of([avg[2]], avg[:2])  # one seed on beta's side: no standard error
+    assert (
+        variants.loc[REFERENCE_LABELS[1], col]
+        == f"{effect.diff:+.1f} (one seed: no s.e.)"
+        == "+15.0 (one seed: no s.e.)"
+    )
+    assert list(variants.columns[:2]) == ["kNN avg % (64px, k20)", col]  # the headline first
+
+
+def test_teacher_vs_student_charts_are_sized_by_their_rows(app, fixture_root):
     cmp = _frame(app, {"variant", "dataset", "teacher", "student", "teacher alone"})
     row = cmp[(cmp.variant == "reference") & (cmp.dataset == "fmnist") & (cmp.teacher == "dino")].iloc[0]
     teacher = fixture_root["teachers"]["knn"]["fmnist"]["teacher:dino"]["64px"]["k20"]
-    assert row["teacher alone"] == pytest.approx(round(100 * teacher, 1))
+    assert row["teacher alone"] == f"{100 * teacher:.1f}"
     bars = [s for s in _chart_specs(app) if "vs the student's" in json.dumps(s.get("title", ""))]
     assert len(bars) == 4  # 2 datasets x 2 teachers
-    for spec in bars:  # teacher + 2 variants = 3 rows of ROW_PX for the plot area ("pad": axes come on top)
-        assert spec["height"] == 3 * 22 and spec["autosize"]["type"] == "pad"
+    for spec in bars:  # 2 variants = 2 rows of ROW_PX for the plot area ("pad": axes come on top)
+        assert spec["height"] == 2 * 22 and spec["autosize"]["type"] == "pad"
     app.selectbox(key="tvs_res").select(32).run()
     bars = [s for s in _chart_specs(app) if "vs the student's" in json.dumps(s.get("title", ""))]
-    assert len(bars) == 4 and all(s["height"] == 3 * 22 and ", 32 px:" in s["title"] for s in bars)
+    assert len(bars) == 4 and all(s["height"] == 2 * 22 and ", 32 px:" in s["title"]["text"] for s in bars)
 
 
 def test_sweep_view_lists_every_trial_with_its_objective_name(app, fixture_root):
@@ -255,10 +394,40 @@ def test_sweep_view_lists_every_trial_with_its_objective_name(app, fixture_root)
     assert trials["best so far"].iloc[-1] == pytest.approx(study.best_value)
     assert trials["value"].tolist() == pytest.approx([t.value for t in study.trials])
     history = next(s for s in _chart_specs(app) if s.get("title") == "Sweep history")
-    assert history["layer"][0]["encoding"]["y"]["title"] == "kNN accuracy (fixture)"
-    assert history["layer"][0]["encoding"]["x"]["axis"]["format"] == "d"  # whole trial numbers
+    top = history["vconcat"][0]["layer"][0]["encoding"]
+    assert top["y"]["title"] == "kNN accuracy (fixture)"
+    assert top["x"]["axis"]["format"] == "d" and top["x"]["axis"]["values"] == list(range(6))  # a tick per trial
     warnings = " ".join(w.value for w in app.warning)
     assert "only 6 finished trials" in warnings  # fANOVA on too few trials is flagged
+
+
+def test_a_pruned_trials_intermediate_value_is_never_its_objective(app):
+    app.selectbox(key="study").select("pruned-sweep").run()
+    assert not app.exception
+    trials = _frame(app, {"number", "value", "best so far"}).set_index("number")
+    assert list(trials.state) == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE", "FAIL"]
+    assert trials.value.isna().tolist() == [False, False, True, False, True]
+    assert trials["best so far"].tolist()[-1] == pytest.approx(0.64)
+    history = next(s for s in _chart_specs(app) if s.get("title") == "Sweep history")
+    top, strip = history["vconcat"]
+    domain = top["layer"][0]["encoding"]["y"]["scale"]["domain"]
+    assert domain[0] > PRUNED_REPORT and 0.55 < domain[0] < 0.61 and 0.64 < domain[1] < 0.7, domain  # fitted
+    assert strip["encoding"]["y"]["field"] == "state"  # pruned and failed trials: marked in their own rows
+
+
+def test_every_tab_names_the_command_that_fills_it(tmp_path, monkeypatch):
+    """On an empty runs directory, every view is a notice that names the `amoe` command that fills it."""
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setenv("AMOE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("AMOE_CURATION_DIR", str(tmp_path / "no-curation"))
+    monkeypatch.setenv("AMOE_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'none.db'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    infos = [i.value for i in at.info]
+    assert len(infos) == 8, infos  # the page, then Runs, Live, Evaluation, Teachers, Sweep, Curation, PCA maps
+    assert all("`amoe " in i for i in infos), infos
+    assert not at.get("vega_lite_chart")
 
 
 def test_images_and_curation(app):
@@ -286,7 +455,7 @@ def test_changed_file_shows_on_rerun_and_missing_roots_are_explained(app, fixtur
     os.utime(ev, (ev.stat().st_atime, ev.stat().st_mtime + 5))  # a later mtime, even on coarse clocks
     app.run()
     table = _frame(app, {"run", "loss.relational"}).set_index("run")
-    assert table.loc["alpha", "kNN fmnist % (ensemble, 64px, k20)"] == pytest.approx(12.3)
+    assert table.loc["alpha", "kNN fmnist % (ensemble, 64px, k20)"] == 12.3
 
     # the page offers only the roots it was launched with: no text box to type a path or a storage URL into
     assert len(app.sidebar.text_input) == 0
@@ -314,3 +483,52 @@ def test_images_outside_a_run_directory_are_never_shown(tmp_path, monkeypatch):
     at.run()
     assert not at.exception
     assert not at.get("image") and any("No pca_maps.png" in i.value for i in at.info)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+README_ROWS = {  # README's results table: its row -> docs/RESULTS.md's variant label
+    "student, reference": "reference",
+    "no relational term": "relational=none",
+    "symmetric RKD": "relational=rkd",
+    "random selection of the same size": "selection=random",
+    "fixed number of images per step": "mode=fixed",
+}
+
+
+def _md_rows(text: str, header_start: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the markdown table whose header starts with `header_start`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[start:]]
+    end = next((i for i, line in enumerate(lines[start:]) if not line.startswith("|")), len(lines) - start)
+    return cells[0], cells[2:end]
+
+
+def test_readme_numbers_and_the_screenshots_source_agree_with_results_md():
+    """README's results table, the dashboard's variants table on results/ablations (what scripts/screenshots
+    shows) and docs/RESULTS.md (`amoe report` on the same runs) give the same numbers."""
+    results = (ROOT / "docs" / "RESULTS.md").read_text()
+    header, rows = _md_rows(results, "| model |")
+    report = {r[0]: dict(zip(header, r)) for r in rows}
+    _, tput = _md_rows(results, "| variant | tokens/s |")
+    tokens = {r[0]: r[1] for r in tput}
+    readme_header, readme_rows = _md_rows((ROOT / "README.md").read_text(), "| model | fashion-mnist |")
+    assert readme_header[:4] == ["model", "fashion-mnist", "clip-art (10 classes)", "average"]
+    dash = loaders.variants_table(student_runs(ROOT / "results" / "ablations"), ROOT / "results" / "ablations")
+    dash = dash.set_index("variant")
+    seen = set()
+    for row in readme_rows:
+        if "teacher" in row[0]:
+            teacher = "dino" if row[0].startswith("DINO") else "siglip"
+            r = report[f"teacher `{teacher}`"]
+            assert row[1:4] == [r["fmnist kNN"], r["clipart kNN"], r["kNN avg"]], row
+            continue
+        label = next(v for k, v in README_ROWS.items() if row[0].startswith(k))
+        seen.add(label)
+        r = report[f"student ({label})"]
+        assert row[1:4] == [r["fmnist kNN"], r["clipart kNN"], r["kNN avg"]], row
+        assert row[4] == tokens[label].split(" ± ")[0], row  # README gives the mean throughput
+        d = dash.loc[label]
+        assert [d["kNN fmnist % (ensemble, 64px, k20)"], d["kNN clipart % (ensemble, 64px, k20)"]] == row[1:3]
+        assert d["kNN avg % (64px, k20)"] == row[3] and d["tokens/s"] == tokens[label]
+    assert seen == set(README_ROWS.values())

@@ -2,8 +2,9 @@
 through Playwright, on the fixture runs and on the committed results/ablations.
 
 Every tab and widget is used once and the page is checked as a person sees it: tables read back through the
-dataframe's own "Download as CSV" button, charts measured on screen. Saves artifacts/dashboard*.png (CI artifacts;
-`AMOE_SCREENSHOTS=docs` writes the README's docs/dashboard*.png instead). Skipped without chromium or Playwright.
+dataframe's own "Download as CSV" button, charts measured on screen and their colours read off the screen. Saves
+artifacts/dashboard*.png (CI artifacts; README's docs/dashboard*.png come from scripts/screenshots). Skipped without
+chromium or Playwright.
 """
 
 from __future__ import annotations
@@ -19,10 +20,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb
+from PIL import Image
 from test_dashboard import write_fixture
 
+from amoe_core.tracking.palette import variant_colours
 from amoe_core.tracking.runs import student_runs
 from amoe_core.tracking.variants import group_variants
 
@@ -58,7 +63,7 @@ FLAGS = [
     "--disable-sync",
 ]
 ROW_PX = 22  # dashboards/charts.py: one bar row
-AXES_PX = 120  # title and x axis drawn around a bar chart's rows; the old bug drew bars ~600 px below their axes
+AXES_PX = 140  # title, subtitle and x axis around a chart's rows; the old bug drew bars ~600 px below their axes
 
 
 def _free_port() -> int:
@@ -155,6 +160,25 @@ def _chart_boxes(page) -> list[tuple[float, float]]:
     return out
 
 
+def _colours_on_screen(element, colours: dict[str, str]) -> set[str]:
+    """The labels whose palette colour is drawn (exact pixels: a point's or a dot's inside) in `element`."""
+    pixels = np.asarray(Image.open(io.BytesIO(element.screenshot())).convert("RGB")).reshape(-1, 3)
+    drawn = set()
+    for label, colour in colours.items():
+        rgb = np.array([round(255 * c) for c in to_rgb(colour)])
+        if (pixels == rgb).all(axis=1).sum() >= 10:  # a filled point is ~50 pixels; 10 rules out stray antialiasing
+            drawn.add(label)
+    return drawn
+
+
+def _notice_or_data(page) -> str:
+    """What a visible tab shows: "data" (a chart, table or image) or the text of its notice."""
+    shown = '[data-testid="stVegaLiteChart"], [data-testid="stDataFrame"], [data-testid="stImage"]'
+    if page.locator(f"{shown}").locator("visible=true").count():
+        return "data"
+    return " ".join(page.locator('[data-testid="stAlert"]:visible').all_inner_texts())
+
+
 @pytest.fixture
 def dashboard(tmp_path):
     pytest.importorskip("playwright.sync_api")
@@ -203,7 +227,7 @@ def test_every_tab_and_widget_in_chromium(dashboard):
     port = dashboard["port"]
     # bound to the loopback interface only, although started from a directory without .streamlit/config.toml
     assert _listening(dashboard["pid"], port) == [f"127.0.0.1:{port}"]
-    shots = ROOT / ("docs" if os.environ.get("AMOE_SCREENSHOTS") == "docs" else "artifacts")
+    shots = ROOT / "artifacts"
     shots.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
@@ -263,7 +287,7 @@ def test_every_tab_and_widget_in_chromium(dashboard):
                 boxes = _chart_boxes(page)
                 assert len(boxes) == 4  # 2 datasets x 2 teachers
                 for element, drawn in boxes:
-                    rows = 3  # teacher alone + two variants
+                    rows = 2  # two variants (the teacher alone is a dashed rule)
                     assert rows * ROW_PX <= drawn <= rows * ROW_PX + AXES_PX, (
                         res,
                         element,
@@ -305,21 +329,40 @@ def test_every_tab_and_widget_in_chromium(dashboard):
             _select(page, "k", "20")
             _visible_charts(page).first.scroll_into_view_if_needed()
             _visible_charts(page).first.screenshot(path=str(shots / "dashboard_resolution.png"))
+            # every variant drawn in its palette colour, the same one as on the Teachers tab below
+            colours = variant_colours([*labels, "teacher dino", "teacher siglip"])
+            student_colours = {v: c for v, c in colours.items() if v in labels}
+            assert _colours_on_screen(_visible_charts(page).first, student_colours) == set(labels)
             _tab(page, "Teachers vs student")
+            for i in range(_visible_charts(page).count()):
+                assert _colours_on_screen(_visible_charts(page).nth(i), student_colours) == set(labels)
             _select(page, "Resolution (px)", "32")
             for element, drawn in _chart_boxes(page):
-                rows = 1 + len(labels)  # teacher alone + one bar per variant
+                rows = len(labels)  # one dot per variant (the teacher alone is a dashed rule)
                 assert rows * ROW_PX <= drawn <= rows * ROW_PX + AXES_PX and abs(element - drawn) < 40
 
             # ---- the sidebar's variant filter: dropping one variant drops its bars and its table row
             sidebar.get_by_role("button", name=f"Remove {labels[-1]}").click()
             _settle(page)
             for element, drawn in _chart_boxes(page):
-                rows = len(labels)  # one variant fewer
+                rows = len(labels) - 1  # one variant fewer
                 assert rows * ROW_PX <= drawn <= rows * ROW_PX + AXES_PX and abs(element - drawn) < 40
             page.screenshot(path=str(shots / "dashboard_teachers.png"))
+            # the legend follows: the dropped variant's colour is nowhere on the page's charts
+            for i in range(_visible_charts(page).count()):
+                assert labels[-1] not in _colours_on_screen(_visible_charts(page).nth(i), student_colours)
             _tab(page, "Runs")
             variants = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').first)
             assert list(variants.variant) == labels[:-1]
+            # "Show sweep trials" keeps that selection
+            sidebar.get_by_text("Show sweep trials").click()
+            _settle(page)
+            variants = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').first)
+            assert list(variants.variant) == labels[:-1]
+            # every tab on the committed runs shows data or a notice naming the command that fills it
+            for name in ("Runs", "Live", "Evaluation", "Teachers vs student", "Sweep", "Curation", "PCA maps"):
+                _tab(page, name)
+                shown = _notice_or_data(page)
+                assert shown == "data" or "amoe " in shown, (name, shown)
         finally:
             browser.close()

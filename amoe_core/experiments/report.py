@@ -14,11 +14,12 @@ from pathlib import Path
 
 from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
-from amoe_core.experiments.data_scaling import scaling_points, scaling_table
+from amoe_core.experiments.data_scaling import SELECTION_KEY, scaling_points, scaling_table
 from amoe_core.experiments.findings import HEADING as FINDINGS_HEADING
 from amoe_core.experiments.findings import findings
 from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text, check_file_output
+from amoe_core.tracking.palette import variant_colours
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import (
     HEADLINE_K,
@@ -143,7 +144,7 @@ def build_report(runs_dir: Path, out: Path) -> str:
     parts += [FINDINGS_HEADING, "", *findings(variants, datasets, res, k, student_feature), ""]
     points = scaling_points(variants, datasets, res, k, student_feature)
     if points:
-        scaling = scaling_plot(points, res, k, out.parent / PLOTS[1])
+        scaling = scaling_plot(points, res, k, out.parent / PLOTS[1], _selection_colours(variants))
         parts += [
             "## Data scaling: kNN against the number of selected images",
             "",
@@ -158,6 +159,23 @@ def build_report(runs_dir: Path, out: Path) -> str:
     text = "\n".join(parts)
     atomic_write_text(out, text)
     return text
+
+
+def _selection_colours(variants: list[Variant]) -> dict[str, str]:
+    """Each selection's line in the data-scaling figure in the colour of the variant that stands for it on the
+    dashboard: the reference's own selection is the reference's colour, another is "selection=<it>"'s."""
+    colours = variant_colours(v.label for v in variants)
+    ref = variants[0]  # group_variants puts the reference first
+    own = short(ref.settings.get(SELECTION_KEY, "-"))
+    out = {own: colours[ref.label]}
+    out.update(
+        {
+            s: colours[f"selection={s}"]
+            for v in variants
+            if (s := short(v.settings.get(SELECTION_KEY, "-"))) != own and f"selection={s}" in colours
+        }
+    )
+    return out
 
 
 def _expert_check(
