@@ -325,8 +325,28 @@ class LaunchConfig(Section):
 # ---------------------------------------------------------------------------------------------------------- eval
 class EvalDataset(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    train: str  # folder:PATH (one subfolder per class) or shards:PATH (labelled shards)
+    train: str  # folder:PATH (one subfolder per class) or shards:PATH (labelled shards); voc:DIR for segmentation
     test: str
+    # classification: kNN, linear probe, zero-shot on summaries; segmentation: the dense linear probe (VOC layout)
+    task: Literal["classification", "segmentation"] = "classification"
+    # evaluate.preprocess = release: the largest image area (px) a resolution may reach; None = resolution² (the
+    # release uses 256² for ImageNet and 768² for its other sets at its 512 / 1024 px settings)
+    max_pixels: int | None = Field(None, ge=16)
+
+
+class ZeroShotConfig(Section):
+    """Zero-shot classification through the text tower of a `siglip2` teacher whose path is a full Siglip2Model."""
+
+    teacher: str  # a teachers[] name of kind siglip2: its summary and the student's summary for it are scored
+    templates: list[str] = Field(default_factory=lambda: ["{}", "a photo of a {}."], min_length=1)  # "{}" = class
+
+    @field_validator("templates")
+    @classmethod
+    def _placeholder(cls, templates: list[str]) -> list[str]:
+        bad = [t for t in templates if t.count("{}") != 1]
+        if bad:
+            raise ValueError(f"each template needs exactly one {{}} for the class name, got {bad}")
+        return templates
 
 
 class EvaluateConfig(Section):
@@ -355,6 +375,13 @@ class EvaluateConfig(Section):
     pca_images: int = Field(6, ge=1)
     cache: Path = Path("data/eval_cache")
     batch_size: int = Field(256, ge=1)
+    zero_shot: ZeroShotConfig | None = None  # None = no zero-shot
+    seg_epochs: int = Field(20, ge=1)  # segmentation probe: AdamW epochs over the train split (mini-batches of images)
+    seg_lr: float = Field(1e-2, gt=0)
+    # square: every image resized to resolution x resolution; release: the released SigLino processor's
+    # aspect-preserving, patch-aligned smart resize under datasets[].max_pixels (--model siglino: always uses it)
+    preprocess: Literal["square", "release"] = "square"
+    bf16: bool = False  # bf16 autocast for feature extraction (the release evaluates in bf16); CUDA only
 
 
 # ---------------------------------------------------------------------------------------------------------- sweep
@@ -370,7 +397,9 @@ class SweepConfig(Section):
     seed: int = 0
     search: list[str] = Field(default_factory=list)  # dimensions of amoe_core/sweep/space.py to search; [] = all
     overrides: list[str] = Field(default_factory=list)  # applied to every trial, e.g. evaluate.resolutions=[64]
-    feature: str = "student:ensemble"  # scored feature: mean over datasets of kNN at evaluate.main_resolution
+    feature: str = "student:ensemble"  # scored feature: mean over datasets of `metric` at evaluate.main_resolution
+    # scored eval.json metric: knn (at k), linear, zero_shot, segmentation (mIoU), segmentation.pixel_acc
+    metric: Literal["knn", "linear", "zero_shot", "segmentation", "segmentation.pixel_acc"] = "knn"
     k: int = Field(20, ge=1)
     objective: str = "amoe_core.sweep.objective:distill_knn"  # module:function(trial, params) -> float
     pruner_startup_trials: int = Field(3, ge=0)  # median pruning starts once this many trials completed
@@ -441,6 +470,17 @@ class Params(Section):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _zero_shot_teacher(self) -> Params:
+        zs = self.evaluate.zero_shot
+        kinds = {t.name: t.kind for t in self.teachers}
+        if zs is not None and kinds.get(zs.teacher) != "siglip2":
+            raise ConfigError(
+                f"invalid evaluate.zero_shot.teacher = {zs.teacher!r}: must name a teacher of kind siglip2 "
+                f"(teachers: {kinds}); its path must be a full Siglip2Model directory with a tokenizer"
+            )
         return self
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from amoe_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from amoe_core.tracking.eval_record import read_eval
 
 TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: `amoe evaluate --teachers`, the teachers' own baselines
 SWEEP_DIR = "_sweep"  # runs/_sweep/<study>/<trial>/: `amoe sweep` trials, kept out of list_runs (report, ablations)
@@ -115,7 +116,7 @@ class RunDir:
         return read_jsonl(self.metrics_file)
 
     def eval(self) -> dict[str, Any]:
-        return json.loads(self.eval_file.read_text()) if self.eval_file.exists() else {}
+        return read_eval(self.eval_file)  # a damaged file: one warning naming it, read as {}
 
     def train_summary(self) -> dict[str, Any]:
         """train.json, or the same summary computed from metrics.jsonl for runs written before it existed."""
