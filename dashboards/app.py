@@ -88,6 +88,8 @@ def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> di
         "knn": tagged([loaders.knn_rows(n, e) for n, e in evals.items()], loaders.knn_rows("", {})),
         "linear": tagged([loaders.linear_rows(n, e) for n, e in evals.items()], loaders.linear_rows("", {})),
         "fidelity": tagged([loaders.fidelity_rows(n, e) for n, e in evals.items()], loaders.fidelity_rows("", {})),
+        "dense": tagged([loaders.result_rows(n, e) for n, e in evals.items()], loaders.result_rows("", {})),
+        "teachers_dense": loaders.result_rows(TEACHERS_RUN, teachers),
         "teachers_knn": loaders.knn_rows(TEACHERS_RUN, teachers),
         "pca": {n: str(p) for n, r in names.items() if (p := pca_file(r, evals[n])) is not None},
     }
@@ -213,6 +215,21 @@ def eval_view(data: dict[str, Any], selected: list[str]) -> None:
         st.subheader("Linear probe accuracy (%)")
         lt = lin.assign(resolution=lin.resolution.astype(str) + "px")
         st.dataframe(loaders.mean_std_table(lt, ["variant", "feature", "dataset"], "resolution"), hide_index=True)
+    dense = data["dense"][data["dense"].run.isin(selected)]
+    teachers_dense = data["teachers_dense"]
+    teachers_dense = teachers_dense.assign(variant="teacher " + teachers_dense.feature.str.split(":").str[1])
+    both = pd.concat([teachers_dense, dense], ignore_index=True)
+    for section, metric, title in (
+        ("zero_shot", "top1", "Zero-shot top-1 (%)"),
+        ("segmentation", "miou", "Segmentation mIoU (%)"),
+        ("segmentation", "pixel_acc", "Segmentation pixel accuracy (%)"),
+    ):
+        rows = both[(both.section == section) & (both.metric == metric)]
+        if not rows.empty:
+            st.subheader(title)
+            rows = rows.assign(resolution=rows.resolution.astype(str) + "px")
+            table = loaders.mean_std_table(rows, ["variant", "feature", "dataset"], "resolution", "value")
+            st.dataframe(table, hide_index=True)
     fid = data["fidelity"][data["fidelity"].run.isin(selected)]
     if not fid.empty:
         st.subheader("Student-teacher fidelity")

@@ -188,6 +188,17 @@ def linear_rows(run_id: str, ev: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["run", "dataset", "feature", "resolution", "accuracy"])
 
 
+def result_rows(run_id: str, ev: dict[str, Any]) -> pd.DataFrame:
+    """eval.json's zero-shot and segmentation sections as rows (run, section, dataset, feature, resolution, metric,
+    value): metric is "top1" for zero-shot, "miou" / "pixel_acc" for segmentation."""
+    out = [
+        {"run": run_id, "section": section, **_where(r), "metric": r["metric"], "value": r["value"]}
+        for section in (eval_record.ZERO_SHOT, eval_record.SEGMENTATION)
+        for r in eval_record.rows(ev, section)
+    ]
+    return pd.DataFrame(out, columns=["run", "section", "dataset", "feature", "resolution", "metric", "value"])
+
+
 def fidelity_rows(run_id: str, ev: dict[str, Any]) -> pd.DataFrame:
     rows = [{"run": run_id, "teacher": t, **vals} for t, vals in (ev.get("fidelity") or {}).items()]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run", "teacher"])

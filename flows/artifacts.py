@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from amoe_core.config import Params
-from amoe_core.tracking.eval_record import HEADLINE_FEATURE, HEADLINE_K, KNN, lookup, value
+from amoe_core.tracking.eval_record import HEADLINE_FEATURE, HEADLINE_K, KNN, SEGMENTATION, ZERO_SHOT, lookup, value
+from amoe_core.tracking.eval_record import rows as rows_of
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 
 # stage -> the `amoe` command that runs it by hand (amoe_core/cli.py), and what it does (the flows' `stage` choices)
@@ -57,6 +58,16 @@ def _knn_rows(ev: dict[str, Any], params: Params, features: list[str]) -> list[t
     return rows
 
 
+def _dense_rows(ev: dict[str, Any]) -> list[tuple[str, str]]:
+    """Zero-shot top-1 and segmentation mIoU / pixel accuracy, every feature and resolution they ran at."""
+    rows = []
+    for section, label in ((ZERO_SHOT, "zero-shot"), (SEGMENTATION, "segmentation")):
+        for r in rows_of(ev, section):
+            what = label if section == ZERO_SHOT else f"{label} {r['metric']}"
+            rows.append((f"{what} {r['dataset']}, {r['feature']} ({r['resolution']}px)", f"{100 * r['value']:.1f}%"))
+    return rows
+
+
 def _run_rows(run: RunDir, params: Params, teachers: bool = False) -> list[tuple[str, str]]:
     rows = [("run directory", f"`{run.path.resolve()}`")]
     summary = run.train_summary() if run.params_file.exists() else {}
@@ -71,6 +82,7 @@ def _run_rows(run: RunDir, params: Params, teachers: bool = False) -> list[tuple
         knn = ev.get(KNN) or {}
         feats = sorted({f for by_f in knn.values() for f in by_f if f.startswith("teacher:")}) if teachers else []
         rows += _knn_rows(ev, params, feats or [HEADLINE_FEATURE])
+        rows += _dense_rows(ev)
     return rows
 
 

@@ -46,6 +46,16 @@ def _eval(run_index: int, features: list[str]) -> dict:
             }
             for di, d in enumerate(DATASETS)
         },
+        "zero_shot": {
+            d: {f: {"64px": _acc(run_index, di, fi, 1, 7)} for fi, f in enumerate(features) if f.endswith(":siglip")}
+            for di, d in enumerate(DATASETS)
+        },
+        "segmentation": {
+            "voc": {
+                f: {"64px": {"miou": _acc(run_index, 0, fi, 1, 5) - 0.4, "pixel_acc": 0.9}}
+                for fi, f in enumerate(features)
+            }
+        },
         "fidelity": {
             t: {"summary_cos": 0.9, "patch_cos": 0.8, "cka": 0.7, "spearman": 0.6} for t in ("dino", "siglip")
         },
@@ -215,6 +225,28 @@ def test_eval_tables_default_to_the_main_resolution(app):
     assert r["64px"] == f"{100 * _acc(2, 1, 1, 1, 9):.1f}"
     fid = _frame(app, {"variant", "teacher", "cka"})
     assert len(fid) == 4 and (fid.cka == "0.700 ± 0.000").sum() == 2
+
+
+def test_zero_shot_and_segmentation_tables_put_teachers_beside_the_student(app):
+    heads = [h.value for h in app.subheader]
+    assert {"Zero-shot top-1 (%)", "Segmentation mIoU (%)", "Segmentation pixel accuracy (%)"} <= set(heads)
+    zs_at = heads.index("Zero-shot top-1 (%)")
+    frames = [d.value for d in app.dataframe if {"variant", "feature", "dataset", "64px"} <= set(d.value.columns)]
+    zs = next(
+        f
+        for f in frames
+        if (f.variant == "teacher siglip").any() and set(f.feature) <= {"student:siglip", "teacher:siglip"}
+    )
+    fi = STUDENT_FEATURES.index("student:siglip")
+    beta = zs[(zs.variant == "relational=rkd, c_max=128") & (zs.dataset == "clipart")].iloc[0]
+    assert beta["64px"] == f"{100 * _acc(2, 1, fi, 1, 7):.1f}"
+    teacher = zs[(zs.variant == "teacher siglip") & (zs.dataset == "fmnist")].iloc[0]
+    assert teacher["64px"] == f"{100 * _acc(5, 0, 1, 1, 7):.1f}"  # teacher:siglip is the second teacher feature
+    seg = next(f for f in frames if set(f.dataset) == {"voc"} and (f.feature == "student:native").any())
+    ref = seg[(seg.variant == "reference") & (seg.feature == "student:native")].iloc[0]
+    a, b = (100 * (_acc(i, 0, 2, 1, 5) - 0.4) for i in (0, 1))
+    assert ref["64px"] == f"{statistics.fmean([a, b]):.1f} ± {statistics.stdev([a, b]):.1f}"
+    assert zs_at < heads.index("Segmentation mIoU (%)")
 
 
 def test_charts_colour_by_variant_with_one_legend_entry_each(app):

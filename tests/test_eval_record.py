@@ -15,6 +15,7 @@ from amoe_core.tracking import eval_record
 from amoe_core.tracking.runs import RunDir, student_runs
 from amoe_core.tracking.variants import Variant, headline, knn_avg_per_seed
 from dashboards import loaders
+from flows import artifacts
 
 EV = {
     "knn": {"a": {"student:ensemble": {"64px": {"k10": 0.5, "k20": 0.6}}, "student:native": {"64px": {"k20": 0.1}}}},
@@ -52,7 +53,11 @@ def test_rows_are_tidy_and_skip_malformed_leaves():
     assert eval_record.headline_feature(["student:native", "student:ensemble"]) == "student:ensemble"
 
 
-def test_terminal_summary_shows_zero_shot_and_segmentation():
+def test_terminal_summary_and_prefect_artifact_show_zero_shot_and_segmentation():
+    rows = dict(artifacts._dense_rows(EV))
+    assert rows["zero-shot a, student:sig (32px)"] == "12.5%"
+    assert rows["segmentation miou a, student:native (64px)"] == "40.0%"
+    assert rows["segmentation pixel_acc a, student:native (64px)"] == "90.0%"
     lines = summary_lines(EV, "64px", "k20")
     assert "a teacher:sig at 64px: zero-shot 25.0%" in lines
     assert "a student:sig at 32px: zero-shot 12.5%" in lines

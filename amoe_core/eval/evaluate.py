@@ -19,13 +19,16 @@ import torch.nn.functional as F
 from amoe_core.config import ConfigError, EvalDataset, Params, TeacherSpec
 from amoe_core.device import pick_device
 from amoe_core.errors import AmoeError
-from amoe_core.eval.datasets import LabelledSet, load_pair
+from amoe_core.eval.datasets import LabelledSet, Sizer, load_pair
 from amoe_core.eval.features import (
+    SIGLINO_MIN_PIXELS,
     Extractor,
     Feats,
+    bf16_autocast,
     cached_teacher_summaries,
     ensemble,
     extract_summaries,
+    release_size,
     smart_resize,
     student_extractor,
     teacher_extractor,
@@ -61,7 +64,6 @@ PCA_FILE = "pca_maps.png"
 RESOLUTION_CSV = "resolution.csv"
 RESOLUTION_PNG = "resolution.png"
 ENSEMBLE = HEADLINE_FEATURE
-SIGLINO_MIN_PIXELS = 128 * 128  # the released SigLino processor's default minimum image area
 FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
 
 
@@ -123,18 +125,35 @@ def _zero_shot(
         results.setdefault(ZERO_SHOT, {}).setdefault(ds_name, {}).setdefault(name, {})[f"{res}px"] = acc
 
 
+def image_sizing(params: Params, ds: EvalDataset, res: int) -> tuple[Sizer | None, str]:
+    """How images of `ds` are sized at `res`: square (None), or the release's smart resize under ds.max_pixels
+    (res² when unset); the second value names the sizing in cache keys."""
+    if params.evaluate.preprocess != "release":
+        return None, ""
+    max_pixels = ds.max_pixels or res * res
+    return release_size(params.packing.patch_size, max_pixels), f"release{max_pixels}"
+
+
 def _split_features(
-    params: Params, bank: TeacherBank, student: Extractor | None, dataset: str, split: str, data: LabelledSet, res: int
+    params: Params,
+    bank: TeacherBank,
+    student: Extractor | None,
+    ds: EvalDataset,
+    split: str,
+    data: LabelledSet,
+    res: int,
 ) -> dict[str, np.ndarray]:
-    cfg = params.evaluate
+    cfg, dataset = params.evaluate, ds.name
+    size, tag = image_sizing(params, ds, res)
     if student is None:
         return {
             f"teacher:{name}": cached_teacher_summaries(
-                cfg.cache, dataset, split, data, res, spec, lambda n=name: bank.extractor(n), cfg.batch_size
+                cfg.cache, dataset, split, data, res, spec, lambda n=name: bank.extractor(n), cfg.batch_size, size, tag
             )
             for name, spec in bank.specs.items()
         }
-    feats = extract_summaries(student, data, res, cfg.batch_size, desc=f"student {dataset}/{split} {res}px")
+    desc = f"student {dataset}/{split} {res}px"
+    feats = extract_summaries(student, data, res, cfg.batch_size, desc=desc, size=size)
     per_teacher = [feats[f"student:{t}"] for t in bank.specs if f"student:{t}" in feats]
     if len(per_teacher) > 1:
         feats[ENSEMBLE] = ensemble(per_teacher)
@@ -215,6 +234,8 @@ def evaluate(
     cfg = params.evaluate
     res_list = resolutions(params)
     device = device or pick_device()
+    if student is not None:
+        student = bf16_autocast(student, device, cfg.bf16)
     bank = TeacherBank(params.teachers, device)
     results: dict[str, Any] = {"knn": {}, "linear": {}, "fidelity": {}, "pca_maps": PCA_FILE}
     samples: list[list[torch.Tensor]] = []  # per dataset: test images at the main resolution (fidelity)
@@ -231,8 +252,8 @@ def evaluate(
         class_emb: dict[str, np.ndarray] = {}
         for res in res_list:
             log.info("evaluate %s %dpx: features, kNN%s", ds.name, res, ", linear probe" * (res == cfg.main_resolution))
-            ftr = _split_features(params, bank, student, ds.name, "train", train, res)
-            fte = _split_features(params, bank, student, ds.name, "test", test, res)
+            ftr = _split_features(params, bank, student, ds, "train", train, res)
+            fte = _split_features(params, bank, student, ds, "test", test, res)
             _zero_shot(params, bank, ds.name, train, test, fte, res, results, class_emb)
             for name in ftr:
                 labelled = LabelledFeatures(ftr[name], train.labels, fte[name], test.labels)
@@ -355,6 +376,8 @@ def run(
         if not model.startswith("siglino:"):
             raise ConfigError(f"--model {model!r}: expected siglino:CHECKPOINT[@CONFIG]")
         run_id, extractor = siglino_extractor(params, model, device)
+        # the release's own preprocessing: aspect kept, patch-aligned, under each dataset's max_pixels
+        params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"preprocess": "release"})})
         out = RunDir(runs_dir / run_id)
         out.path.mkdir(parents=True, exist_ok=True)
         return evaluate(params, out, extractor, device)
