@@ -91,3 +91,19 @@ def test_a_damaged_eval_json_is_one_warning_naming_it_and_the_other_runs_still_s
     assert knn.loc["good"].iloc[0] == 60.0 and knn.loc[["torn", "list"]].isna().all().all()
 
     assert knn_avg_per_seed(Variant("v", {}, runs), ["a"], "64px", "k20", "student:ensemble") == [0.6]
+
+
+def test_report_section_lists_teachers_and_variants_and_is_absent_without_results(tmp_path):
+    from amoe_core.experiments.report import _dense_section
+
+    runs = [_run(tmp_path, f"s{i}", json.dumps(EV)) for i in range(2)]
+    v = Variant("reference", {}, runs)
+    teacher_ev = {"zero_shot": {"a": {"teacher:sig": {"32px": 0.5}}}}
+    lines = _dense_section([v], teacher_ev)
+    assert lines[0] == "## Zero-shot and segmentation"
+    table = "\n".join(lines)
+    assert "a zero-shot (32px)" in table and "a mIoU (64px)" in table
+    assert "| model | feature | a zero-shot (32px) | a zero-shot (64px) | a mIoU (64px) |" in table
+    assert "| teacher `sig` | teacher:sig | 50.0 | - | - |" in table
+    assert "| student (reference) | student:native |" in table and "40.0 ± 0.0" in table
+    assert _dense_section([Variant("r", {}, [_run(tmp_path, "k", json.dumps({"knn": EV["knn"]}))])], {}) == []

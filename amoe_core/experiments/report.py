@@ -65,9 +65,8 @@ def _dense_section(variants: list[Variant], teacher_eval: dict[str, Any]) -> lis
     """Zero-shot top-1 and segmentation mIoU per dataset, each at every resolution it ran at, for the teachers and
     each variant's features; nothing when no run evaluated them (the report is unchanged for such runs)."""
     evals = [teacher_eval] + [r.eval() for v in variants for r in v.runs]
-    cols = sorted(
-        {(m, r["dataset"], r["resolution"]) for ev in evals for m, sec in _DENSE for r in eval_record.rows(ev, sec)}
-    )
+    found = {(m, r["dataset"], r["resolution"]) for ev in evals for m, sec in _DENSE for r in eval_record.rows(ev, sec)}
+    cols = sorted(found, key=lambda c: (c[0] != "zero_shot", c[1], c[2]))  # zero-shot columns first
     if not cols:
         return []
     header = ["model", "feature"] + [f"{d} {_DENSE_NAMES[m]} ({px}px)" for m, d, px in cols]
