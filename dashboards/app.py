@@ -32,6 +32,7 @@ import curation_loaders  # noqa: E402
 import loaders  # noqa: E402
 import sweep_loaders  # noqa: E402
 
+from amoe_core.tracking import eval_record  # noqa: E402
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs  # noqa: E402
 from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order  # noqa: E402
 
@@ -92,6 +93,7 @@ def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> di
         "teachers_dense": loaders.result_rows(TEACHERS_RUN, teachers),
         "teachers_knn": loaders.knn_rows(TEACHERS_RUN, teachers),
         "pca": {n: str(p) for n, r in names.items() if (p := pca_file(r, evals[n])) is not None},
+        "damaged": {n: why for n, r in names.items() if (why := eval_record.damage(r.eval_file)) is not None},
     }
 
 
@@ -391,6 +393,8 @@ def main() -> None:
         st.caption(f"Curation: `{roots['curation']}`  \nOptuna storage: `{roots['storage']}`")
     if not data["runs"]:
         st.info(f"No runs under {runs_dir!r} yet: `amoe distill` (or `make demo`) creates them.")
+    for name, why in sorted(data["damaged"].items()):  # one line per damaged file; the other runs still show
+        st.warning(f"{name}/eval.json is damaged ({why}): this run shows no evaluation; rerun `amoe evaluate` for it")
     names = ["Runs", "Live", "Evaluation", "Teachers vs student", "Sweep", "Curation", "PCA maps"]
     tabs = dict(zip(names, st.tabs(names)))
     with tabs["Runs"]:

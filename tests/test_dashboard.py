@@ -346,3 +346,23 @@ def test_images_outside_a_run_directory_are_never_shown(tmp_path, monkeypatch):
     at.run()
     assert not at.exception
     assert not at.get("image") and any("No pca_maps.png" in i.value for i in at.info)
+
+
+def test_a_damaged_eval_json_is_one_warning_and_the_other_runs_still_show(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    _write_run(runs / "good", 0, "good", 0, "arkd", 256, rng)
+    _write_run(runs / "torn", 1, "torn", 1, "arkd", 256, rng)
+    (runs / "torn" / "eval.json").write_text('{"knn": {"fmnist": {')  # a killed writer's half file
+    monkeypatch.setenv("AMOE_RUNS_DIR", str(runs))
+    monkeypatch.setenv("AMOE_CURATION_DIR", str(tmp_path / "no-curation"))
+    monkeypatch.setenv("AMOE_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'none.db'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    damaged = [w.value for w in at.warning if "eval.json is damaged" in w.value]
+    assert len(damaged) == 1 and damaged[0].startswith("torn/eval.json is damaged (JSONDecodeError")
+    table = _frame(at, {"run", "variant"}).set_index("run")
+    assert set(table.index) == {"good", "torn"}
+    knn = table.filter(like="kNN")
+    assert knn.loc["good"].notna().all() and knn.loc["torn"].isna().all()

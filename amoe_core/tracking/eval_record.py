@@ -42,18 +42,27 @@ _warned: set[str] = set()
 def read_eval(path: str | Path) -> dict[str, Any]:
     """eval.json as a dict; {} when absent. A damaged file (not JSON, not an object) is one warning naming it, once
     per file and process, and reads as {} so every other run is still shown."""
-    path = Path(path)
+    ev, why = _parse(Path(path))
+    if why is not None:
+        _warn(Path(path), why)
+    return ev
+
+
+def damage(path: str | Path) -> str | None:
+    """Why eval.json at `path` cannot be read (None when it is readable or absent): for a page that lists it."""
+    return _parse(Path(path))[1]
+
+
+def _parse(path: Path) -> tuple[dict[str, Any], str | None]:
     try:
         ev = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}
+        return {}, None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        _warn(path, f"{type(e).__name__}: {' '.join(str(e).split())[:160]}")
-        return {}
+        return {}, f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
     if not isinstance(ev, dict):
-        _warn(path, f"holds a JSON {type(ev).__name__}, not an object")
-        return {}
-    return ev
+        return {}, f"holds a JSON {type(ev).__name__}, not an object"
+    return ev, None
 
 
 def _warn(path: Path, why: str) -> None:
