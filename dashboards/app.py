@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from amoe_core.tracking import eval_record
 from amoe_core.tracking.palette import TEACHER_PREFIX, variant_colours
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order
@@ -87,8 +88,11 @@ def load_runs(runs_dir: str, include_sweeps: bool, fingerprint_key: tuple) -> di
         "knn": tagged([loaders.knn_rows(n, e) for n, e in evals.items()], loaders.knn_rows("", {})),
         "linear": tagged([loaders.linear_rows(n, e) for n, e in evals.items()], loaders.linear_rows("", {})),
         "fidelity": tagged([loaders.fidelity_rows(n, e) for n, e in evals.items()], loaders.fidelity_rows("", {})),
+        "dense": tagged([loaders.result_rows(n, e) for n, e in evals.items()], loaders.result_rows("", {})),
+        "teachers_dense": loaders.result_rows(TEACHERS_RUN, teachers),
         "teachers_knn": teacher_knn,
         "pca": {n: str(p) for n, r in names.items() if (p := pca_file(r, evals[n])) is not None},
+        "damaged": {n: why for n, r in names.items() if (why := eval_record.damage(r.eval_file)) is not None},
     }
 
 
@@ -226,6 +230,20 @@ def eval_view(data: dict[str, Any], selected: list[str]) -> None:
         st.subheader("Linear probe accuracy (%)")
         lt = lin.assign(resolution=lin.resolution.astype(str) + "px")
         table(loaders.mean_std_table(lt, ["variant", "feature", "dataset"], "resolution"))
+    dense = data["dense"][data["dense"].run.isin(selected)]
+    teachers_dense = data["teachers_dense"]
+    teachers_dense = teachers_dense.assign(variant="teacher " + teachers_dense.feature.str.split(":").str[1])
+    both = pd.concat([teachers_dense, dense], ignore_index=True)
+    for section, metric, title in (
+        ("zero_shot", "top1", "Zero-shot top-1 (%)"),
+        ("segmentation", "miou", "Segmentation mIoU (%)"),
+        ("segmentation", "pixel_acc", "Segmentation pixel accuracy (%)"),
+    ):
+        rows = both[(both.section == section) & (both.metric == metric)]
+        if not rows.empty:
+            st.subheader(title)
+            rows = rows.assign(resolution=rows.resolution.astype(str) + "px")
+            table(loaders.mean_std_table(rows, ["variant", "feature", "dataset"], "resolution", "value"))
     fid = data["fidelity"][data["fidelity"].run.isin(selected)]
     if not fid.empty:
         st.subheader("Student-teacher fidelity")
@@ -389,6 +407,8 @@ def main() -> None:
         st.caption(f"Curation: `{roots['curation']}`  \nOptuna storage: `{roots['storage']}`")
     if not data["runs"]:
         st.info(f"No runs under {runs_dir!r} yet: `amoe distill` (or `make demo`) creates them.")
+    for name, why in sorted(data["damaged"].items()):  # one line per damaged file; the other runs still show
+        st.warning(f"{name}/eval.json is damaged ({why}): this run shows no evaluation; rerun `amoe evaluate` for it")
     names = ["Runs", "Live", "Evaluation", "Teachers vs student", "Sweep", "Curation", "PCA maps"]
     tabs = dict(zip(names, st.tabs(names)))
     with tabs["Runs"]:

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from amoe_core.experiments.findings import Effect
+from amoe_core.tracking import eval_record
 from amoe_core.tracking.runs import SWEEP_DIR, TEACHERS_RUN, RunDir, flatten, student_runs
 from amoe_core.tracking.variants import (
     HEADLINE_K,
@@ -207,24 +208,32 @@ def expert_load(run: RunDir, name: str) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------------------- eval
 def knn_rows(run_id: str, ev: dict[str, Any]) -> pd.DataFrame:
     """eval.json's kNN block as rows (run, dataset, feature, resolution, k, accuracy)."""
-    rows = [
-        {"run": run_id, "dataset": ds, "feature": feat, "resolution": int(res[:-2]), "k": int(k[1:]), "accuracy": acc}
-        for ds, by_feat in (ev.get("knn") or {}).items()
-        for feat, by_res in by_feat.items()
-        for res, by_k in by_res.items()
-        for k, acc in by_k.items()
+    out = [
+        {"run": run_id, **_where(r), "k": int(r["metric"][1:]), "accuracy": r["value"]}
+        for r in eval_record.rows(ev, eval_record.KNN)
+        if r["metric"][:1] == "k" and r["metric"][1:].isdigit()
     ]
-    return pd.DataFrame(rows, columns=["run", "dataset", "feature", "resolution", "k", "accuracy"])
+    return pd.DataFrame(out, columns=["run", "dataset", "feature", "resolution", "k", "accuracy"])
+
+
+def _where(row: dict[str, Any]) -> dict[str, Any]:
+    return {c: row[c] for c in ("dataset", "feature", "resolution")}
 
 
 def linear_rows(run_id: str, ev: dict[str, Any]) -> pd.DataFrame:
-    rows = [
-        {"run": run_id, "dataset": ds, "feature": feat, "resolution": int(res[:-2]), "accuracy": acc}
-        for ds, by_feat in (ev.get("linear") or {}).items()
-        for feat, by_res in by_feat.items()
-        for res, acc in by_res.items()
+    out = [{"run": run_id, **_where(r), "accuracy": r["value"]} for r in eval_record.rows(ev, eval_record.LINEAR)]
+    return pd.DataFrame(out, columns=["run", "dataset", "feature", "resolution", "accuracy"])
+
+
+def result_rows(run_id: str, ev: dict[str, Any]) -> pd.DataFrame:
+    """eval.json's zero-shot and segmentation sections as rows (run, section, dataset, feature, resolution, metric,
+    value): metric is "top1" for zero-shot, "miou" / "pixel_acc" for segmentation."""
+    out = [
+        {"run": run_id, "section": section, **_where(r), "metric": r["metric"], "value": r["value"]}
+        for section in (eval_record.ZERO_SHOT, eval_record.SEGMENTATION)
+        for r in eval_record.rows(ev, section)
     ]
-    return pd.DataFrame(rows, columns=["run", "dataset", "feature", "resolution", "accuracy"])
+    return pd.DataFrame(out, columns=["run", "section", "dataset", "feature", "resolution", "metric", "value"])
 
 
 def fidelity_rows(run_id: str, ev: dict[str, Any]) -> pd.DataFrame:

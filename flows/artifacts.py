@@ -12,8 +12,9 @@ from typing import Any
 
 from amoe_core.config import Params
 from amoe_core.experiments.findings import HEADING as FINDINGS_HEADING
+from amoe_core.tracking.eval_record import HEADLINE_FEATURE, HEADLINE_K, KNN, SEGMENTATION, ZERO_SHOT, lookup, value
+from amoe_core.tracking.eval_record import rows as rows_of
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
-from amoe_core.tracking.variants import lookup
 
 # stage -> the `amoe` command that runs it by hand (amoe_core/cli.py), and what it does (the flows' `stage` choices;
 # markdown: a path with <placeholders> goes in backticks, or the UI renders it as an HTML tag and drops it)
@@ -30,7 +31,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "ablate": ("amoe ablate", "the paper's ablations as DVC experiments -> results/ablations"),
     "report": ("amoe report", "docs/RESULTS.md from the evaluated runs"),
 }
-HEADLINE = ("student:ensemble", "k20")  # the headline kNN of the report and dashboard
 
 
 def _section(report: Path, heading: str) -> list[str]:
@@ -64,11 +64,21 @@ def _table(rows: list[tuple[str, str]]) -> list[str]:
 def _knn_rows(ev: dict[str, Any], params: Params, features: list[str]) -> list[tuple[str, str]]:
     res = f"{params.evaluate.main_resolution}px"
     rows = []
-    for dataset in sorted(ev.get("knn") or {}):
+    for dataset in sorted(ev.get(KNN) or {}):
         for feat in features:
-            acc = lookup(ev, "knn", dataset, feat, res, HEADLINE[1])
-            if isinstance(acc, int | float):
-                rows.append((f"kNN {dataset}, {feat} ({res}, {HEADLINE[1]})", f"{100 * acc:.1f}%"))
+            acc = value(ev, "knn", dataset, feat, res, HEADLINE_K)
+            if acc is not None:
+                rows.append((f"kNN {dataset}, {feat} ({res}, {HEADLINE_K})", f"{100 * acc:.1f}%"))
+    return rows
+
+
+def _dense_rows(ev: dict[str, Any]) -> list[tuple[str, str]]:
+    """Zero-shot top-1 and segmentation mIoU / pixel accuracy, every feature and resolution they ran at."""
+    rows = []
+    for section, label in ((ZERO_SHOT, "zero-shot"), (SEGMENTATION, "segmentation")):
+        for r in rows_of(ev, section):
+            what = label if section == ZERO_SHOT else f"{label} {r['metric']}"
+            rows.append((f"{what} {r['dataset']}, {r['feature']} ({r['resolution']}px)", f"{100 * r['value']:.1f}%"))
     return rows
 
 
@@ -83,9 +93,10 @@ def _run_rows(run: RunDir, params: Params, teachers: bool = False) -> list[tuple
             rows.append(("tokens/s (median after warm-up)", f"{summary['tokens_per_s']:,.0f}"))
     ev = run.eval()
     if ev:
-        knn = ev.get("knn") or {}
+        knn = ev.get(KNN) or {}
         feats = sorted({f for by_f in knn.values() for f in by_f if f.startswith("teacher:")}) if teachers else []
-        rows += _knn_rows(ev, params, feats or [HEADLINE[0]])
+        rows += _knn_rows(ev, params, feats or [HEADLINE_FEATURE])
+        rows += _dense_rows(ev)
     return rows
 
 

@@ -51,6 +51,16 @@ def _eval(run_index: int, features: list[str]) -> dict:
             }
             for di, d in enumerate(DATASETS)
         },
+        "zero_shot": {
+            d: {f: {"64px": _acc(run_index, di, fi, 1, 7)} for fi, f in enumerate(features) if f.endswith(":siglip")}
+            for di, d in enumerate(DATASETS)
+        },
+        "segmentation": {
+            "voc": {
+                f: {"64px": {"miou": _acc(run_index, 0, fi, 1, 5) - 0.4, "pixel_acc": 0.9}}
+                for fi, f in enumerate(features)
+            }
+        },
         "fidelity": {
             t: {"summary_cos": 0.9, "patch_cos": 0.8, "cka": 0.7, "spearman": 0.6} for t in ("dino", "siglip")
         },
@@ -270,6 +280,28 @@ def _panels(spec: Any) -> list[dict]:
 
 
 REFERENCE_LABELS = ["reference", "relational=rkd, c_max=128"]
+
+
+def test_zero_shot_and_segmentation_tables_put_teachers_beside_the_student(app):
+    heads = [h.value for h in app.subheader]
+    assert {"Zero-shot top-1 (%)", "Segmentation mIoU (%)", "Segmentation pixel accuracy (%)"} <= set(heads)
+    zs_at = heads.index("Zero-shot top-1 (%)")
+    frames = [d.value for d in app.dataframe if {"variant", "feature", "dataset", "64px"} <= set(d.value.columns)]
+    zs = next(
+        f
+        for f in frames
+        if (f.variant == "teacher siglip").any() and set(f.feature) <= {"student:siglip", "teacher:siglip"}
+    )
+    fi = STUDENT_FEATURES.index("student:siglip")
+    beta = zs[(zs.variant == "relational=rkd, c_max=128") & (zs.dataset == "clipart")].iloc[0]
+    assert beta["64px"] == f"{100 * _acc(2, 1, fi, 1, 7):.1f}"
+    teacher = zs[(zs.variant == "teacher siglip") & (zs.dataset == "fmnist")].iloc[0]
+    assert teacher["64px"] == f"{100 * _acc(5, 0, 1, 1, 7):.1f}"  # teacher:siglip is the second teacher feature
+    seg = next(f for f in frames if set(f.dataset) == {"voc"} and (f.feature == "student:native").any())
+    ref = seg[(seg.variant == "reference") & (seg.feature == "student:native")].iloc[0]
+    a, b = (100 * (_acc(i, 0, 2, 1, 5) - 0.4) for i in (0, 1))
+    assert ref["64px"] == f"{statistics.fmean([a, b]):.1f} ± {statistics.stdev([a, b]):.1f}"
+    assert zs_at < heads.index("Segmentation mIoU (%)")
 
 
 def test_every_chart_gives_a_variant_the_palettes_colour(app):
@@ -532,3 +564,23 @@ def test_readme_numbers_and_the_screenshots_source_agree_with_results_md():
         assert [d["kNN fmnist % (ensemble, 64px, k20)"], d["kNN clipart % (ensemble, 64px, k20)"]] == row[1:3]
         assert d["kNN avg % (64px, k20)"] == row[3] and d["tokens/s"] == tokens[label]
     assert seen == set(README_ROWS.values())
+
+
+def test_a_damaged_eval_json_is_one_warning_and_the_other_runs_still_show(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(0)
+    _write_run(runs / "good", 0, "good", 0, "arkd", 256, rng)
+    _write_run(runs / "torn", 1, "torn", 1, "arkd", 256, rng)
+    (runs / "torn" / "eval.json").write_text('{"knn": {"fmnist": {')  # a killed writer's half file
+    monkeypatch.setenv("AMOE_RUNS_DIR", str(runs))
+    monkeypatch.setenv("AMOE_CURATION_DIR", str(tmp_path / "no-curation"))
+    monkeypatch.setenv("AMOE_OPTUNA_STORAGE", f"sqlite:///{tmp_path / 'none.db'}")
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    damaged = [w.value for w in at.warning if "eval.json is damaged" in w.value]
+    assert len(damaged) == 1 and damaged[0].startswith("torn/eval.json is damaged (JSONDecodeError")
+    table = _frame(at, {"run", "variant"}).set_index("run")
+    assert set(table.index) == {"good", "torn"}
+    knn = table.filter(like="kNN")
+    assert knn.loc["good"].notna().all() and knn.loc["torn"].isna().all()

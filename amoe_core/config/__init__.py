@@ -38,6 +38,7 @@ PUBLIC: dict[str, str] = {
     "StudentConfig": "amoe_core.config.student",
     "SweepConfig": "amoe_core.config.sweep",
     "TeacherSpec": "amoe_core.config.teachers",
+    "ZeroShotConfig": "amoe_core.config.evaluate",
     "apply_override": "amoe_core.config.load",
     "dump_params": "amoe_core.config.section",
     "load_params": "amoe_core.config.load",

@@ -67,6 +67,17 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _zero_shot_teacher(self) -> Params:
+        zs = self.evaluate.zero_shot
+        kinds = {t.name: t.kind for t in self.teachers}
+        if zs is not None and kinds.get(zs.teacher) != "siglip2":
+            raise ConfigError(
+                f"invalid evaluate.zero_shot.teacher = {zs.teacher!r}: must name a teacher of kind siglip2 "
+                f"(teachers: {kinds}); its path must be a full Siglip2Model directory with a tokenizer"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> Params:
         sel = self.distill.selection
         if sel is not None and sel.suffix != ".parquet":

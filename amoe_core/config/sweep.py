@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -21,7 +22,9 @@ class SweepConfig(Section):
     seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 0 .. 2**32 - 1
     search: list[str] = Field(default_factory=list)  # dimensions of amoe_core/sweep/space.py to search; [] = all
     overrides: list[str] = Field(default_factory=list)  # applied to every trial, e.g. evaluate.resolutions=[64]
-    feature: str = "student:ensemble"  # scored feature: mean over datasets of kNN at evaluate.main_resolution
+    feature: str = "student:ensemble"  # scored feature: mean over datasets of `metric` at evaluate.main_resolution
+    # scored eval.json metric: knn (at k), linear, zero_shot, segmentation (mIoU), segmentation.pixel_acc
+    metric: Literal["knn", "linear", "zero_shot", "segmentation", "segmentation.pixel_acc"] = "knn"
     k: int = Field(20, ge=1)
     objective: str = "amoe_core.sweep.objective:distill_knn"  # module:function(trial, params) -> float
     pruner_startup_trials: int = Field(3, ge=0)  # median pruning starts once this many trials completed

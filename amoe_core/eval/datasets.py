@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ from amoe_core.data.decode import to_rgb
 from amoe_core.data.labelled_folders import list_labelled_folder
 from amoe_core.data.shards import read_shard
 from amoe_core.errors import AmoeError
+
+Sizer = Callable[[int, int], tuple[int, int]]  # an image's (height, width) -> the (height, width) it is evaluated at
 
 
 @dataclass
@@ -62,7 +64,13 @@ class LabelledSet:
 
     def image(self, i: int, resolution: int) -> torch.Tensor:
         """Image i as [3, r, r] float in [0, 1] (bicubic, antialiased by PIL when shrinking)."""
-        im = self.pil(i).resize((resolution, resolution), Image.Resampling.BICUBIC)
+        return self.image_sized(i, lambda h, w: (resolution, resolution))
+
+    def image_sized(self, i: int, size: Sizer) -> torch.Tensor:
+        """Image i as [3, H, W] float in [0, 1], (H, W) = size(its height, its width) (bicubic, as the release)."""
+        im = self.pil(i)
+        h, w = size(im.height, im.width)
+        im = im.resize((w, h), Image.Resampling.BICUBIC)
         return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
 
     def batches(self, resolution: int, batch_size: int) -> Iterator[torch.Tensor]:

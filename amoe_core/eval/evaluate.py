@@ -16,20 +16,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amoe_core.config.evaluate import EvaluateConfig
+from amoe_core.config.evaluate import EvalDataset, EvaluateConfig
 from amoe_core.config.teachers import TeacherSpec
 from amoe_core.device import pick_device
 from amoe_core.errors import AmoeError, ConfigError
-from amoe_core.eval.datasets import LabelledSet, load_pair
+from amoe_core.eval.datasets import LabelledSet, Sizer, load_pair
 from amoe_core.eval.features import (
+    SIGLINO_MIN_PIXELS,
     Extractor,
     Feats,
+    bf16_autocast,
     cached_teacher_summaries,
     ensemble,
     extract_summaries,
+    release_size,
     smart_resize,
     student_extractor,
     teacher_extractor,
+    teacher_fingerprint,
 )
 from amoe_core.eval.fidelity import fidelity
 from amoe_core.eval.knn import knn_accuracy, knn_ensemble_accuracy
@@ -37,11 +41,23 @@ from amoe_core.eval.labels import LabelledFeatures
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
+from amoe_core.eval.segmentation import (
+    Patches,
+    SegmentationSet,
+    cached_patches,
+    extract_patches,
+    load_voc_pair,
+    n_classes_of,
+    segmentation_probe,
+)
 from amoe_core.eval.summary import summary_lines
+from amoe_core.eval.text_tower import Siglip2TextTower, load_text_tower
+from amoe_core.eval.zero_shot import class_embeddings, class_names, zero_shot_accuracy
 from amoe_core.models.release import siglino
 from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.models.trained import load_student
 from amoe_core.outputs import output_lock
+from amoe_core.tracking.eval_record import HEADLINE_FEATURE, SEGMENTATION, ZERO_SHOT
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 
 if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
@@ -52,8 +68,7 @@ log = logging.getLogger(__name__)
 PCA_FILE = "pca_maps.png"
 RESOLUTION_CSV = "resolution.csv"
 RESOLUTION_PNG = "resolution.png"
-ENSEMBLE = "student:ensemble"
-SIGLINO_MIN_PIXELS = 128 * 128  # the released SigLino processor's default minimum image area
+ENSEMBLE = HEADLINE_FEATURE
 FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
 
 
@@ -73,33 +88,140 @@ def resolutions(params: Params) -> list[int]:
 
 
 class TeacherBank:
-    """Teachers loaded on first use (a cached run never loads them)."""
+    """Teachers (and a zero-shot text tower) loaded on first use (a cached run never loads them)."""
 
     def __init__(self, specs: list[TeacherSpec], device: torch.device) -> None:
         self.specs, self.device, self._loaded = {s.name: s for s in specs}, device, {}
+        self._text: dict[str, Siglip2TextTower] = {}
 
     def extractor(self, name: str) -> Extractor:
         if name not in self._loaded:
             self._loaded[name] = teacher_extractor(name, load_teacher(self.specs[name], self.device))
         return self._loaded[name]
 
+    def text_tower(self, name: str) -> Siglip2TextTower:
+        if name not in self._text:
+            self._text[name] = load_text_tower(self.specs[name], self.device)
+        return self._text[name]
+
+
+def _zero_shot(
+    params: Params, bank: TeacherBank, ds_name: str, train: LabelledSet, test: LabelledSet,
+    fte: dict[str, np.ndarray], res: int, results: dict[str, Any], class_emb: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """Top-1 through the text tower for every test feature in that teacher's space (teacher:T, student:T)."""
+    zs = params.evaluate.zero_shot
+    if zs is None:
+        return
+    for name in (f"teacher:{zs.teacher}", f"student:{zs.teacher}"):
+        if name not in fte:
+            continue
+        if ds_name not in class_emb:
+            names = class_names(train.spec, train.classes)
+            class_emb[ds_name] = class_embeddings(
+                bank.text_tower(zs.teacher), names, zs.templates, params.evaluate.cache
+            )
+        emb = class_emb[ds_name]
+        if emb.shape[1] != fte[name].shape[1]:
+            log.warning(
+                "zero-shot: %s has width %d, the text tower %d; not scored", name, fte[name].shape[1], emb.shape[1]
+            )
+            continue
+        acc = zero_shot_accuracy(fte[name], test.labels, emb)
+        results.setdefault(ZERO_SHOT, {}).setdefault(ds_name, {}).setdefault(name, {})[f"{res}px"] = acc
+
+
+def image_sizing(params: Params, ds: EvalDataset, res: int) -> tuple[Sizer | None, str]:
+    """How images of `ds` are sized at `res`: square (None), or the release's smart resize under ds.max_pixels
+    (res² when unset); the second value names the sizing in cache keys."""
+    if params.evaluate.preprocess != "release":
+        return None, ""
+    max_pixels = ds.max_pixels or res * res
+    return release_size(params.packing.patch_size, max_pixels), f"release{max_pixels}"
+
 
 def _split_features(
-    params: Params, bank: TeacherBank, student: Extractor | None, dataset: str, split: str, data: LabelledSet, res: int
+    params: Params,
+    bank: TeacherBank,
+    student: Extractor | None,
+    ds: EvalDataset,
+    split: str,
+    data: LabelledSet,
+    res: int,
 ) -> dict[str, np.ndarray]:
     cfg: EvaluateConfig = params.evaluate
+    dataset = ds.name
+    size, tag = image_sizing(params, ds, res)
     if student is None:
         return {
             f"teacher:{name}": cached_teacher_summaries(
-                cfg.cache, dataset, split, data, res, spec, lambda n=name: bank.extractor(n), cfg.batch_size
+                cfg.cache, dataset, split, data, res, spec, lambda n=name: bank.extractor(n), cfg.batch_size, size, tag
             )
             for name, spec in bank.specs.items()
         }
-    feats = extract_summaries(student, data, res, cfg.batch_size, desc=f"student {dataset}/{split} {res}px")
+    desc = f"student {dataset}/{split} {res}px"
+    feats = extract_summaries(student, data, res, cfg.batch_size, desc=desc, size=size)
     per_teacher = [feats[f"student:{t}"] for t in bank.specs if f"student:{t}" in feats]
     if len(per_teacher) > 1:
         feats[ENSEMBLE] = ensemble(per_teacher)
     return feats
+
+
+def _patch_grids(extractor: Extractor) -> Patches:
+    """An extractor's patch tokens as square grids: images [B, 3, r, r] -> {feature: [B, g, g, D]}."""
+
+    def patches(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, f in extractor(images).items():
+            g = int(round(f.patches.shape[1] ** 0.5))
+            out[name] = f.patches.reshape(len(images), g, g, -1)
+        return out
+
+    return patches
+
+
+def _segmentation(
+    params: Params, bank: TeacherBank, student: Extractor | None, ds: EvalDataset, device: torch.device
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The dense linear probe at the main resolution on every patch feature: the student's own and per-teacher
+    tokens, or (no student) each teacher's, whose patch features are cached like its summaries."""
+    cfg, res = params.evaluate, params.evaluate.main_resolution
+    train, test = load_voc_pair(ds.train, ds.test)
+    masks = {"train": [train.mask(i) for i in range(len(train))], "test": [test.mask(i) for i in range(len(test))]}
+    n_classes = n_classes_of(masks["train"])
+    log.info(
+        "evaluate %s: %d train / %d test images, %d classes (segmentation)", ds.name, len(train), len(test), n_classes
+    )
+    feats: dict[str, dict[str, np.ndarray]] = {}
+    for split, data in (("train", train), ("test", test)):
+        if student is not None:
+            feats[split] = extract_patches(_patch_grids(student), data, res, cfg.batch_size)
+            continue
+        feats[split] = {}
+        for name, spec in bank.specs.items():
+            path = cfg.cache / ds.name / f"seg-{split}-{data.fingerprint()}" / f"{res}px"
+            path = path / f"{name}-{teacher_fingerprint(spec)}-patches.npy"
+
+            def compute(n: str = name, d: SegmentationSet = data) -> np.ndarray:
+                return extract_patches(_patch_grids(bank.extractor(n)), d, res, cfg.batch_size)[f"teacher:{n}"]
+
+            feats[split][f"teacher:{name}"] = cached_patches(path, compute, len(data))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in sorted(feats["train"]):
+        m = segmentation_probe(
+            feats["train"][name], masks["train"], feats["test"][name], masks["test"], n_classes, cfg.seg_epochs,
+            cfg.seg_lr, params.seed, device,
+        )  # fmt: skip
+        out[name] = {f"{res}px": m}
+        log.info(
+            "evaluate %s %s at %dpx: mIoU %.1f%%, pixel accuracy %.1f%%",
+            ds.name,
+            name,
+            res,
+            100 * m["miou"],
+            100 * m["pixel_acc"],
+        )
+    return out
 
 
 def _features_of(extractors: list[Extractor], images: torch.Tensor, batch_size: int) -> dict[str, Feats]:
@@ -124,6 +246,8 @@ def evaluate(
     cfg: EvaluateConfig = params.evaluate
     res_list = resolutions(params)
     device = device or pick_device()
+    if student is not None:
+        student = bf16_autocast(student, device, cfg.bf16)
     bank = TeacherBank(params.teachers, device)
     results: dict[str, Any] = {"knn": {}, "linear": {}, "fidelity": {}, "pca_maps": PCA_FILE}
     if checkpoint_step is not None:
@@ -131,15 +255,20 @@ def evaluate(
     samples: list[list[torch.Tensor]] = []  # per dataset: test images at the main resolution (fidelity)
     tests: list[LabelledSet] = []  # per dataset: the test split (PCA maps)
     for ds in cfg.datasets:
+        if ds.task == "segmentation":
+            results.setdefault(SEGMENTATION, {})[ds.name] = _segmentation(params, bank, student, ds, device)
+            continue
         train, test = load_pair(ds.train, ds.test, cfg.max_train_per_dataset, params.seed)
         log.info(
             "evaluate %s: %d train / %d test images, %d classes", ds.name, len(train), len(test), len(train.classes)
         )
         knn_ds, lin_ds = results["knn"].setdefault(ds.name, {}), results["linear"].setdefault(ds.name, {})
+        class_emb: dict[str, np.ndarray] = {}
         for res in res_list:
             log.info("evaluate %s %dpx: features, kNN%s", ds.name, res, ", linear probe" * (res == cfg.main_resolution))
-            ftr = _split_features(params, bank, student, ds.name, "train", train, res)
-            fte = _split_features(params, bank, student, ds.name, "test", test, res)
+            ftr = _split_features(params, bank, student, ds, "train", train, res)
+            fte = _split_features(params, bank, student, ds, "test", test, res)
+            _zero_shot(params, bank, ds.name, train, test, fte, res, results, class_emb)
             for name in ftr:
                 labelled = LabelledFeatures(ftr[name], train.labels, fte[name], test.labels)
                 if name == ENSEMBLE:  # the released protocol: per-teacher votes, entropy-weighted fusion
@@ -169,7 +298,7 @@ def evaluate(
     if student is not None:
         log.info("evaluate: fidelity to the teachers on %d test images", sum(len(s) for s in samples))
         feats = [_features_of(extractors, torch.stack(s), cfg.batch_size) for s in samples]
-        for t in bank.specs:
+        for t in bank.specs if feats else []:
             if f"student:{t}" not in feats[0]:
                 continue
             s_f, t_f = feats[0][f"student:{t}"], feats[0][f"teacher:{t}"]
@@ -181,8 +310,9 @@ def evaluate(
             s_pat = torch.cat([f[f"student:{t}"].patches.flatten(0, 1) for f in feats]).numpy()
             t_pat = torch.cat([f[f"teacher:{t}"].patches.flatten(0, 1) for f in feats]).numpy()
             results["fidelity"][t] = fidelity(s_sum, t_sum, s_pat, t_pat)
-    log.info("evaluate: PCA feature maps of %d test images", min(cfg.pca_images, sum(len(s) for s in samples)))
-    _write_pca(params, out, tests, extractors, max(res_list))
+    if tests:
+        log.info("evaluate: PCA feature maps of %d test images", min(cfg.pca_images, sum(len(s) for s in samples)))
+        _write_pca(params, out, tests, extractors, max(res_list))
     write_resolution_csv(results["knn"], out.path / RESOLUTION_CSV)
     plot_resolution(results["knn"], 20 if 20 in cfg.ks else cfg.ks[0], out.path / RESOLUTION_PNG)
     out.write_eval(results)
@@ -261,6 +391,8 @@ def run(
         if not model.startswith("siglino:"):
             raise ConfigError(f"--model {model!r}: expected siglino:CHECKPOINT[@CONFIG]")
         run_id, extractor = siglino_extractor(params, model, device)
+        # the release's own preprocessing: aspect kept, patch-aligned, under each dataset's max_pixels
+        params = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"preprocess": "release"})})
         out = RunDir(runs_dir / run_id)
         out.path.mkdir(parents=True, exist_ok=True)
         with output_lock(f"evaluate --model {model}", out.path):

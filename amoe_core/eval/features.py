@@ -30,7 +30,7 @@ from amoe_core.config.teachers import TeacherSpec
 from amoe_core.data.packed import PackedBatch
 from amoe_core.data.packing import assemble
 from amoe_core.data.resolution import patchify
-from amoe_core.eval.datasets import LabelledSet
+from amoe_core.eval.datasets import LabelledSet, Sizer
 from amoe_core.eval.knn import l2_normalise
 from amoe_core.io import atomic_path
 from amoe_core.progress import progress
@@ -45,6 +45,7 @@ class Feats:
 
 
 Extractor = Callable[[Tensor], dict[str, Feats]]
+SIGLINO_MIN_PIXELS = 128 * 128  # the released SigLino processor's default minimum image area
 
 
 def teacher_extractor(name: str, teacher: torch.nn.Module) -> Extractor:
@@ -122,16 +123,50 @@ def ensemble(per_teacher: list[np.ndarray]) -> np.ndarray:
 
 
 def extract_summaries(
-    extractor: Extractor, data: LabelledSet, resolution: int, batch_size: int, desc: str = ""
+    extractor: Extractor, data: LabelledSet, resolution: int, batch_size: int, desc: str = "", size: Sizer | None = None
 ) -> dict[str, np.ndarray]:
-    """Summaries of every image of `data` at `resolution`: {name: float32 [n, D]}."""
-    chunks: dict[str, list[np.ndarray]] = {}
+    """Summaries of every image of `data`: {name: float32 [n, D]}. Images are square at `resolution`, or sized by
+    `size` (the release preprocessing: sizes differ, so images are batched with others of their size)."""
+    if size is None:
+        size = lambda h, w: (resolution, resolution)  # noqa: E731 (the square default)
+    out: dict[str, list[np.ndarray | None]] = {}
+    pending: dict[tuple[int, int], list[tuple[int, Tensor]]] = {}
+
+    def flush(key: tuple[int, int]) -> None:
+        idx, images = zip(*pending.pop(key))
+        for name, f in extractor(torch.stack(images)).items():
+            rows = out.setdefault(name, [None] * len(data))
+            for i, row in zip(idx, f.summary.float().cpu().numpy()):
+                rows[i] = row
+
     with progress(total=len(data), desc=desc or f"features {resolution}px", unit="img") as bar:
-        for images in data.batches(resolution, batch_size):
-            for name, f in extractor(images).items():
-                chunks.setdefault(name, []).append(f.summary.float().cpu().numpy())
-            bar.update(len(images))
-    return {name: np.concatenate(c).astype(np.float32) for name, c in chunks.items()}
+        for i in range(len(data)):
+            im = data.image_sized(i, size)
+            key = (im.shape[1], im.shape[2])
+            pending.setdefault(key, []).append((i, im))
+            if len(pending[key]) == batch_size:
+                flush(key)
+            bar.update(1)
+        for key in list(pending):
+            flush(key)
+    return {name: np.stack(rows).astype(np.float32) for name, rows in out.items()}
+
+
+def release_size(patch_size: int, max_pixels: int) -> Sizer:
+    """The released SigLino processor's sizing: aspect kept, sides patch-aligned, area in [128², max_pixels]."""
+    return lambda h, w: smart_resize(h, w, patch_size, SIGLINO_MIN_PIXELS, max_pixels)
+
+
+def bf16_autocast(extractor: Extractor, device: torch.device, enabled: bool) -> Extractor:
+    """The extractor under bf16 autocast (as the release evaluates) when `enabled` on CUDA; else unchanged."""
+    if not enabled or device.type != "cuda":
+        return extractor
+
+    def extract(images: Tensor) -> dict[str, Feats]:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return extractor(images)
+
+    return extract
 
 
 def teacher_fingerprint(spec: TeacherSpec) -> str:
@@ -155,13 +190,16 @@ def cached_teacher_summaries(
     spec: TeacherSpec,
     load: Callable[[], Extractor],
     batch_size: int,
+    size: Sizer | None = None,
+    preprocess: str = "",
 ) -> np.ndarray:
-    """teacher:<t> summaries of a split at a resolution, read from the cache or computed once and cached (atomic)."""
+    """teacher:<t> summaries of a split at a resolution, read from the cache or computed once and cached (atomic).
+    `preprocess` names a non-square sizing (`size`) in the cache key."""
     path = (
         cache
         / dataset
         / f"{split}-{data.fingerprint()}"
-        / f"{resolution}px"
+        / (f"{resolution}px-{preprocess}" if preprocess else f"{resolution}px")
         / f"{spec.name}-{teacher_fingerprint(spec)}.npy"
     )
     if path.exists():
@@ -173,7 +211,7 @@ def cached_teacher_summaries(
             pass
         log.warning("ignoring unreadable feature cache %s", path)
     feats = extract_summaries(
-        load(), data, resolution, batch_size, desc=f"{spec.name} {dataset}/{split} {resolution}px"
+        load(), data, resolution, batch_size, desc=f"{spec.name} {dataset}/{split} {resolution}px", size=size
     )
     arr = feats[f"teacher:{spec.name}"]
     with atomic_path(path, suffix=".npy") as tmp:
@@ -182,6 +220,7 @@ def cached_teacher_summaries(
         "dataset": data.spec,
         "images": len(data),
         "resolution": resolution,
+        "preprocess": preprocess or "square",
         "teacher": spec.model_dump(mode="json"),
     }
     (path.parent / f"{path.stem}.json").write_text(json.dumps(meta, indent=2))

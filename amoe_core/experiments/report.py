@@ -11,6 +11,7 @@ import logging
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
@@ -19,6 +20,7 @@ from amoe_core.experiments.findings import HEADING as FINDINGS_HEADING
 from amoe_core.experiments.findings import findings
 from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text, check_file_output
+from amoe_core.tracking import eval_record
 from amoe_core.tracking.palette import variant_colours
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import (
@@ -61,6 +63,36 @@ def _shared_recipe(runs: list[RunDir]) -> str:
         if key in flat[0] and key not in differing_keys(flat)
     ]
     return f" Every run: {', '.join(shared)}." if shared else ""
+
+
+def _dense_section(variants: list[Variant], teacher_eval: dict[str, Any]) -> list[str]:
+    """Zero-shot top-1 and segmentation mIoU per dataset, each at every resolution it ran at, for the teachers and
+    each variant's features; nothing when no run evaluated them (the report is unchanged for such runs)."""
+    evals = [teacher_eval] + [r.eval() for v in variants for r in v.runs]
+    found = {(m, r["dataset"], r["resolution"]) for ev in evals for m, sec in _DENSE for r in eval_record.rows(ev, sec)}
+    cols = sorted(found, key=lambda c: (c[0] != "zero_shot", c[1], c[2]))  # zero-shot columns first
+    if not cols:
+        return []
+    header = ["model", "feature"] + [f"{d} {_DENSE_NAMES[m]} ({px}px)" for m, d, px in cols]
+    feats = sorted({r["feature"] for ev in evals for _, sec in _DENSE for r in eval_record.rows(ev, sec)})
+    rows = []
+    for f in (f for f in feats if f.startswith("teacher:")):
+        vals = [eval_record.value(teacher_eval, m, d, f, f"{px}px") for m, d, px in cols]
+        if any(x is not None for x in vals):
+            rows.append([f"teacher `{f.split(':', 1)[1]}`", f] + [mean_std([x] if x is not None else []) for x in vals])
+    for v in variants:
+        for f in (f for f in feats if f.startswith("student:")):
+            per_col = [
+                [x for r in v.runs if (x := eval_record.value(r.eval(), m, d, f, f"{px}px")) is not None]
+                for m, d, px in cols
+            ]
+            if any(per_col):
+                rows.append([f"student ({v.label})", f] + [mean_std(x) for x in per_col])
+    return ["## Zero-shot and segmentation", "", _table(header, rows), ""]
+
+
+_DENSE = (("zero_shot", eval_record.ZERO_SHOT), ("segmentation", eval_record.SEGMENTATION))
+_DENSE_NAMES = {"zero_shot": "zero-shot", "segmentation": "mIoU"}
 
 
 def build_report(runs_dir: Path, out: Path) -> str:
@@ -116,6 +148,7 @@ def build_report(runs_dir: Path, out: Path) -> str:
         rows.append([f"student ({v.label})"] + [mean_std(x) for x in knn + lin] + [mean_std(avgs)])
     parts += [_table(header, rows), ""]
 
+    parts += _dense_section(variants, teacher_eval)
     parts += [
         "## Student vs the domain experts",
         "",

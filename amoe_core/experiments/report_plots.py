@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from amoe_core.experiments.data_scaling import Point  # noqa: E402
 from amoe_core.io import atomic_path  # noqa: E402
+from amoe_core.tracking.eval_record import value  # noqa: E402
 from amoe_core.tracking.palette import variant_colours  # noqa: E402
-from amoe_core.tracking.variants import Variant, evaluated_resolutions, lookup  # noqa: E402
+from amoe_core.tracking.variants import Variant, evaluated_resolutions  # noqa: E402
 
 
 def resolution_plot(variants: list[Variant], datasets: list[str], k: str, feat: str, path: Path) -> Path | None:
@@ -26,7 +27,7 @@ def resolution_plot(variants: list[Variant], datasets: list[str], k: str, feat: 
             resolutions = evaluated_resolutions(v.runs, [d], feat)
             means = []
             for r in resolutions:
-                vals = [x for e in evs if (x := lookup(e, "knn", d, feat, r, k)) is not None]
+                vals = [x for e in evs if (x := value(e, "knn", d, feat, r, k)) is not None]
                 means.append(100 * statistics.fmean(vals) if vals else float("nan"))
             if resolutions:
                 ax.plot([int(r[:-2]) for r in resolutions], means, marker="o", label=v.label, color=colours[v.label])

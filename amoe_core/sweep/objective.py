@@ -20,6 +20,7 @@ import optuna
 from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError, ConfigError, require_path
 from amoe_core.stages import stage_function
+from amoe_core.tracking import eval_record
 from amoe_core.tracking.runs import SWEEP_DIR, RunDir
 from amoe_core.train.distill import check_inputs as check_distill_inputs
 
@@ -38,7 +39,10 @@ def trial_runs_dir(params: Params) -> Path:
 def objective_name(params: Params) -> str:
     """The study's metric name, as Optuna and optuna-dashboard show it."""
     s = params.sweep
-    return f"kNN accuracy ({s.feature}, {params.evaluate.main_resolution}px, k={s.k}, mean over datasets)"
+    what = {"knn": "kNN accuracy", "linear": "linear probe accuracy", "zero_shot": "zero-shot accuracy"}
+    name = what.get(s.metric, f"{s.metric} (mIoU)" if s.metric == "segmentation" else s.metric)
+    k = f", k={s.k}" if s.metric == "knn" else ""
+    return f"{name} ({s.feature}, {params.evaluate.main_resolution}px{k}, mean over datasets)"
 
 
 # What the intermediate values are (a study user attribute, shown by optuna-dashboard): the pruner compares them in
@@ -72,26 +76,35 @@ def report_intermediate(trial: optuna.Trial, run: RunDir) -> int:
     return n
 
 
-def knn_score(ev: dict[str, Any], feature: str, resolution: int, k: int) -> float:
-    """Mean over datasets of the kNN accuracy of `feature` at `resolution` px and `k` neighbours (eval.json)."""
-    knn = ev.get("knn") or {}
-    if not knn:
-        raise AmoeError("eval.json holds no kNN results; check the evaluate.datasets of the sweep's params")
+def eval_score(ev: dict[str, Any], metric: str, feature: str, resolution: int, k: int) -> float:
+    """Mean over datasets of one eval.json metric (eval_record.METRICS: knn at `k`, linear, zero_shot, segmentation,
+    segmentation.pixel_acc) of `feature` at `resolution` px."""
+    section = eval_record.METRICS[metric][0]
+    found = ev.get(section) or {}
+    if not found:
+        raise AmoeError(f"eval.json holds no {section} results; check the evaluate section of the sweep's params")
     scores = []
-    for dataset, by_feature in sorted(knn.items()):
+    for dataset, by_feature in sorted(found.items()):
         if feature not in by_feature:
             raise ConfigError(f"sweep.feature = {feature!r}: not in eval.json for {dataset}; have {sorted(by_feature)}")
-        by_k = by_feature[feature].get(f"{resolution}px")
-        if by_k is None or f"k{k}" not in by_k:
+        v = eval_record.value(ev, metric, dataset, feature, eval_record.res_key(resolution), f"k{k}")
+        if v is None:
+            where = "evaluate.ks/resolutions" if metric == "knn" else "evaluate.main_resolution"
             raise ConfigError(
-                f"sweep.k = {k} at {resolution}px: not evaluated for {dataset}; check evaluate.ks/resolutions"
+                f"sweep.metric = {metric!r} (k = {k}) at {resolution}px: not evaluated for {dataset}; check {where}"
             )
-        scores.append(float(by_k[f"k{k}"]))
+        scores.append(v)
     return sum(scores) / len(scores)
 
 
+def knn_score(ev: dict[str, Any], feature: str, resolution: int, k: int) -> float:
+    """Mean over datasets of the kNN accuracy of `feature` at `resolution` px and `k` neighbours (eval.json)."""
+    return eval_score(ev, "knn", feature, resolution, k)
+
+
 def distill_knn(trial: optuna.Trial, params: Params) -> float:
-    """Short distillation (`params.distill.steps`, set by the search) then kNN accuracy on the evaluation splits."""
+    """Short distillation (`params.distill.steps`, set by the search) then `sweep.metric` (kNN by default) on the
+    evaluation splits."""
     run = RunDir(params.distill.runs_dir / params.distill.run)
     stage_function("distill")(params)
     report_intermediate(trial, run)
@@ -100,7 +113,8 @@ def distill_knn(trial: optuna.Trial, params: Params) -> float:
             f"feature loss after {params.distill.steps} steps is below the median of earlier trials"
         )
     stage_function("evaluate")(params, run=params.distill.run)
-    score = knn_score(run.eval(), params.sweep.feature, params.evaluate.main_resolution, params.sweep.k)
+    sw = params.sweep
+    score = eval_score(run.eval(), sw.metric, sw.feature, params.evaluate.main_resolution, sw.k)
     trial.set_user_attr("run", params.distill.run)
     return score
 

@@ -13,7 +13,6 @@ Layout of `runs/<run_id>/`:
 from __future__ import annotations
 
 import json
-import logging
 import re
 import statistics
 import time
@@ -24,9 +23,8 @@ from typing import Any
 import yaml
 
 from amoe_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from amoe_core.tracking.eval_record import read_eval
 
-log = logging.getLogger(__name__)
-_WARNED: set[str] = set()  # damaged eval.json files already warned about (the report reads each one many times)
 TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: `amoe evaluate --teachers`, the teachers' own baselines
 SWEEP_DIR = "_sweep"  # runs/_sweep/<study>/<trial>/: `amoe sweep` trials, kept out of list_runs (report, ablations)
 
@@ -128,16 +126,7 @@ class RunDir:
         return read_jsonl(self.metrics_file)
 
     def eval(self) -> dict[str, Any]:
-        """eval.json; a damaged one (a truncated write, an edit) is one warning naming it and reads as no results,
-        so the report and the dashboard still show every other run."""
-        try:
-            results = json.loads(self.eval_file.read_text()) if self.eval_file.exists() else {}
-        except (ValueError, OSError) as e:
-            results = None
-            if str(self.eval_file) not in _WARNED:
-                _WARNED.add(str(self.eval_file))
-                log.warning("%s is damaged (%s); this run is shown without evaluation results", self.eval_file, e)
-        return results if isinstance(results, dict) else {}
+        return read_eval(self.eval_file)  # a damaged file: one warning naming it, read as {}
 
     def train_summary(self) -> dict[str, Any]:
         """train.json, or the same summary computed from metrics.jsonl for runs written before it existed."""

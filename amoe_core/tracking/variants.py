@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amoe_core.tracking.eval_record import HEADLINE_K, KNN, headline_feature, lookup, res_px
 from amoe_core.tracking.runs import RunDir, flatten
 
-HEADLINE_K = "k20"  # the DINO protocol's k (k=20, T=0.07) is the headline kNN number
+__all__ = ["HEADLINE_K", "headline_feature", "lookup"]  # re-exported: report and dashboard read both from here
 # Keys that identify a run but not an experimental condition.
 IDENTITY_KEYS = {"distill.seed", "distill.run", "distill.runs_dir"}
 # Sections that configure other commands (the report itself, the ablation queue, sweeps), never a run's result.
@@ -95,15 +96,6 @@ def mean_std(values: list[float], scale: float = 100, digits: int = 1) -> str:
     return f"{scale * m:.{digits}f} ± {scale * statistics.stdev(values):.{digits}f}"
 
 
-def lookup(tree: dict[str, Any], *path: str) -> Any:
-    """tree[p0][p1]...; None when any level is missing."""
-    for p in path:
-        if not isinstance(tree, dict) or p not in tree:
-            return None
-        tree = tree[p]
-    return tree
-
-
 def eval_values(variant: Variant, *path: str) -> list[float]:
     """One eval.json number per run of the variant (runs without it are left out)."""
     vals = [lookup(r.eval(), *path) for r in variant.runs]
@@ -120,7 +112,7 @@ def knn_avg_per_seed(variant: Variant, datasets: list[str], res: str, k: str, fe
     """Per run: the kNN accuracy averaged over the datasets (runs missing a dataset are left out)."""
     out = []
     for r in variant.runs:
-        accs = [lookup(r.eval(), "knn", d, feat, res, k) for d in datasets]
+        accs = [lookup(r.eval(), KNN, d, feat, res, k) for d in datasets]
         if all(isinstance(a, int | float) for a in accs):
             out.append(statistics.fmean(accs))
     return out
@@ -128,8 +120,8 @@ def knn_avg_per_seed(variant: Variant, datasets: list[str], res: str, k: str, fe
 
 def evaluated_resolutions(runs: list[RunDir], datasets: list[str], feat: str) -> list[str]:
     """Every evaluated resolution of `feat` in these runs, lowest first ("32px", "64px", ...)."""
-    found = {r for run in runs for d in datasets for r in lookup(run.eval(), "knn", d, feat) or {}}
-    return sorted(found, key=lambda s: int(s.rstrip("px")))
+    found = {r for run in runs for d in datasets for r in lookup(run.eval(), KNN, d, feat) or {}}
+    return sorted(found, key=res_px)
 
 
 def main_resolution(params: dict[str, Any], available: Iterable[str]) -> str | None:
@@ -146,21 +138,12 @@ def main_resolution_px(params: dict[str, Any]) -> int:
     return int((params.get("evaluate") or {}).get("main_resolution", 64))
 
 
-def headline_feature(features: Iterable[str]) -> str | None:
-    """The student feature headline numbers use: the ensemble when evaluated, else the first student feature."""
-    feats = sorted(features)
-    if "student:ensemble" in feats:
-        return "student:ensemble"
-    student = [f for f in feats if f.startswith("student:")]
-    return student[0] if student else (feats[0] if feats else None)
-
-
 def headline(runs: list[RunDir]) -> tuple[list[str], str | None, str | None]:
     """Datasets, student feature and resolution key that tables headline, from the first evaluated run."""
-    first = next((r for r in runs if r.eval().get("knn")), None)
+    first = next((r for r in runs if r.eval().get(KNN)), None)
     if first is None:
         return [], None, None
-    knn = first.eval()["knn"]
+    knn = first.eval()[KNN]
     datasets = sorted(knn)
     feat = headline_feature(knn[datasets[0]])
     res = main_resolution(first.params(), knn[datasets[0]].get(feat, {})) if feat else None
