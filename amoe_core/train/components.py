@@ -52,8 +52,12 @@ def build(params: Params, teachers: dict[str, Teacher], device: torch.device) ->
 
 
 @torch.no_grad()
-def teacher_outputs(teachers: dict[str, Teacher], batch: PackedBatch) -> dict[str, TeacherOutput]:
-    return {name: t(batch.images) for name, t in teachers.items()}
+def teacher_outputs(teachers: dict[str, Teacher], batch: PackedBatch, packed: bool = True) -> dict[str, TeacherOutput]:
+    """Every teacher's raw outputs for the batch's images: SigLIP2 / DINOv3 in one forward over the step's packed
+    sequences, other kinds (and all of them with `packed=False`, the benchmark's baseline) per image size."""
+    if not packed:
+        return {name: t(batch.images, batch.image_sizes) for name, t in teachers.items()}
+    return {name: t.forward_packed(batch) for name, t in teachers.items()}
 
 
 @torch.no_grad()
