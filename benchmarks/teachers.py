@@ -220,7 +220,10 @@ def run(args: argparse.Namespace, shards: Path, tmp: Path) -> None:
     print(
         f"distillation steps from the cache: {tokens / step_c:.0f} real tokens/s ({sum(teacher_s['cache']) / step_c:.0%} reading targets)"
     )
-    print(f"distillation steps, cache vs online packed teachers: {step_p / step_c:.2f}x")
+    print(
+        f"distillation steps, cache vs online teachers: {step_p / step_c:.2f}x packed, {step_s / step_c:.2f}x per-size "
+        "(at most 1 / (1 - the teachers' share))"
+    )
     print(f"load average now {os.getloadavg()[0]:.2f}")
     print(f"teacher forward, packed vs per-size: {fwd_s / fwd_p:.2f}x")
 

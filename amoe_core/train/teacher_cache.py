@@ -93,8 +93,10 @@ def mismatch(cached: dict[str, Any], run: dict[str, Any]) -> str | None:
             if set(a) != set(b):
                 return f"the teachers differ (cache: {sorted(a)}, run: {sorted(b)})"
             name = next(n for n in b if a[n] != b[n])
-            what = "kind" if a[name].get("kind") != b[name]["kind"] else "weights"
-            return f"teacher {name!r}'s {what} differ"
+            if a[name].get("kind") != b[name]["kind"]:
+                return f"teacher {name!r}'s kind differs (cache {a[name].get('kind')}, run {b[name]['kind']})"
+            # the same checkpoint hashes differently in bf16 (CUDA) and float32 (CPU): its outputs differ too
+            return f"teacher {name!r}'s weights differ (other checkpoint, or other dtype: bf16 on CUDA, float32 on CPU)"
         if part == "grid policy":
             a, b = cached.get(part) or {}, run[part]
             keys = [k for k in b if a.get(k) != b[k]]
@@ -161,10 +163,10 @@ def run(params: Params) -> dict[str, Any]:
             f"distill.teacher_cache {str(out)!r}: the cache needs about {total / 1e6:.1f} MB but {parent} has "
             f"{free / 1e6:.1f} MB free; free space or point distill.teacher_cache at a larger disk"
         )
-    print_fp = fingerprint(params, teachers)
+    fp = fingerprint(params, teachers)
     with atomic_dir(out, STAGE, "distill.teacher_cache") as tmp:
         written = write(params, teachers, epochs, tmp, n_pairs)
-        atomic_write_json(tmp / FINGERPRINT, {**print_fp, "epochs": epochs, "pairs": written})
+        atomic_write_json(tmp / FINGERPRINT, {**fp, "epochs": epochs, "pairs": written})
     return {"path": str(out), "pairs": written, "epochs": epochs, "bytes": total}
 
 
