@@ -8,12 +8,16 @@ when they run (start-up time: `amoe --help` must not import torch, transformers 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from amoe_core.config import Params, load_params
+from amoe_core.config.load import load_params
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import USER_OS_ERRORS, os_error_line
 from amoe_core.progress import setup_logging
@@ -22,8 +26,28 @@ from amoe_core.stages import stage_function
 log = logging.getLogger("amoe")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a did-you-mean: `amoe distil` names `distill` (argparse only lists every choice)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'?([\w-]+)'?", m.group(2))
+            near = difflib.get_close_matches(m.group(1), choices, n=1)
+            if near:
+                message += f"; did you mean {near[0]!r}?"
+        super().error(message)
+
+
+def _version() -> str:
+    try:
+        return version("amoe-core")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def _common() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    p = _Parser(add_help=False)
     p.add_argument("--params", default=None, help="params file (default: ./params.yaml, else built-in defaults)")
     p.add_argument(
         "-S",
@@ -51,7 +75,7 @@ def _stage(name: str, **extra: Callable[[argparse.Namespace], Any]) -> Callable[
 
 
 def _model_info(params: Params, args: argparse.Namespace) -> None:
-    from amoe_core.models.size import print_model_info  # start-up time (module docstring)
+    from amoe_core.model_info import print_model_info  # start-up time (module docstring)
 
     print_model_info(args.names or None, params)
 
@@ -76,8 +100,9 @@ def _dashboard(params: Params, args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
-    root = argparse.ArgumentParser(prog="amoe", description=__doc__.splitlines()[0])
-    groups = root.add_subparsers(dest="group", required=True, metavar="<group>")
+    root = _Parser(prog="amoe", description=__doc__.splitlines()[0])
+    root.add_argument("--version", action="version", version=f"amoe {_version()}")
+    groups = root.add_subparsers(dest="group", required=True, metavar="<group>", parser_class=_Parser)
 
     def command(parent, name: str, handler, help: str) -> argparse.ArgumentParser:
         p = parent.add_parser(name, parents=[common], help=help, description=help)

@@ -14,7 +14,7 @@ import socket
 import sys
 from pathlib import Path
 
-from amoe_core.config import Params
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError, ConfigError
 
 APP = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
@@ -76,6 +76,8 @@ def launch(
             "Pass --allow-remote to serve it on the network anyway"
         )
     env = {**os.environ, **roots(params, runs, curation, storage)}
+    # the page imports the `dashboards` package, which lives in the checkout next to amoe_core (not installed)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APP.parent.parent), os.environ.get("PYTHONPATH")]))
     print(f"dashboard: http://{host}:{port} (runs: {env['AMOE_RUNS_DIR']}); Ctrl-C stops it", flush=True)
     argv = command(host, port)
     os.execve(argv[0], argv, env)

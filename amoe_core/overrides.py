@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from amoe_core.config import Params, apply_override, validate_params
+from amoe_core.config.load import apply_override
+from amoe_core.config.params import Params, validate_params
 
 
 def with_overrides(params: Params, overrides: list[str]) -> Params:

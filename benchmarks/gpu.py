@@ -56,15 +56,15 @@ from transformers import DINOv3ViTConfig, DINOv3ViTModel, Siglip2VisionConfig, S
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from amoe_core.config import PackingConfig, Params, validate_params  # noqa: E402
+from amoe_core.config.student import resolve_arch  # noqa: E402
 from amoe_core.data.packed import PackedBatch  # noqa: E402
 from amoe_core.data.packing import assemble, balance_batches, stream_pack  # noqa: E402
 from amoe_core.data.resolution import patchify, plan_grids  # noqa: E402
 from amoe_core.device import pick_device  # noqa: E402
 from amoe_core.launch.distributed import DistInfo  # noqa: E402
-from amoe_core.models.configs import resolve_arch  # noqa: E402
+from amoe_core.model_info import count_parameters  # noqa: E402
 from amoe_core.models.moe import MoEFFN  # noqa: E402
 from amoe_core.models.packed_attention import packed_attention  # noqa: E402
-from amoe_core.models.size import count_parameters  # noqa: E402
 from amoe_core.train import components  # noqa: E402
 from amoe_core.train.loop import DistillStep  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""AMoE dashboard: `amoe dashboard` (binds 127.0.0.1; `streamlit run dashboards/app.py` from the checkout works too).
+"""AMoE dashboard: `amoe dashboard` (binds 127.0.0.1; `python -m streamlit run dashboards/app.py` from the checkout works
+too: the page imports its modules from the `dashboards` package, found on the repository root).
 
 Reads only what the stages wrote: runs/<run>/{params.yaml, metrics.jsonl, train.json, eval.json, pca_maps.png},
 runs/_teachers/eval.json, runs/_sweep/<study>/<trial>/ (hidden by default), data/curation/{selection/report.json,
@@ -16,7 +17,6 @@ curation_loaders.py, the charts from charts.py.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling modules, whatever the working directory
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # amoe_core when the package is not installed
-
-import charts  # noqa: E402
-import curation_loaders  # noqa: E402
-import loaders  # noqa: E402
-import sweep_loaders  # noqa: E402
-
-from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs  # noqa: E402
-from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order  # noqa: E402
+from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, student_runs
+from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order
+from dashboards import charts, curation_loaders, loaders, sweep_loaders
 
 LIVE_REFRESH_S = 2.0
 

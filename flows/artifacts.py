@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from amoe_core.config import Params
+from amoe_core.experiments.findings import HEADING as FINDINGS_HEADING
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 from amoe_core.tracking.variants import lookup
 
-# stage -> the `amoe` command that runs it by hand (amoe_core/cli.py), and what it does (the flows' `stage` choices)
+# stage -> the `amoe` command that runs it by hand (amoe_core/cli.py), and what it does (the flows' `stage` choices;
+# markdown: a path with <placeholders> goes in backticks, or the UI renders it as an HTML tag and drops it)
 STAGES: dict[str, tuple[str, str]] = {
     "demo-pool": ("amoe data demo-pool", "real images from Debian packages -> data/demo/{pool,splits}"),
     "ingest": ("amoe data ingest", "image sources -> validated, deduplicated WebDataset shards + manifest"),
@@ -22,13 +24,25 @@ STAGES: dict[str, tuple[str, str]] = {
     "embed": ("amoe curate embed", "embed every image of the shard set"),
     "cluster": ("amoe curate cluster", "hierarchical k-means over the embeddings"),
     "sample": ("amoe curate sample", "balanced hierarchical selection and a random baseline"),
-    "distill": ("amoe distill", "train the MoE student from the teachers -> runs/<run>/"),
-    "evaluate": ("amoe evaluate", "kNN, linear probe, resolutions, fidelity, PCA maps -> runs/<run>/eval.json"),
+    "distill": ("amoe distill", "train the MoE student from the teachers -> `runs/<run>/`"),
+    "evaluate": ("amoe evaluate", "kNN, linear probe, resolutions, fidelity, PCA maps -> `runs/<run>/eval.json`"),
     "sweep": ("amoe sweep", "Optuna search over batching and loss settings"),
     "ablate": ("amoe ablate", "the paper's ablations as DVC experiments -> results/ablations"),
     "report": ("amoe report", "docs/RESULTS.md from the evaluated runs"),
 }
 HEADLINE = ("student:ensemble", "k20")  # the headline kNN of the report and dashboard
+
+
+def _section(report: Path, heading: str) -> list[str]:
+    """One `## ` section of a markdown report (heading included), or nothing when the report or section is absent."""
+    if not report.is_file():
+        return []
+    lines = report.read_text(errors="replace").splitlines()
+    if heading not in lines:
+        return []
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [line for line in lines[start:end] if not line.startswith("![")]  # images are files beside the report
 
 
 def command(stage: str, overrides: list[str], kwargs: dict[str, Any] | None = None) -> str:
@@ -80,6 +94,7 @@ def markdown(
 ) -> str:
     """Key results, where they are, and the command that reproduces them."""
     kwargs = kwargs or {}
+    findings: list[str] = []
     rows: list[tuple[str, str]] = [("ran", "yes" if result.get("ran") else "no: outputs up to date (dvc status)")]
     rows.append(("via", str(result.get("via"))))
     runs_dir = Path(params.distill.runs_dir)
@@ -91,11 +106,15 @@ def markdown(
         rows += _run_rows(RunDir(runs_dir / name), params, teachers)
     elif stage == "report":
         rows += [("report", f"`{Path(params.report.out).resolve()}`"), ("runs", f"`{params.report.runs_dir}`")]
+        findings = _section(Path(params.report.out), FINDINGS_HEADING)
     elif stage == "sweep" and isinstance(result.get("result"), dict):
         best = result["result"]
         rows += [("best trial", str(best.get("best_trial"))), ("best value", f"{best.get('best_value')}")]
         rows += [("best overrides", f"`{params.sweep.best_out}`")]
-    lines = [f"# amoe {stage}", "", STAGES.get(stage, ("", ""))[1], "", *_table(rows), "", "Reproduce:", "", "```bash"]
+    lines = [f"# amoe {stage}", "", STAGES.get(stage, ("", ""))[1], "", *_table(rows), ""]
+    if stage == "report" and findings:
+        lines += [*findings, ""]
+    lines += ["Reproduce:", "", "```bash"]
     lines.append(command(stage, overrides, kwargs))
     if result.get("via") == "dvc":
         lines.append(f"dvc repro {stage}  # the same, through the pipeline (skipped when up to date)")

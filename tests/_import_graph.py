@@ -102,8 +102,11 @@ def function_imports(path: Path) -> list[tuple[int, str, bool]]:
     ]
 
 
-def module_imports(module: str, path: Path, known: set[str]) -> list[Import]:
-    """The imports of `module` (file `path`) that name a module of `known` (with the packages they initialise)."""
+def module_imports(
+    module: str, path: Path, known: set[str], reexports: dict[str, dict[str, str]] | None = None
+) -> list[Import]:
+    """The imports of `module` (file `path`) that name a module of `known` (with the packages they initialise);
+    `from package import name` of a name in `reexports[package]` imports the module that defines it."""
     source = path.read_text()
     lines = source.splitlines()
     statements = _statements(ast.parse(source, filename=str(path)))
@@ -116,7 +119,8 @@ def module_imports(module: str, path: Path, known: set[str]) -> list[Import]:
             names = [a.name for a in node.names]
         else:
             base = _absolute(node, module, is_package)
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+            table = (reexports or {}).get(base, {})
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else table.get(a.name, base) for a in node.names]
         targets: set[str] = set()
         for name in names:
             parts = name.split(".")
@@ -145,13 +149,29 @@ def _dispatch_imports(module: str, path: Path, table: str, known: set[str]) -> l
     raise AssertionError(f"{path}: no {table} = {{...}} any more; update DISPATCH_TABLES in {Path(__file__).name}")
 
 
+# Packages whose `__init__` re-exports names lazily (PEP 562 `__getattr__` over a table {name: "dotted.module"}):
+# importing the package runs none of them, and `from package import name` runs the module that defines `name`.
+REEXPORT_TABLES = {"amoe_core.config": "PUBLIC"}
+
+
+def _reexports(path: Path, table: str) -> dict[str, str]:
+    for node in ast.parse(path.read_text()).body:
+        target = node.target if isinstance(node, ast.AnnAssign) else None
+        targets = node.targets if isinstance(node, ast.Assign) else [target] if target else []
+        if any(isinstance(t, ast.Name) and t.id == table for t in targets):
+            assert isinstance(node.value, ast.Dict), f"{path}:{node.lineno}: {table} is no longer a dict literal"
+            return {k.value: v.value for k, v in zip(node.value.keys, node.value.values)}  # type: ignore[union-attr]
+    raise AssertionError(f"{path}: no {table} = {{...}} any more; update REEXPORT_TABLES in {Path(__file__).name}")
+
+
 def import_graph(packages: tuple[str, ...] = ("amoe_core",), root: Path = REPO) -> dict[str, list[Import]]:
     """module -> its imports of modules of `packages` (import statements and the DISPATCH_TABLES)."""
     files: dict[str, Path] = {}
     for package in packages:
         files.update(project_modules(package, root))
     known = set(files)
-    graph = {m: module_imports(m, p, known) for m, p in files.items()}
+    reexports = {pkg: _reexports(files[pkg], table) for pkg, table in REEXPORT_TABLES.items() if pkg in files}
+    graph = {m: module_imports(m, p, known, reexports) for m, p in files.items()}
     for module, table in DISPATCH_TABLES.items():
         if module in graph:
             graph[module] += _dispatch_imports(module, files[module], table, known)

@@ -15,14 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from amoe_core.models.run_checkpoints import (
+from amoe_core.checkpoints import (
     LATEST,
     complete_checkpoints,
     latest_checkpoint,
     load_model_tensors,
+    load_optimizer_state,
     read_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
 )
-from amoe_core.train.checkpoint import load_optimizer_state, rng_state, save_checkpoint, set_rng_state
 
 
 def _model_and_opt() -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -92,7 +95,7 @@ WRITER = textwrap.dedent(
     """
     import sys, torch
     from torch import nn
-    from amoe_core.train.checkpoint import save_checkpoint
+    from amoe_core.checkpoints import save_checkpoint
     model = nn.Linear(1024, 1024)  # 4 MB of weights: a save takes long enough to be interrupted
     opt = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 1024)).sum().backward(); opt.step()

@@ -105,8 +105,12 @@ def test_stratified_subset_keeps_class_proportions():
 def test_bad_folders(tmp_path, folders):
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
-    with pytest.raises(AmoeError, match="one subfolder of images per class"):
+    with pytest.raises(AmoeError, match="move them into one subfolder per class"):
         list_folder(tmp_path / "flat")
+    (tmp_path / "one" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "cat" / "a.png")
+    with pytest.raises(AmoeError, match="at least 2 classes, one subfolder per class, found 1"):
+        list_folder(tmp_path / "one")
     p = params_for(folders, tmp_path / "t", **{"demo_teachers.dinov3.train": str(tmp_path / "missing")})
     with pytest.raises(AmoeError, match="demo_teachers.dinov3.train"):
         stage.run(p)

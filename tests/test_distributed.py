@@ -12,13 +12,13 @@ import torch.multiprocessing as mp
 from _train_setup import make_shards, make_teachers, tiny_params
 from safetensors.torch import load_file, save_file
 
+from amoe_core.checkpoints import model_tensors
 from amoe_core.data.loader import build_loader
 from amoe_core.data.packed import PackedBatch
 from amoe_core.launch import distributed
 from amoe_core.launch.cluster import free_port_pair
 from amoe_core.launch.distributed import DistInfo
 from amoe_core.train import components
-from amoe_core.train.checkpoint import model_tensors
 from amoe_core.train.loop import DistillStep
 
 

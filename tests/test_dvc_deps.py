@@ -4,14 +4,22 @@ For every stage of dvc.yaml, its command is parsed by the real CLI parser to the
 module and every amoe_core module that importing it runs (transitively, top-level and in-function imports, packages'
 `__init__` with code) must be covered by the stage's `amoe_core/...` deps, and nothing else may be listed. So editing
 the shard loader does not rerun ingest, and a new import of a stage is a new dep. Params: every section the stage
-function's own module reads as `params.<section>` is listed (whole, or some of its keys).
+function's own module reads as `params.<section>` is listed (whole, or some of its keys). Config sections: each stage
+function owns one params section, whose schema is its own module (amoe_core/config/<section>.py); no stage's deps
+include another stage's section module, so editing the distill schema reruns distill (and, through its outputs,
+evaluate), never ingest.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -22,6 +30,29 @@ from amoe_core.config import Params
 from amoe_core.stages import STAGES
 
 DVC_YAML = REPO / "dvc.yaml"
+
+# The params section each stage function owns: its schema module is amoe_core/config/<section>.py.
+OWN_SECTION = {
+    "demo-pool": "demo_pool",
+    "ingest": "ingest",
+    "teachers-demo": "demo_teachers",
+    "teachers-cache": "distill",  # the cache is of a distillation run's targets (distill.teacher_cache)
+    "embed": "embed",
+    "cluster": "cluster",
+    "sample": "sample",
+    "distill": "distill",
+    "evaluate": "evaluate",
+    "sweep": "sweep",
+    "ablate": "ablate",
+    "report": "report",
+}
+# Another stage's section a stage may import, and why. sample reads the cluster stage's output with the readers of
+# amoe_core/curation/hkmeans.py (load_levels, ...), the cluster stage's module; sample runs after cluster anyway.
+READS_UPSTREAM_SECTION = {"sample": {"cluster"}}
+
+
+def section_module(section: str) -> str:
+    return f"amoe_core/config/{section}.py"
 
 
 def _stages() -> dict[str, dict]:
@@ -116,6 +147,88 @@ def test_params_list_every_section_the_stage_module_reads() -> None:
         if read - listed:
             missing.append(f"dvc.yaml stage {name}: params {sorted(read - listed)} read by {module} are not listed")
     assert not missing, "\n".join(missing)
+
+
+def test_every_stage_function_owns_a_section_module() -> None:
+    assert set(OWN_SECTION) == set(STAGES)
+    for stage, section in OWN_SECTION.items():
+        assert section in Params.model_fields, f"{stage}: params has no section {section}"
+        assert (REPO / section_module(section)).is_file(), f"{stage}: no schema module {section_module(section)}"
+
+
+def test_no_stage_depends_on_another_stages_section_module() -> None:
+    """Changing a field of another stage's section (in its schema module) does not change this stage's code deps."""
+    wrong = []
+    for name, stage in _stages().items():
+        fn = _stage_of(stage["cmd"])
+        listed = _listed(stage.get("deps", []))
+        if section_module(OWN_SECTION[fn]) not in listed:
+            wrong.append(f"dvc.yaml stage {name}: its own section's module {section_module(OWN_SECTION[fn])} is no dep")
+        allowed = {OWN_SECTION[fn], *READS_UPSTREAM_SECTION.get(fn, ())}
+        others = {section_module(s) for s in OWN_SECTION.values() if s not in allowed}
+        if listed & others:
+            wrong.append(f"dvc.yaml stage {name} ({fn}) depends on other stages' sections: {sorted(listed & others)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _placeholder(path: Path) -> None:
+    """An output or data dep of the copy: a file when the name has a suffix, else a folder with one file."""
+    if path.exists():
+        return
+    if path.suffix:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("placeholder\n")
+    else:
+        path.mkdir(parents=True)
+        (path / "placeholder").write_text("placeholder\n")
+
+
+def _dvc(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def test_editing_the_distill_section_makes_only_distill_stale(tmp_path) -> None:
+    """The real DVC on a copy of the repository whose every stage is up to date (outputs are placeholders, recorded
+    by `dvc commit` in a fresh dvc.lock): after an edit of amoe_core/config/distill.py, `dvc status` lists the distill
+    stages only, and what follows them in the pipeline (what `dvc repro` then reruns) is evaluate only."""
+    from dvc.repo import Repo  # heavy; only this test needs DVC's Python API
+
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for f in filter(None, files):
+        if (REPO / f).is_file() and not f.startswith(("data/", "runs/", "results/")) and f != "dvc.lock":
+            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, tmp_path / f)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    repo = Repo(str(tmp_path))
+    for stage in repo.index.stages:
+        for entry in [*stage.outs, *stage.deps]:
+            if not str(entry.def_path).startswith("amoe_core"):
+                _placeholder(tmp_path / str(entry.def_path))
+    _dvc(tmp_path, "commit", "--force", "--quiet")
+    assert json.loads(_dvc(tmp_path, "status", "--json")) == {}  # the copy starts up to date
+    with (tmp_path / section_module("distill")).open("a") as f:
+        f.write("# an edit of the distill section's schema\n")
+    stale = set(json.loads(_dvc(tmp_path, "status", "--json")))
+    assert stale == {"distill@balanced", "distill@random"}
+    graph = Repo(str(tmp_path)).index.graph  # edges run from a stage to the stages it depends on
+    nodes = {s.name: s for s in graph.nodes}
+    downstream = {a.name for name in stale for a in _ancestors(graph, nodes[name])}
+    assert downstream == {"evaluate@balanced", "evaluate@random"}
+
+
+def _ancestors(graph, node) -> set:
+    import networkx as nx  # DVC's own dependency; only this test walks its graph
+
+    return nx.ancestors(graph, node)
 
 
 if __name__ == "__main__":  # the code deps of every stage, to paste into dvc.yaml after moving modules

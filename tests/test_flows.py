@@ -177,3 +177,25 @@ def test_evaluate_ends_with_an_artifact_of_its_results(calls, tmp_path, monkeypa
     assert "| steps | 5 |" in md and "| final loss | 0.2000 |" in md
     assert "amoe evaluate r7 -S evaluate.batch_size=32" in md
     assert "dvc exp run -S evaluate.batch_size=32" in md
+
+
+def test_report_artifact_carries_the_findings_and_descriptions_render(tmp_path):
+    """The `report` artifact quotes the report's findings (the numbers, not only where the file is); a stage's
+    description keeps its `<placeholders>` in backticks, where markdown does not take them for HTML tags."""
+    import re
+
+    from amoe_core.config import load_params
+    from amoe_core.experiments.findings import HEADING
+    from flows.artifacts import STAGES, markdown
+
+    report = tmp_path / "RESULTS.md"
+    findings = [HEADING, "", "| finding | ours | verdict |", "|---|---|---|", "| loss | +0.1 ± 0.6 | too small |", ""]
+    report.write_text("\n".join(["# Results", "", "## Variants", "", "x", "", *findings, "## Data scaling", "y"]))
+    params = load_params(None, [f"report.out={report}"])
+    md = markdown("report", params, [], {"ran": True, "via": "dvc"})
+    assert "| loss | +0.1 ± 0.6 | too small |" in md and "## Data scaling" not in md and "## Variants" not in md
+    report.unlink()
+    assert HEADING not in markdown("report", params, [], {"ran": True, "via": "dvc"})  # no report yet: no section
+    for _, what in STAGES.values():
+        outside_code = re.sub(r"`[^`]*`", "", what)
+        assert "<" not in outside_code, what

@@ -15,20 +15,21 @@ import sys
 from _import_graph import REPO, cycles, describe, function_imports, import_graph, project_modules
 
 PACKAGES = ("amoe_core", "flows")
-# dashboards/app.py is a Streamlit script (importing it runs the page); its two helper modules import cleanly
-DASHBOARD_MODULES = ("charts", "curation_loaders", "loaders", "sweep_loaders")
+# dashboards/app.py is a Streamlit script (importing it runs the page); the package and its helper modules import
+# cleanly, from the repository root (the working directory of the check), with no sys.path edit
+DASHBOARD_MODULES = ("dashboards", "dashboards.charts", "dashboards.curation_loaders", "dashboards.loaders",
+                     "dashboards.sweep_loaders")  # fmt: skip
 
 # One process imports the heavy third-party libraries once, then forks a child per module: each child starts with no
 # project module imported, which is what "imports on its own" means here, at the cost of one torch import in all.
 _FORK_IMPORTS = r"""
 import importlib, json, os, sys, traceback
-sys.path.insert(0, sys.argv[1] + "/dashboards")
 for heavy in ("numpy", "torch", "pandas", "PIL.Image", "timm", "transformers", "pydantic"):
     try:
         importlib.import_module(heavy)
     except ImportError:
         pass
-assert not [m for m in sys.modules if m.split(".")[0] in ("amoe_core", "flows", "charts", "curation_loaders", "loaders", "sweep_loaders")]
+assert not [m for m in sys.modules if m.split(".")[0] in ("amoe_core", "flows", "dashboards")]
 failed = {}
 for name in json.loads(sys.argv[2]):
     r, w = os.pipe()
@@ -110,3 +111,35 @@ def test_in_function_imports_say_why() -> None:
         "in-function imports without a comment saying why (optional dependency, start-up time), or move them to "
         "the top of the module:\n" + "\n".join(silent)
     )
+
+
+def test_config_imports_no_model() -> None:
+    """Config stands below the models: params validation never builds or imports a model (the named student sizes
+    are plain data in amoe_core.config.student, which the models read)."""
+    graph = import_graph(PACKAGES)
+    up = [
+        f"{i.module} (line {i.line}) imports {i.target}"
+        for m, imports in graph.items()
+        if m == "amoe_core.config" or m.startswith("amoe_core.config.")
+        for i in imports
+        if i.target == "amoe_core.models" or i.target.startswith("amoe_core.models.")
+    ]
+    assert not up, "amoe_core.config must not import amoe_core.models:\n" + "\n".join(up)
+
+
+def test_lazy_reexports_resolve_to_the_defining_module() -> None:
+    """`from amoe_core.config import Params` is an import of amoe_core.config.params (what runs), and importing one
+    section's module (which initialises the package) imports no other section."""
+    graph = import_graph(PACKAGES)
+    targets = {i.target for i in graph["amoe_core.overrides"]}
+    assert "amoe_core.config.load" in targets and "amoe_core.config.params" in targets
+    assert {i.target for i in graph["amoe_core.config"]} == set()
+    code = (
+        "import sys, amoe_core.config.distill\n"
+        "print(sorted(m for m in sys.modules if m.startswith('amoe_core.config.')))\n"
+        "from amoe_core.config import Params, load_params\n"
+        "assert Params.__module__ == 'amoe_core.config.params' and load_params.__module__ == 'amoe_core.config.load'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["['amoe_core.config.distill',", "'amoe_core.config.section']"]

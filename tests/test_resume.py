@@ -6,8 +6,8 @@ import pytest
 import torch
 from _train_setup import make_shards, make_teachers, tiny_params
 
+from amoe_core.checkpoints import latest_checkpoint, load_model_tensors, read_state
 from amoe_core.errors import AmoeError
-from amoe_core.models.run_checkpoints import latest_checkpoint, load_model_tensors, read_state
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train import loop
 from amoe_core.train.distill import run

@@ -41,7 +41,7 @@ def test_resume_skips_a_truncated_newest_checkpoint(setup, tmp_path, damaged, ca
     events = run.events_file.read_text()
     assert "skipped unreadable checkpoint step_0000006 (" in events and "resume from step_0000003" in events
     assert _steps(run) == [1, 2, 3, 4, 5, 6]  # steps 4-6 trained again from step 3, logged once
-    from amoe_core.train.checkpoint import resumable_checkpoint
+    from amoe_core.checkpoints import resumable_checkpoint
 
     found, skipped = resumable_checkpoint(run.checkpoints)
     assert found is not None and found.path.name == "step_0000006" and skipped == []  # rewritten whole

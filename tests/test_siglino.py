@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
-from amoe_core.models import siglino, siglino_weights
+from amoe_core.models.release import siglino
+from amoe_core.models.release import weights as siglino_weights
 from amoe_core.models.rope import golden_frequencies
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "siglino"

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from amoe_core.cli import main
 from amoe_core.config import dump_params
-from amoe_core.models import siglino, siglino_weights
+from amoe_core.models.release import siglino
+from amoe_core.models.release import weights as siglino_weights
 from amoe_core.models.trained import load_student
 from amoe_core.train import components
 from amoe_core.train.distill import run

@@ -91,9 +91,9 @@ def _params_file(root: Path, params) -> Path:
 def test_amoe_submit_distill_runs_two_ranks(slurm_cluster: DevCluster, train_inputs, capsys) -> None:
     from _train_setup import tiny_params
 
+    from amoe_core.checkpoints import latest_checkpoint, read_state
     from amoe_core.cli import main
     from amoe_core.data.loader import build_loader
-    from amoe_core.models.run_checkpoints import latest_checkpoint, read_state
     from amoe_core.tracking.runs import RunDir
 
     root, teachers, shards = train_inputs
@@ -125,8 +125,8 @@ def test_preempted_job_requeues_and_resumes_from_checkpoint(slurm_cluster: DevCl
 
     from _train_setup import tiny_params
 
+    from amoe_core.checkpoints import latest_checkpoint, read_state
     from amoe_core.launch.submit import submit_stage
-    from amoe_core.models.run_checkpoints import latest_checkpoint, read_state
     from amoe_core.tracking.runs import RunDir
 
     root, teachers, shards = train_inputs

@@ -5,12 +5,12 @@ import torch
 from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
 from amoe_core.config import LossConfig, Params, StudentConfig, TeacherSpec
+from amoe_core.config.student import ARCHS, resolve_arch
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.losses.distill_loss import DistillLoss
-from amoe_core.models.configs import ARCHS, resolve_arch
+from amoe_core.model_info import count_parameters, print_model_info
 from amoe_core.models.heads import TeacherDims
-from amoe_core.models.size import count_parameters, print_model_info
 from amoe_core.models.student import build_student
 from amoe_core.models.teachers.base import TeacherOutput
 from amoe_core.models.teachers.siglip2 import Siglip2SummaryHead

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ import optuna
 import pytest
 import yaml
 
+from amoe_core.cli import main
 from amoe_core.config import load_params
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.overrides import with_overrides
@@ -96,6 +98,7 @@ def _fake_stages(monkeypatch, feature_loss: dict[str, float], accuracy: float):
     from amoe_core.tracking.runs import RunDir
 
     def distill(params):
+        logging.getLogger("amoe_core.train.distill").info("fitting PHI-S")  # what a real stage says at INFO
         run = RunDir.create(params.distill.runs_dir, params.distill.run)
         loss = feature_loss[params.loss.relational]
         for step in range(1, params.distill.steps + 1):
@@ -163,6 +166,25 @@ def test_one_line_per_finished_trial_and_no_optuna_chatter(tmp_path, monkeypatch
     assert len(lines) == 3 and all(line.startswith(f"trial {i}: kNN accuracy") for i, line in enumerate(lines))
     assert str(tmp_path / "runs" / "_sweep" / "lines" / "t0002") in lines[2]
     assert not [r for r in caplog.records if r.name.startswith("optuna")]
+    assert not [r for r in caplog.records if r.name.startswith("amoe_core")]  # the stages' INFO lines stay quiet
+    with caplog.at_level("DEBUG"):  # -v shows them again
+        search.work(params.model_dump(mode="json"), 1, 0)
+    assert [r for r in caplog.records if r.name == "amoe_core.train.distill"]
+
+
+def test_missing_inputs_stop_the_sweep_before_any_trial(tmp_path, monkeypatch, capsys):
+    """On a fresh clone (no shards yet) `amoe sweep` exits 2 at once naming the input; the study gains nothing."""
+    monkeypatch.chdir(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="kept", storage=storage, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    args = ["sweep", "-S", f"sweep.storage={storage}", "-S", "sweep.study=kept", "-S", "sweep.n_trials=2"]
+    assert main([*args, "-S", f"distill.shards={tmp_path / 'no-shards'}"]) == 2
+    assert "distill.shards" in capsys.readouterr().err
+    (tmp_path / "shards").mkdir()
+    assert main([*args, "-S", "distill.shards=shards", "-S", "distill.selection=none.parquet"]) == 2
+    assert "distill.selection" in capsys.readouterr().err
+    assert len(optuna.load_study(study_name="kept", storage=storage).trials) == 1
 
 
 def test_bad_sweep_settings_fail_with_one_clear_line(tmp_path):

@@ -26,6 +26,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,8 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from amoe_core.config import EmbedConfig, Params, TeacherSpec
+from amoe_core.config.embed import EmbedConfig
+from amoe_core.config.teachers import TeacherSpec
 from amoe_core.data.shards import iter_images, read_manifest, reading_order
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_path, atomic_write_json
@@ -42,6 +44,9 @@ from amoe_core.launch.local_ranks import run_local_ranks
 from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.outputs import check_output, mark_output
 from amoe_core.progress import progress
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.distributed as dist
 
-from amoe_core.config import ClusterConfig, Params
+from amoe_core.config.cluster import ClusterConfig
 from amoe_core.curation.kmeans import (
     SINGLE,
     Comm,
@@ -52,6 +53,9 @@ from amoe_core.errors import AmoeError, require_path
 from amoe_core.io import atomic_dir, atomic_write_json
 from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
 from amoe_core.launch.local_ranks import run_local_ranks
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from amoe_core.config import SampleConfig  # noqa: E402
+from amoe_core.config.sample import SampleConfig  # noqa: E402
 from amoe_core.curation.report import cluster_sizes, source_shares  # noqa: E402
 from amoe_core.data.shards import image_of, read_shard, shard_path  # noqa: E402
 from amoe_core.io import atomic_dir, atomic_write_json  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from amoe_core.config import SampleConfig
+from amoe_core.config.sample import SampleConfig
 
 
 def size_stats(sizes: np.ndarray) -> dict[str, float]:

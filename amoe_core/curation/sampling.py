@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from amoe_core.config import Params, SampleConfig
+from amoe_core.config.sample import SampleConfig
 from amoe_core.curation.hkmeans import load_embeddings, load_levels, point_paths
 from amoe_core.curation.kmeans import assign, per_cluster_pick
 from amoe_core.curation.plots import write_plots
@@ -25,6 +26,9 @@ from amoe_core.curation.report import build_report
 from amoe_core.data.shards import read_manifest
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_dir, atomic_write_json
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

@@ -25,15 +25,18 @@ import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
-from amoe_core.config import DemoPoolConfig, Params
+from amoe_core.config.demo_pool import DemoPoolConfig
 from amoe_core.data.decode import bound_side, to_rgb
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_write_json
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

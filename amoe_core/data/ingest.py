@@ -22,11 +22,11 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from amoe_core.config import IngestConfig, Params
+from amoe_core.config.ingest import IngestConfig
 from amoe_core.data.decode import SKIP_REASONS, DecodeSettings
 from amoe_core.data.dedup import deduplicate
 from amoe_core.data.shards import MANIFEST, MANIFEST_COLUMNS, REPORT, shard_name, tar_end
@@ -35,6 +35,9 @@ from amoe_core.data.staging import chunk_path, stage
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_json, naming_errors
 from amoe_core.outputs import claim_outputs, mark_output
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

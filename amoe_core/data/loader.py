@@ -26,7 +26,7 @@ import pandas as pd
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from amoe_core.config import PackingConfig
+from amoe_core.config.packing import PackingConfig
 from amoe_core.data.packed import PackedBatch
 from amoe_core.data.packing import (
     Plan,

@@ -24,7 +24,7 @@ from timm.data.naflex_transforms import get_image_size_for_seq, patchify_image
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor
 
-from amoe_core.config import PackingConfig
+from amoe_core.config.packing import PackingConfig
 
 
 def uniform01(seed: int, epoch: int, key: str) -> float:

@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from amoe_core.data.decode import to_rgb
-from amoe_core.data.shards import IMAGE_SUFFIXES, read_shard
+from amoe_core.data.labelled_folders import list_labelled_folder
+from amoe_core.data.shards import read_shard
 from amoe_core.errors import AmoeError
 
 
@@ -91,19 +92,9 @@ def _class_ids(names: list[str], classes: list[str] | None, spec: str) -> tuple[
 
 
 def _load_folder(path: Path, spec: str, classes: list[str] | None) -> LabelledSet:
-    if not path.is_dir():
-        raise AmoeError(f"{spec}: {path} is not a directory; give a folder with one subfolder per class")
-    files, names = [], []
-    for d in sorted(p for p in path.iterdir() if p.is_dir()):
-        found = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        files += [str(f) for f in found]
-        names += [d.name] * len(found)
-    if not files:
-        loose = any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir())
-        hint = "images lie directly in it: move them into one subfolder per class" if loose else "it holds no images"
-        raise AmoeError(f"{spec}: no images in class subfolders of {path} ({hint})")
+    files, names = list_labelled_folder(path, spec)
     classes, labels = _class_ids(names, classes, spec)
-    return LabelledSet(spec, classes, labels, files)
+    return LabelledSet(spec, classes, labels, [str(f) for f in files])
 
 
 def _load_shards(path: Path, spec: str, classes: list[str] | None) -> LabelledSet:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amoe_core.config import ConfigError, Params, TeacherSpec
+from amoe_core.config.evaluate import EvaluateConfig
+from amoe_core.config.teachers import TeacherSpec
 from amoe_core.device import pick_device
-from amoe_core.errors import AmoeError
+from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.eval.datasets import LabelledSet, load_pair
 from amoe_core.eval.features import (
     Extractor,
@@ -37,10 +38,13 @@ from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
 from amoe_core.eval.plots import plot_resolution, write_resolution_csv
 from amoe_core.eval.summary import summary_lines
-from amoe_core.models import siglino
+from amoe_core.models.release import siglino
 from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.models.trained import load_student
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,8 @@ FIDELITY_IMAGES = 512  # per dataset, from the test split at the main resolution
 
 def resolutions(params: Params) -> list[int]:
     """Every resolution to evaluate (the main one included), checked against the student patch size."""
-    cfg, p = params.evaluate, params.packing.patch_size
+    cfg: EvaluateConfig = params.evaluate
+    p = params.packing.patch_size
     res = sorted(set(cfg.resolutions) | {cfg.main_resolution})
     bad = [r for r in res if r % p]
     if bad:
@@ -81,7 +86,7 @@ class TeacherBank:
 def _split_features(
     params: Params, bank: TeacherBank, student: Extractor | None, dataset: str, split: str, data: LabelledSet, res: int
 ) -> dict[str, np.ndarray]:
-    cfg = params.evaluate
+    cfg: EvaluateConfig = params.evaluate
     if student is None:
         return {
             f"teacher:{name}": cached_teacher_summaries(
@@ -110,7 +115,7 @@ def evaluate(
     params: Params, out: RunDir, student: Extractor | None, device: torch.device | None = None
 ) -> dict[str, Any]:
     """Evaluate the student's features (or, with `student=None`, the teachers') and write everything under `out`."""
-    cfg = params.evaluate
+    cfg: EvaluateConfig = params.evaluate
     res_list = resolutions(params)
     device = device or pick_device()
     bank = TeacherBank(params.teachers, device)
@@ -212,7 +217,7 @@ def load_student_extractor(params: Params, run_dir: Path, device: torch.device) 
 
 
 def siglino_extractor(params: Params, spec: str, device: torch.device) -> tuple[str, Extractor]:
-    """`--model siglino:CHECKPOINT[@CONFIG]`: a released SigLino model (amoe_core.models.siglino.load) as an
+    """`--model siglino:CHECKPOINT[@CONFIG]`: a released SigLino model (amoe_core.models.release.siglino.load) as an
     Extractor, its siglip2 / dinov3 outputs named after the configured teacher of that kind (so fidelity and the
     ensemble compare them with those teachers). Returns (run id for its results, extractor)."""
     path, _, config = spec.removeprefix("siglino:").partition("@")

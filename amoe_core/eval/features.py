@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from amoe_core.config import TeacherSpec
+from amoe_core.config.teachers import TeacherSpec
 from amoe_core.data.packed import PackedBatch
 from amoe_core.data.packing import assemble
 from amoe_core.data.resolution import patchify

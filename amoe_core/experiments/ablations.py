@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amoe_core.config import Params
+from amoe_core.config.params import Params
 from amoe_core.device import cpu_thread_budget
 from amoe_core.dvc_cli import run_dvc
 from amoe_core.errors import AmoeError, ConfigError

@@ -23,6 +23,7 @@ from amoe_core.tracking.variants import (
     train_values,
 )
 
+HEADING = "## The paper's findings at this scale"  # the report's section (its Prefect artifact quotes it)
 SIGNIFICANT_SE = 2.0  # an effect beyond this many standard errors is not seed noise
 DETECTABLE_SE = 2.84  # the smallest true effect found 80% of the time at that threshold (2 + 0.84 s.e.)
 

@@ -12,9 +12,10 @@ import math
 import statistics
 from pathlib import Path
 
-from amoe_core.config import Params
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
 from amoe_core.experiments.data_scaling import scaling_points, scaling_table
+from amoe_core.experiments.findings import HEADING as FINDINGS_HEADING
 from amoe_core.experiments.findings import findings
 from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text
@@ -136,7 +137,7 @@ def build_report(runs_dir: Path, out: Path) -> str:
     ]
     if plot:
         parts += [f"![kNN vs resolution]({plot.name})", ""]
-    parts += ["## The paper's findings at this scale", "", *findings(variants, datasets, res, k, student_feature), ""]
+    parts += [FINDINGS_HEADING, "", *findings(variants, datasets, res, k, student_feature), ""]
     points = scaling_points(variants, datasets, res, k, student_feature)
     if points:
         scaling = scaling_plot(points, res, k, out.parent / "results_data_scaling.png")

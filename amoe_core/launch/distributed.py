@@ -93,15 +93,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Rank `src`'s Python object on every rank (used for small things: the PHI-S fit, the resume step)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 # ---- preemption: submitit's checkpoint() runs in a signal handler on rank 0; running stages register what to save
 _PREEMPTION_HOOKS: list = []
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import submitit
 
-from amoe_core.config import LaunchConfig
+from amoe_core.config.launch import LaunchConfig
 from amoe_core.errors import AmoeError
 from amoe_core.launch.cluster import slurm_available
 

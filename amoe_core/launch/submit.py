@@ -20,7 +20,7 @@ from typing import Any
 
 import submitit
 
-from amoe_core.config import Params, validate_params
+from amoe_core.config.params import Params, validate_params
 from amoe_core.errors import AmoeError
 from amoe_core.launch import distributed
 from amoe_core.launch.executors import make_executor

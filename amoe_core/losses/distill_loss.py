@@ -22,7 +22,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
 from torch import Tensor, nn
 
-from amoe_core.config import LossConfig, TeacherSpec
+from amoe_core.config.loss import LossConfig
+from amoe_core.config.teachers import TeacherSpec
 from amoe_core.losses.features import (
     global_image_count,
     global_image_mean,

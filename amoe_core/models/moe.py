@@ -13,7 +13,7 @@ Dispatch: the (token, expert) slots are sorted by expert, the tokens gathered on
 expert with `torch.split`, each expert applied to its contiguous chunk, and the weighted outputs scattered back with
 `index_add`. Each expert owns its own parameters: slicing one stacked [E, d, h] parameter makes every slice's
 backward materialise a full-size gradient (6.5x slower than dense on CPU, FACTS.md); one parameter per expert is
-1.4x. The released checkpoints stack them (`experts.w1 [E, h, d]` ...); amoe_core.models.siglino maps the names. On CUDA the experts can instead run as one grouped GEMM (`torch._grouped_mm`, `dispatch="grouped"`), which is
+1.4x. The released checkpoints stack them (`experts.w1 [E, h, d]` ...); amoe_core.models.release.siglino maps the names. On CUDA the experts can instead run as one grouped GEMM (`torch._grouped_mm`, `dispatch="grouped"`), which is
 the fast-path hook: it takes the same sorted tokens and per-expert counts.
 """
 

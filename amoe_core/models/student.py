@@ -8,7 +8,7 @@ router, top-k, no shared expert; aux-loss-free balancing) or, in the first `dens
 Final RMSNorm; per teacher one Adapter on CLS and patches; a SigLIP2-kind teacher's summary is its frozen MAP head
 over the adapted CLS + registers + patches. Initialisation follows the release (depth-scaled std, zero-initialised
 output projections). Parameter names are the release's except the experts (one module per expert here, stacked
-tensors there; amoe_core.models.siglino maps them), so released checkpoints load and ours export.
+tensors there; amoe_core.models.release.siglino maps them), so released checkpoints load and ours export.
 
 Training with PHI-S (Ranzinger et al.): the adapters predict raw teacher features, so the trained student's inference
 graph is exactly the release's. PHI-S, x -> alpha * H U^T (x - mu), is applied alike to prediction and target inside
@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from amoe_core.config import StudentConfig
+from amoe_core.config.student import StudentArch, StudentConfig, resolve_arch
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
-from amoe_core.models.configs import StudentArch, resolve_arch
 from amoe_core.models.heads import Adapter, PhiSPair, TeacherDims, frozen_copy
 from amoe_core.models.moe import FeedForward, MoEFFN
 from amoe_core.models.packed_attention import PackedMask, packed_attention, prefix_slots, segment_count

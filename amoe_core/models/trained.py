@@ -1,7 +1,7 @@
-"""A trained student from our own formats, as a `Student` in eval mode (the release's format: amoe_core.models.siglino).
+"""A trained student from our own formats, as a `Student` in eval mode (the release's format: amoe_core.models.release.siglino).
 
 - a distill run directory (`runs/<run>`): `student.json` (written by training, `student_spec`) and the run's newest
-  complete checkpoint (amoe_core.models.run_checkpoints): `load_student(run_dir)`;
+  complete checkpoint (amoe_core.checkpoints): `load_student(run_dir)`;
 - an `amoe export` directory: `config.json` (the same spec plus where the weights came from) and `model.safetensors`:
   `load_pretrained(dir)`, or, timm-style, once this module is imported (it registers the name):
 
@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 from timm.models import register_model
 from torch import nn
 
-from amoe_core.config import StudentConfig
+from amoe_core.checkpoints import MODEL_FILE, newest_weights
+from amoe_core.config.student import StudentConfig
 from amoe_core.errors import AmoeError
 from amoe_core.models.heads import TeacherDims
-from amoe_core.models.run_checkpoints import MODEL_FILE, newest_weights
 from amoe_core.models.student import Student, build_student
 from amoe_core.models.teachers.siglip2 import summary_head
 

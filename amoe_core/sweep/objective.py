@@ -17,10 +17,11 @@ from typing import Any
 
 import optuna
 
-from amoe_core.config import Params
-from amoe_core.errors import AmoeError, ConfigError
+from amoe_core.config.params import Params
+from amoe_core.errors import AmoeError, ConfigError, require_path
 from amoe_core.stages import stage_function
 from amoe_core.tracking.runs import SWEEP_DIR, RunDir
+from amoe_core.train.distill import check_inputs as check_distill_inputs
 
 Objective = Callable[[optuna.Trial, Params], float]
 
@@ -102,6 +103,20 @@ def distill_knn(trial: optuna.Trial, params: Params) -> float:
     score = knn_score(run.eval(), params.sweep.feature, params.evaluate.main_resolution, params.sweep.k)
     trial.set_user_attr("run", params.distill.run)
     return score
+
+
+def check_distill_knn_inputs(params: Params) -> None:
+    """What every trial of `distill_knn` reads: a missing input stops the sweep before its first trial (exit 2),
+    instead of failing each trial and leaving them in the study."""
+    check_distill_inputs(params)
+    for ds in params.evaluate.datasets:
+        for split in ("train", "test"):
+            spec = getattr(ds, split)
+            require_path(f"evaluate.datasets.{ds.name}.{split}", spec.partition(":")[2] or spec, "dataset")
+
+
+# An objective may carry `check_inputs(params)`: `amoe sweep` calls it once before any trial.
+distill_knn.check_inputs = check_distill_knn_inputs  # type: ignore[attr-defined]
 
 
 def load_objective(spec: str) -> Objective:

@@ -9,17 +9,19 @@ each array job is one more worker on the same study. The best trial is written a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 import yaml
 
-from amoe_core.config import Params, SweepConfig, validate_params
+from amoe_core.config.params import Params, validate_params
+from amoe_core.config.sweep import SweepConfig
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_write_text
 from amoe_core.overrides import with_overrides
@@ -120,9 +122,23 @@ def make_objective(params: Params) -> Callable[[optuna.Trial], float]:
                 f"distill.checkpoint_every={steps}",
             ],
         )
-        return fn(trial, p)
+        with _trial_logging():
+            return fn(trial, p)
 
     return objective
+
+
+@contextlib.contextmanager
+def _trial_logging() -> Iterator[None]:
+    """A trial's stages log at WARNING unless `-v`, so a finished trial reads as its one `report_trial` line."""
+    stages = logging.getLogger("amoe_core")
+    before = stages.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        stages.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        stages.setLevel(before)
 
 
 def work(params_tree: dict[str, Any], n_trials: int, worker: int) -> None:
@@ -192,7 +208,9 @@ def read_best(path: str | Path) -> list[str]:
 def run(params: Params, **_: Any) -> dict[str, Any]:
     """`amoe sweep`: run the trials, then export the best one; returns a small summary."""
     space.selected(params)  # unknown sweep.search names fail before any worker starts
-    load_objective(params.sweep.objective)
+    check = getattr(load_objective(params.sweep.objective), "check_inputs", None)
+    if check is not None:  # missing shards, selection or evaluation data: exit 2 before the study changes
+        check(params)
     run_workers(params)
     study = load_study(params)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]

@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 import yaml
 
-from amoe_core.config import Params
+from amoe_core.config.params import Params
 from amoe_core.errors import ConfigError
 
 

@@ -7,14 +7,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from amoe_core.config import Params
 from amoe_core.data.loader import build_loader
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError, require_path
@@ -22,10 +21,13 @@ from amoe_core.io import atomic_path
 from amoe_core.launch.distributed import DistInfo, broadcast_module_state
 from amoe_core.losses.distill_loss import DistillLoss
 from amoe_core.models.heads import TeacherDims
-from amoe_core.models.siglino import init_student
+from amoe_core.models.release.siglino import init_student
 from amoe_core.models.student import Student, build_student
 from amoe_core.models.teachers.base import Teacher, TeacherOutput
 from amoe_core.models.teachers.loader import load_teacher
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

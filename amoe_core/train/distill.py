@@ -17,33 +17,36 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from amoe_core.config import Params, dump_params
-from amoe_core.device import set_cpu_threads
-from amoe_core.errors import AmoeError, require_path
-from amoe_core.io import atomic_write_json, mark_output, written_by
-from amoe_core.launch import distributed
-from amoe_core.models.run_checkpoints import latest_checkpoint
-from amoe_core.models.trained import STUDENT_SPEC, student_spec
-from amoe_core.outputs import claim_outputs
-from amoe_core.progress import progress
-from amoe_core.tracking.runs import RunDir
-from amoe_core.train import components
-from amoe_core.train.checkpoint import (
-    Resumable,
+from amoe_core.checkpoints import (
+    Checkpoint,
+    latest_checkpoint,
     resumable_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
     unwrap,
 )
+from amoe_core.config.section import dump_params
+from amoe_core.device import set_cpu_threads
+from amoe_core.errors import AmoeError, require_path
+from amoe_core.io import atomic_write_json, mark_output, written_by
+from amoe_core.launch import distributed
+from amoe_core.models.trained import STUDENT_SPEC, student_spec
+from amoe_core.outputs import claim_outputs
+from amoe_core.progress import progress
+from amoe_core.tracking.runs import RunDir
+from amoe_core.train import components
 from amoe_core.train.live import LiveLog
 from amoe_core.train.loop import DistillStep, Position, batches_forever, position_dict, timed, trim_records
 from amoe_core.train.teacher_cache import TeacherCache
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 RUN_OUTPUT = "distill.run"  # the marker a run directory carries (amoe_core/outputs.py)
@@ -86,11 +89,17 @@ def _claim_run(params: Params) -> contextlib.AbstractContextManager:
     return claim_outputs({"distill.run": run_dir.path}, owner=RUN_OUTPUT)
 
 
-def _run(params: Params, resume: bool) -> dict[str, Any]:
+def check_inputs(params: Params) -> None:
+    """The files a run reads that earlier stages make: missing ones stop it (and a sweep) before any work."""
     cfg = params.distill
     require_path("distill.shards", cfg.shards, "shard directory")
     if cfg.selection is not None:
         require_path("distill.selection", cfg.selection, "selection parquet")
+
+
+def _run(params: Params, resume: bool) -> dict[str, Any]:
+    cfg = params.distill
+    check_inputs(params)
     info = distributed.init_distributed()
     run_dir = RunDir(Path(cfg.runs_dir) / cfg.run)
     resumed, skipped = resumable_checkpoint(run_dir.checkpoints, info.device) if resume else (None, [])
@@ -115,7 +124,7 @@ def _run(params: Params, resume: bool) -> dict[str, Any]:
 
 
 def _start_attempt(
-    params: Params, run_dir: RunDir, resumed: Resumable | None, skipped: list[str], resume: bool, world_size: int
+    params: Params, run_dir: RunDir, resumed: Checkpoint | None, skipped: list[str], resume: bool, world_size: int
 ) -> RunDir:
     """Rank 0: create (or reopen) the run directory and record this attempt's params and start in it."""
     if resumed is None:  # from step 0: drop records an earlier run here left (`dvc repro` removes only its outs)
@@ -141,7 +150,7 @@ class Trainer:
     weights not yet updated), when a preemption must not write a checkpoint.
     """
 
-    def __init__(self, params: Params, info: distributed.DistInfo, run_dir: RunDir, resumed: Resumable | None) -> None:
+    def __init__(self, params: Params, info: distributed.DistInfo, run_dir: RunDir, resumed: Checkpoint | None) -> None:
         self.params, self.cfg, self.info, self.run_dir = params, params.distill, info, run_dir
         teachers = components.load_teachers(params, info.device)
         self.student = components.build(params, teachers, info.device)
@@ -182,7 +191,7 @@ class Trainer:
         self.run_dir.event(f"PHI-S fitted on {fitted['images']} images")
         log.info("PHI-S fitted on %d images; training %s for %d steps", fitted["images"], self.cfg.run, self.cfg.steps)
 
-    def _restore(self, resumed: Resumable) -> None:
+    def _restore(self, resumed: Checkpoint) -> None:
         """Weights, optimizer, step, data position and this rank's RNG from the checkpoint being resumed."""
         state = resumed.state
         unwrap(self.student).load_state_dict(resumed.model)

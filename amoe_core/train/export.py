@@ -2,7 +2,7 @@
 
 Our format (`model.safetensors` with weights and buffers: adaptors, PHI-S normalisers, MoE biases, no optimizer
 state; `config.json`: the run's student spec plus where the weights came from) loads with
-`amoe_core.models.trained.load_pretrained(dir)`; the SigLino format with `amoe_core.models.siglino.load(dir)` or the
+`amoe_core.models.trained.load_pretrained(dir)`; the SigLino format with `amoe_core.models.release.siglino.load(dir)` or the
 release's own code.
 """
 
@@ -15,11 +15,11 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from amoe_core.config import Params
+from amoe_core.checkpoints import MODEL_FILE, Checkpoint, newest_weights
+from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_dir
-from amoe_core.models import siglino
-from amoe_core.models.run_checkpoints import MODEL_FILE, Weights, newest_weights
+from amoe_core.models.release import siglino
 from amoe_core.models.student import Student
 from amoe_core.models.trained import EXPORT_CONFIG, STUDENT_SPEC, build_from_spec
 from amoe_core.outputs import claim_outputs
@@ -35,7 +35,7 @@ def resolve_run(params: Params, run: str) -> Path:
     raise AmoeError(f"no distill run {run!r} under {params.distill.runs_dir} (and {run!r} is not a run directory)")
 
 
-Writer = Callable[[Path, Weights, dict[str, Any], Student], None]  # (tmp dir, weights, run spec, loaded student)
+Writer = Callable[[Path, Checkpoint, dict[str, Any], Student], None]  # (tmp dir, weights, run spec, loaded student)
 
 
 def _export(params: Params, run: str, out: str | Path | None, default: str, what: str, write: Writer) -> Path:
@@ -62,7 +62,7 @@ def _export(params: Params, run: str, out: str | Path | None, default: str, what
 def export_run(params: Params, run: str, out: str | Path | None = None) -> Path:
     """Write runs/<run>/export (or `out`) from the run's newest complete checkpoint; replaces an older export."""
 
-    def write(tmp: Path, found: Weights, spec: dict[str, Any], student: Student) -> None:
+    def write(tmp: Path, found: Checkpoint, spec: dict[str, Any], student: Student) -> None:
         save_file(found.model, str(tmp / MODEL_FILE), metadata={"format": spec["format"]})
         source = {"run": found.path.parent.parent.name, "checkpoint": found.path.name, "step": found.state["step"]}
         (tmp / EXPORT_CONFIG).write_text(json.dumps({**spec, "source": source}, indent=1) + "\n")

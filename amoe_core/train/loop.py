@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from amoe_core.config import DistillConfig
+from amoe_core.checkpoints import unwrap
+from amoe_core.config.distill import DistillConfig
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_write_text, read_jsonl
 from amoe_core.launch.distributed import DistInfo
 from amoe_core.models.student import Student
-from amoe_core.train.checkpoint import unwrap
 from amoe_core.train.schedule import lr_at, set_lr
 
 log = logging.getLogger(__name__)

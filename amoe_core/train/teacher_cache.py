@@ -25,13 +25,12 @@ import logging
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from amoe_core.config import Params
 from amoe_core.data.loader import read_selection
 from amoe_core.data.packed import PackedBatch
 from amoe_core.data.resolution import plan_grids
@@ -41,6 +40,9 @@ from amoe_core.launch.distributed import DistInfo
 from amoe_core.models.teachers.base import Teacher, TeacherOutput
 from amoe_core.progress import progress
 from amoe_core.train import components
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from amoe_core.config import TeacherSpec
+from amoe_core.config.teachers import TeacherSpec
 from amoe_core.errors import AmoeError
 from amoe_core.models.teachers.base import Teacher, freeze
 from amoe_core.models.teachers.dinov3 import load as load_dinov3

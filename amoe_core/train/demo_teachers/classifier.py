@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel, Siglip2VisionConfig, Siglip2VisionModel
 
-from amoe_core.config import DemoTeacherConfig
+from amoe_core.config.demo_teachers import DemoTeacherConfig
 from amoe_core.models.teachers.base import IMAGENET_MEAN, IMAGENET_STD, SIGLIP_MEAN, SIGLIP_STD, Teacher, freeze
 from amoe_core.models.teachers.dinov3 import DINOv3Teacher
 from amoe_core.models.teachers.siglip2 import Siglip2Teacher, to_patches

@@ -12,9 +12,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from amoe_core.data.labelled_folders import list_labelled_folder
 from amoe_core.errors import AmoeError
-
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
 
 @dataclass
@@ -25,19 +24,14 @@ class LabelledImages:
 
 
 def list_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
-    """`root/<class>/<file>` -> (file, class index) pairs, both sorted, and the class names."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    items = [
-        (f, c)
-        for c, name in enumerate(classes)
-        for f in sorted((root / name).iterdir())
-        if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")
-    ]
-    if len(classes) < 2 or not items:
-        raise AmoeError(
-            f"{root}: expected one subfolder of images per class (at least 2 classes), found {len(classes)}"
-        )
-    return items, classes
+    """`root/<class>/<file>` -> (file, class index) pairs, both sorted, and the class names (at least two: a
+    classifier)."""
+    files, names = list_labelled_folder(root, "labelled folder")
+    classes = sorted(set(names))
+    if len(classes) < 2:
+        raise AmoeError(f"{root}: expected at least 2 classes, one subfolder per class, found {len(classes)}")
+    index = {c: i for i, c in enumerate(classes)}
+    return [(f, index[n]) for f, n in zip(files, names)], classes
 
 
 def _load_square(path: Path, size: int) -> Tensor:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from transformers import DINOv3ViTImageProcessor, Siglip2ImageProcessor
 
-from amoe_core.config import DemoTeacherConfig, DemoTeachersConfig, Params, TeacherSpec
+from amoe_core.config.demo_teachers import DemoTeacherConfig, DemoTeachersConfig
+from amoe_core.config.teachers import TeacherSpec
 from amoe_core.errors import AmoeError, require_path
 from amoe_core.eval.knn import knn_accuracy
 from amoe_core.eval.labels import LabelledFeatures
@@ -37,6 +38,9 @@ from amoe_core.models.teachers.hf import quiet_transformers
 from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.train.demo_teachers.classifier import build_backbone, train_classifier, wrap
 from amoe_core.train.demo_teachers.folders import LabelledImages, folder_fingerprint, load_folder
+
+if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
+    from amoe_core.config.params import Params
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from amoe_core.errors import AmoeError
-from amoe_core.models.siglino_config import ROLES
+from amoe_core.models.release.config import ROLES
 from amoe_core.models.student import Student
 from amoe_core.models.teachers.siglip2 import summary_head
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from amoe_core.models.configs import ARCHS, StudentArch, resolve_arch
+from amoe_core.config.student import ARCHS, StudentArch, resolve_arch
 from amoe_core.models.student import Student
 
 

@@ -11,7 +11,7 @@ convention, and write our students in the release's format.
   with a strict `load_state_dict`.
 - `init_student(student, path)`: start a training student from released weights (`student.init`).
 
-The config mapping is amoe_core.models.siglino_config, the state-dict mapping amoe_core.models.siglino_weights.
+The config mapping is amoe_core.models.release.config, the state-dict mapping amoe_core.models.release.weights.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from amoe_core.config.student import StudentArch
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_path, atomic_write_json
-from amoe_core.models.configs import StudentArch
 from amoe_core.models.heads import TeacherDims
-from amoe_core.models.siglino_config import RELEASE_FILES, args_from_arch, resolve_config
-from amoe_core.models.siglino_weights import CHECKPOINT_FILE, from_release, map_head, read_state, roles_of, to_release
+from amoe_core.models.release.config import RELEASE_FILES, args_from_arch, resolve_config
+from amoe_core.models.release.weights import CHECKPOINT_FILE, from_release, map_head, read_state, roles_of, to_release
 from amoe_core.models.student import Student
 from amoe_core.models.trained import is_export, load_pretrained
 

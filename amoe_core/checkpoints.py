@@ -1,7 +1,8 @@
-"""Training checkpoints that survive a kill at any moment, and reading one back whole for `--resume`.
+"""A distill run's checkpoints: the layout, writing them so that they survive a kill at any moment, and reading the
+newest one that reads whole (a trained student's weights, amoe_core.models.trained; everything, for `--resume`).
 
-The layout and the read-back scan are amoe_core.models.run_checkpoints (loading a trained student reads the same
-files, amoe_core.models.trained). A checkpoint is written into a hidden temporary directory, every file
+Layout: `runs/<run>/checkpoints/step_0000100/{model.safetensors, optimizer.pt, state.json}` plus `checkpoints/latest`
+(the name of the newest complete checkpoint). A checkpoint is written into a hidden temporary directory, every file
 fsynced, then renamed into place (rename is atomic); only then is `latest` replaced, itself atomically. A kill
 before the rename leaves a `.tmp-*` directory that readers ignore and the next save removes; a kill after it leaves
 a complete checkpoint that `latest` may not name yet, which the scan fallback finds. Weights are safetensors; the
@@ -12,29 +13,83 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from amoe_core.errors import AmoeError
 from amoe_core.io import _fsync_dir, atomic_write_text
-from amoe_core.models.run_checkpoints import (
-    LATEST,
-    MODEL_FILE,
-    OPTIMIZER_FILE,
-    STATE_FILE,
-    complete_checkpoints,
-    newest_readable,
-    read_weights,
-    step_dir_name,
-)
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "state.json"
+LATEST = "latest"
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------------------- layout
+def step_dir_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """Checkpoint directories under their final name with every file present, oldest first."""
+    out = []
+    for d in sorted(Path(checkpoints).glob("step_*")):
+        if d.is_dir() and (d / MODEL_FILE).is_file() and (d / STATE_FILE).is_file():
+            out.append(d)
+    return out
+
+
+def latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint. `latest` names it in normal operation (for people and tools); a kill between
+    the rename and the pointer update leaves a newer complete one, so the scan, not the pointer, decides."""
+    found = complete_checkpoints(Path(checkpoints))
+    return found[-1] if found else None
+
+
+def read_state(ckpt: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(ckpt) / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise AmoeError(f"checkpoint {ckpt}: unreadable {STATE_FILE} ({e}); delete that directory to fall back") from e
+
+
+def load_model_tensors(ckpt: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return load_file(str(Path(ckpt) / MODEL_FILE), device=str(device))
+
+
+def newest_readable(checkpoints: Path, read: Callable[[Path], T]) -> tuple[T | None, list[str]]:
+    """`read(ckpt)` of the newest complete checkpoint it succeeds on, and one line per newer checkpoint skipped on the
+    way, saying why (a disk error or a copy can damage a checkpoint after its rename)."""
+    skipped: list[str] = []
+    for ckpt in reversed(complete_checkpoints(Path(checkpoints))):
+        try:
+            return read(ckpt), skipped
+        except Exception as e:  # noqa: BLE001 - whatever the damage (json, safetensors, pickle framing): fall back
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            skipped.append(f"{ckpt.name} ({type(e).__name__}: {detail})")
+    return None, skipped
+
+
+def load_optimizer_state(ckpt: Path) -> dict[str, Any] | None:
+    path = Path(ckpt) / OPTIMIZER_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ---------------------------------------------------------------------------------------------------------- RNG
@@ -135,30 +190,35 @@ def _prune(checkpoints: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------------------------------------- resume
+# ---------------------------------------------------------------------------------------------------------- read back
 @dataclass(frozen=True)
-class Resumable:
-    """A checkpoint read back whole: what `--resume` continues from."""
+class Checkpoint:
+    """A checkpoint read back whole: its state.json, its weights and, when read for `--resume`, the optimizer state
+    (None when not read, or when the checkpoint has none)."""
 
     path: Path
     state: dict[str, Any]
     model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any] | None
+    optimizer: dict[str, Any] | None = None
 
 
-def load_optimizer_state(ckpt: Path) -> dict[str, Any] | None:
-    path = Path(ckpt) / OPTIMIZER_FILE
-    if not path.is_file():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+def read_checkpoint(ckpt: Path, device: str | torch.device = "cpu", optimizer: bool = False) -> Checkpoint:
+    state = json.loads((ckpt / STATE_FILE).read_text())
+    int(state["step"])  # a state without a step is damaged
+    model = load_model_tensors(ckpt, device)
+    return Checkpoint(ckpt, state, model, load_optimizer_state(ckpt) if optimizer else None)
 
 
-def resumable_checkpoint(checkpoints: Path, device: str | torch.device = "cpu") -> tuple[Resumable | None, list[str]]:
+def newest_weights(checkpoints: Path) -> Checkpoint | None:
+    """The newest checkpoint whose weights read back (on CPU, no optimizer state), warning about any newer damaged
+    one."""
+    found, skipped = newest_readable(checkpoints, read_checkpoint)
+    for why in skipped:
+        log.warning("skipped unreadable checkpoint %s", why)
+    return found
+
+
+def resumable_checkpoint(checkpoints: Path, device: str | torch.device = "cpu") -> tuple[Checkpoint | None, list[str]]:
     """The newest complete checkpoint whose files all read back (state, weights, optimizer state), and one line per
     newer checkpoint skipped on the way, saying why."""
-
-    def read(ckpt: Path) -> Resumable:
-        weights = read_weights(ckpt, device)
-        return Resumable(ckpt, weights.state, weights.model, load_optimizer_state(ckpt))
-
-    return newest_readable(checkpoints, read)
+    return newest_readable(checkpoints, lambda ckpt: read_checkpoint(ckpt, device, optimizer=True))

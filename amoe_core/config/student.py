@@ -1,18 +1,32 @@
-"""The student's architecture knobs (`StudentArch`) and the named configs (the released SigLino models, tiiuae/amoe,
-plus a CPU `tiny`); `resolve_arch` applies `student.overrides`. Plain data: no torch, so params validation can use it."""
+"""The `student` section and the named student sizes: the architecture knobs (`StudentArch`), the named configs (the
+released SigLino models, tiiuae/amoe, plus a CPU `tiny`) and `resolve_arch`, which applies `student.overrides`. Plain
+data, no torch: params validation reads it, and so do the models (amoe_core.models), which config never imports."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
+from amoe_core.config.section import Section
 from amoe_core.errors import ConfigError
+
+
+class StudentConfig(Section):
+    """The student (the released SigLino architecture): a named config plus optional overrides of its fields, and
+    optionally released weights to start from (`init`: a SigLino `.pt` state dict or our safetensors export)."""
+
+    name: str = "tiny"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+    init: Path | None = None
 
 
 @dataclass(frozen=True)
 class StudentArch:
-    """The released SigLino architecture's knobs (field -> release `SigLinoArgs` name in amoe_core.models.siglino)."""
+    """The released SigLino architecture's knobs (field -> release `SigLinoArgs` name in amoe_core.models.release.siglino)."""
 
     depth: int  # n_layers
     dim: int

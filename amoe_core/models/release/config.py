@@ -1,5 +1,5 @@
 """The released SigLino configs (tiiuae/amoe `SigLinoArgs`, config.json) <-> our `StudentArch`, and the release's
-config names (amoe_core.models.siglino loads and writes the checkpoints)."""
+config names (amoe_core.models.release.siglino loads and writes the checkpoints)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from amoe_core.config.student import ARCHS, StudentArch
 from amoe_core.errors import AmoeError
-from amoe_core.models.configs import ARCHS, StudentArch
 
 ROLES = ("siglip2", "dinov3")  # the release's teachers, in its config order
 RELEASE_NAMES = {  # the release's config names -> ours

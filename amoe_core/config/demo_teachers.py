@@ -1,0 +1,79 @@
+"""The `demo_teachers` section: `amoe teachers demo` (one `DemoTeacherConfig` per teacher)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from amoe_core.config.section import Section
+
+
+class DemoTeacherConfig(Section):
+    """One demo teacher trained locally in the real transformers class, as a classifier on a labelled folder."""
+
+    train: Path  # folder with one subfolder per class
+    test: Path  # its own domain's evaluation split (kNN accuracy in report.json)
+    hidden_size: int = Field(128, ge=16)
+    layers: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    registers: int = Field(0, ge=0)  # DINOv3 register tokens (SigLIP2 has none)
+    patch_size: int = Field(16, ge=2)
+    image_size: int = Field(64, ge=16)  # training resolution; also the kNN evaluation resolution
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    augment: bool = True  # random resized crop + flip; off: each image is only resized to the batch's grid
+    min_crop_scale: float = Field(0.35, gt=0, le=1)  # random-resized-crop area range [min_crop_scale, 1]
+    grid_jitter: int = Field(1, ge=0)  # NaFlex-style: each batch's patch grid varies +-grid_jitter rows/cols
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    head: Literal["linear", "cosine"] = "cosine"  # cosine: NormFace logits, features separated by angle (for kNN)
+    cosine_scale: float = Field(16.0, gt=0)  # logit scale of the cosine head
+
+    @model_validator(mode="after")
+    def _shape(self) -> DemoTeacherConfig:
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by heads ({self.heads})")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+        if self.grid_jitter >= self.image_size // self.patch_size:
+            raise ValueError(f"grid_jitter ({self.grid_jitter}) must be smaller than the patch grid side")
+        return self
+
+
+class DemoTeachersConfig(Section):
+    """`amoe teachers demo`: a DINOv3 expert on fashion-mnist and a SigLIP2 expert on clip-art."""
+
+    out: Path = Path("data/teachers")
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    knn_train_max: int = Field(5000, ge=10)  # kNN memory bank: at most this many train images (class-stratified)
+    threads: int = Field(
+        1, ge=0
+    )  # torch threads during the stage (0 = torch's default): see train/demo_teachers/stage.py for why 1
+    # Recipes measured on the demo splits (kNN trained vs random, report.json): fashion-mnist is learnt best without
+    # augmentation; clip-art (~2000 train images, 10 classes) needs many small-batch epochs and light crops.
+    dinov3: DemoTeacherConfig = DemoTeacherConfig(
+        train=Path("data/demo/splits/fmnist_train"),
+        test=Path("data/demo/splits/fmnist_test"),
+        registers=4,
+        batch_size=64,
+        augment=False,
+        grid_jitter=0,
+    )
+    siglip2: DemoTeacherConfig = DemoTeacherConfig(
+        train=Path("data/demo/splits/clipart_train"),
+        test=Path("data/demo/splits/clipart_test"),
+        epochs=16.0,
+        batch_size=32,
+        min_crop_scale=0.6,
+    )
+
+    @model_validator(mode="after")
+    def _siglip_registers(self) -> DemoTeachersConfig:
+        if self.siglip2.registers:
+            raise ValueError("siglip2.registers must be 0: Siglip2VisionModel has no register tokens")
+        return self

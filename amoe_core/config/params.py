@@ -1,0 +1,146 @@
+"""`Params`: params.yaml as a whole, assembled from one section per stage (a section left out takes its defaults), with
+the checks that span sections; `validate_params` turns pydantic's first error into one `ConfigError` line naming the
+field, the bad value and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from amoe_core.config.ablate import AblateConfig
+from amoe_core.config.cluster import ClusterConfig
+from amoe_core.config.demo_pool import DemoPoolConfig
+from amoe_core.config.demo_teachers import DemoTeachersConfig
+from amoe_core.config.distill import DistillConfig
+from amoe_core.config.embed import EmbedConfig
+from amoe_core.config.evaluate import EvaluateConfig
+from amoe_core.config.ingest import IngestConfig
+from amoe_core.config.launch import LaunchConfig
+from amoe_core.config.loss import LossConfig
+from amoe_core.config.packing import PackingConfig
+from amoe_core.config.report import ReportConfig
+from amoe_core.config.sample import SampleConfig
+from amoe_core.config.section import Section
+from amoe_core.config.student import StudentConfig, resolve_arch
+from amoe_core.config.sweep import SweepConfig
+from amoe_core.config.teachers import TeacherSpec, default_teachers
+from amoe_core.errors import ConfigError
+from amoe_core.outputs import check_disjoint
+
+
+class Params(Section):
+    """params.yaml: the top-level seed, the teachers and one section per stage (a section left out takes its defaults)."""
+
+    seed: int = 0
+    demo_pool: DemoPoolConfig
+    ingest: IngestConfig
+    teachers: list[TeacherSpec] = Field(default_factory=default_teachers, min_length=1)
+    demo_teachers: DemoTeachersConfig
+    embed: EmbedConfig
+    cluster: ClusterConfig
+    sample: SampleConfig
+    packing: PackingConfig
+    student: StudentConfig
+    loss: LossConfig
+    distill: DistillConfig
+    launch: LaunchConfig
+    evaluate: EvaluateConfig
+    sweep: SweepConfig
+    ablate: AblateConfig
+    report: ReportConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sections(cls, data: Any) -> Any:
+        """Every section absent from the file is built from its class's defaults (written once, in the class)."""
+        if not isinstance(data, dict):
+            return data
+        sections = [name for name, f in cls.model_fields.items() if f.is_required()]
+        return {**{name: {} for name in sections}, **data}
+
+    @model_validator(mode="after")
+    def _unique_teachers(self) -> Params:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"teacher names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        sel = self.distill.selection
+        if sel is not None and sel.suffix != ".parquet":
+            raise ConfigError(
+                f"invalid distill.selection = {str(sel)!r}: must be a selection .parquet (from amoe curate sample)"
+            )
+        arch = resolve_arch(self.student.name, self.student.overrides)
+        if arch.patch_size != self.packing.patch_size:
+            raise ConfigError(
+                f"invalid student.overrides.patch_size = {arch.patch_size}: must equal packing.patch_size = "
+                f"{self.packing.patch_size} (batches are cut into patches of that size); set both together"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _outputs_apart_from_inputs(self) -> Params:
+        """No output directory overlaps what its stage reads (or another output of it): a swap would delete it."""
+        folders = {f"ingest.sources[{i}]": s.partition(":")[2] for i, s in enumerate(self.ingest.sources) if ":" in s}
+        dt = self.demo_teachers
+        teacher_data = {f"demo_teachers.{k}.{s}": getattr(getattr(dt, k), s) for k in ("dinov3", "siglip2")
+                        for s in ("train", "test")}  # fmt: skip
+        sel = {"distill.selection": self.distill.selection} if self.distill.selection else {}
+        sample_in = {f"sample.{k}": getattr(self.sample, k) for k in ("shards", "clusters", "embeddings")}
+        for outputs, inputs in (
+            ({"ingest.out": self.ingest.out}, {k: v for k, v in folders.items() if v}),
+            ({"demo_teachers.out": dt.out}, teacher_data),
+            ({"embed.out": self.embed.out}, {"embed.shards": self.embed.shards}),
+            ({"cluster.out": self.cluster.out}, {"cluster.embeddings": self.cluster.embeddings}),
+            ({"sample.out": self.sample.out}, {**sample_in, "sample.plots": self.sample.plots}),
+            ({"sample.plots": self.sample.plots}, sample_in),
+            ({"distill.run": self.distill.runs_dir / self.distill.run}, {"distill.shards": self.distill.shards, **sel}),
+        ):
+            check_disjoint(outputs, inputs)
+        return self
+
+    def teacher(self, name: str) -> TeacherSpec:
+        for t in self.teachers:
+            if t.name == name:
+                return t
+        raise ConfigError(f"no teacher named {name!r}; params.yaml declares {[t.name for t in self.teachers]}")
+
+
+def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = sorted(_model_at(Params, err["loc"][:-1]).model_fields)
+        return f"unknown key {loc}; allowed keys here: {', '.join(allowed)}"
+    value = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{loc} is required"
+    where = f"{loc} = {value!r}" if loc and not isinstance(value, dict) else (loc or "params")
+    return f"invalid {where}: {msg}"
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The pydantic model class that owns location `loc` (list indices skipped)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif inner:
+            model = inner[0]
+    return model
+
+
+def validate_params(data: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e.errors()[0], data)) from None

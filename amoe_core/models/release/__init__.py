@@ -1,0 +1,1 @@
+"""The released SigLino format (tiiuae/amoe): its configs, its state-dict names, loading and writing its checkpoints."""
