@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     teachers = groups.add_parser("teachers", help="teacher models").add_subparsers(dest="cmd", required=True)
     command(teachers, "demo", _stage("teachers-demo"), "train the two small demo teachers (DINOv3, SigLIP2) locally")
+    command(
+        teachers,
+        "cache",
+        _stage("teachers-cache"),
+        "write the teachers' outputs for distill's images and grids to distill.teacher_cache (read instead of teachers)",
+    )
 
     model = groups.add_parser("model", help="student model").add_subparsers(dest="cmd", required=True)
     p = command(model, "info", _model_info, "parameter counts (total and active) of named student configs")

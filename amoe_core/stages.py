@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "demo-pool": "amoe_core.data.demo_pool:run",
     "ingest": "amoe_core.data.ingest:run",
     "teachers-demo": "amoe_core.train.demo_teachers.stage:run",
+    "teachers-cache": "amoe_core.train.teacher_cache:run",
     "embed": "amoe_core.curation.embed:run",
     "cluster": "amoe_core.curation.hkmeans:run",
     "sample": "amoe_core.curation.sampling:run",

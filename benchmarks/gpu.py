@@ -218,7 +218,7 @@ def distill_params(teacher_dirs: dict[str, Path], cfg: PackingConfig, student: s
 def check_bf16(rep: Report, device: torch.device, params: Params, teachers: dict, batch: PackedBatch) -> None:
     """One forward + loss + backward of the student under bf16 autocast vs float32 from the same weights."""
     student = components.build(params, teachers, device)
-    components.fit_phis(student, teachers, [batch], 16)
+    components.fit_phis(student, components.targets_fn(teachers), [batch], 16)
     loss = components.loss(params, device, student)
     targets = components.teacher_outputs(teachers, batch)
     results = {}

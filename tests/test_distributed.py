@@ -105,7 +105,7 @@ def setup(tmp_path_factory):
     assert len({b.n_images for b in batches}) > 1
     teachers = components.load_teachers(params, torch.device("cpu"))
     student = components.build(params, teachers, torch.device("cpu"))
-    components.fit_phis(student, teachers, batches, 16)
+    components.fit_phis(student, components.targets_fn(teachers), batches, 16)
     with torch.no_grad():  # leave the release's identity init (zero output projections): from exactly-zero weights
         for p in student.parameters():  # the first steps move little and the comparison would test little
             if p.requires_grad and not p.abs().sum():

@@ -36,6 +36,7 @@ OWN_SECTION = {
     "demo-pool": "demo_pool",
     "ingest": "ingest",
     "teachers-demo": "demo_teachers",
+    "teachers-cache": "distill",  # the cache is of a distillation run's targets (distill.teacher_cache)
     "embed": "embed",
     "cluster": "cluster",
     "sample": "sample",

@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amoe_core.models.packed_attention import packed_attention, packed_mask, segment_count, segment_mean, segment_sum
+from amoe_core.data.packed import PackedBatch
+from amoe_core.models.packed_attention import (
+    PackedMask,
+    packed_attention,
+    packed_mask,
+    segment_count,
+    segment_mean,
+    segment_sum,
+)
 
 
 @settings(max_examples=30, deadline=None)
@@ -70,3 +78,34 @@ def test_segment_ops_match_a_loop():
         torch.testing.assert_close(segment_sum(x, seg, 7)[i], rows.sum(0))
         torch.testing.assert_close(segment_mean(x, seg, 7)[i], rows.mean(0) if len(rows) else torch.zeros(3).double())
         assert segment_count(seg, 7)[i] == len(rows)
+
+
+def test_one_mask_shared_by_calls_equals_a_mask_per_call():
+    """A `PackedMask` built once per forward (the student and the packed teachers share one across layers) gives
+    exactly what building the mask from the image ids in every call gives, with and without sinks."""
+    g = torch.Generator().manual_seed(3)
+    image_id = torch.tensor([[0, 0, 0, 1, 1, -1], [2, 2, 2, 2, -1, -1]])
+    mask = PackedMask(image_id)
+    sinks = torch.randn(3, generator=g)
+    for _ in range(3):  # reused: the sink's extended mask is built on first use only
+        q, k, v = (torch.randn(2, 3, 6, 8, generator=g) for _ in range(3))
+        assert torch.equal(packed_attention(q, k, v, mask), packed_attention(q, k, v, image_id))
+        assert torch.equal(packed_attention(q, k, v, mask, sinks), packed_attention(q, k, v, image_id, sinks))
+
+
+def test_the_student_builds_its_mask_once_per_forward(monkeypatch):
+    import amoe_core.models.packed_attention as pa
+    from amoe_core.config import StudentConfig
+    from amoe_core.models.heads import TeacherDims
+    from amoe_core.models.student import build_student
+
+    built = []
+    monkeypatch.setattr(pa, "packed_mask", lambda ids: built.append(ids) or packed_mask(ids))
+    torch.manual_seed(0)
+    student = build_student(StudentConfig(name="tiny", overrides={"depth": 3}), {"t": TeacherDims(8, 0)})
+    image_id = torch.tensor([[0, 0, 0, 1, 1, -1], [2, 2, 2, 2, -1, -1]])
+    coords = torch.tensor([[0, 0], [0, 1], [0, 2], [0, 0], [1, 0], [0, 0]]).expand(2, 6, 2)
+    batch = PackedBatch(torch.rand(2, 6, 768), coords.clone(), image_id, torch.tensor([[1, 3], [2, 1], [2, 2]]))
+    with torch.no_grad():
+        student(batch)
+    assert len(built) == 1  # 3 layers, one mask

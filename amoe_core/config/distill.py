@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -32,6 +33,10 @@ class DistillConfig(Section):
     compile: bool = False
     deterministic: bool = True
     balance_update_rate: float = Field(1e-3, ge=0)
+    # `amoe teachers cache` writes the teachers' outputs here; when set, distillation reads its targets from it
+    # instead of running the teachers (amoe_core/train/teacher_cache.py says when a cache is valid)
+    teacher_cache: Path | None = None
+    teacher_cache_dtype: Literal["bfloat16", "float16"] = "bfloat16"
 
     @field_validator("run")
     @classmethod

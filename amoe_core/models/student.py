@@ -34,7 +34,7 @@ from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
 from amoe_core.models.heads import Adapter, PhiSPair, TeacherDims, frozen_copy
 from amoe_core.models.moe import FeedForward, MoEFFN
-from amoe_core.models.packed_attention import packed_attention, segment_count
+from amoe_core.models.packed_attention import PackedMask, packed_attention, prefix_slots, segment_count
 from amoe_core.models.rope import apply_golden, centred_coords, golden_angles, golden_frequencies
 from amoe_core.models.teachers.base import TeacherOutput
 
@@ -69,13 +69,13 @@ class Attention(nn.Module):
         self.wo = nn.Linear(inner, arch.dim, bias=False)
         self.sinks = nn.Parameter(torch.zeros(arch.heads))
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], image_id: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: PackedMask) -> Tensor:
         s, n, _ = x.shape
         q, k, v = (w(x).view(s, n, self.heads, self.head_dim).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
         if self.qk_norm:
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         q, k = apply_golden(q, *rope), apply_golden(k, *rope)
-        o = packed_attention(q, k, v, image_id, self.sinks)
+        o = packed_attention(q, k, v, mask, self.sinks)
         return self.wo(o.transpose(1, 2).reshape(s, n, self.heads * self.head_dim))
 
     def init_weights(self, std: float) -> None:
@@ -108,8 +108,8 @@ class Block(nn.Module):
             self.feed_forward = FeedForward(arch.dim, arch.dense_hidden)
         self.init_std = 0.02 / (2 * (layer + 1)) ** 0.5  # the release's depth-scaled init
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], image_id: Tensor, real: Tensor) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), rope, image_id)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], mask: PackedMask, real: Tensor) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), rope, mask)
         h = self.ffn_norm(x)[real]  # [n_real, d]: padding and unused prefix slots are not routed
         ffn = self.moe if self.moe is not None else self.feed_forward
         return x.index_put((real,), x[real] + ffn(h))
@@ -177,32 +177,19 @@ class Student(nn.Module):
         """The forward on normalised patches [S, L, 3*P*P] with the PackedBatch layout (coords, image_id, sizes)."""
         s, length = image_id.shape
         n, np_ = int(image_sizes.shape[0]), self.num_prefix
-        dev = image_id.device
         real_patch = image_id >= 0
 
-        # Where each image's prefix goes: its sequence and its rank among that sequence's images.
-        seq = torch.arange(s, device=dev)[:, None].expand(s, length)
-        img_seq = torch.zeros(n, dtype=torch.long, device=dev).scatter(0, image_id[real_patch], seq[real_patch])
-        first = torch.full((s,), n, dtype=torch.long, device=dev)
-        first = first.scatter_reduce(0, seq[real_patch], image_id[real_patch], reduce="amin")
-        rank = torch.arange(n, device=dev) - first[img_seq]
-        slots = self.max_images_per_seq or (int(rank.max()) + 1 if n else 1)
-        if n and int(rank.max()) >= slots:
-            raise AmoeError(
-                f"a sequence holds {int(rank.max()) + 1} images but the student reserves prefix slots for "
-                f"{slots}; raise packing.max_images_per_seq consistently"
-            )
-        prefix_pos = length + rank[:, None] * np_ + torch.arange(np_, device=dev)  # [n, 1+R]
-        prefix_seq = img_seq[:, None].expand(n, np_)
+        # Where each image's prefix goes: after the L patch positions of its sequence (packed_attention.prefix_slots).
+        layout = prefix_slots(image_id, n, np_, self.max_images_per_seq)
+        prefix_seq, prefix_pos, ids, slots = layout.seq, layout.pos, layout.image_id, layout.slots
 
         # Tokens: projected patches, then the prefix block (CLS, registers) of every image.
         x = self.img_projector(pixels)
         x = torch.cat([x, x.new_zeros(s, slots * np_, x.shape[-1])], 1)
         prefix_tokens = torch.cat([self.cls_token, self.storage_tokens], 1).to(x.dtype).expand(n, np_, -1)
         x = x.index_put((prefix_seq, prefix_pos), prefix_tokens)
-        ids = torch.cat([image_id, image_id.new_full((s, slots * np_), -1)], 1)
-        ids = ids.index_put((prefix_seq, prefix_pos), torch.arange(n, device=dev)[:, None].expand(n, np_))
         real = ids >= 0
+        mask = PackedMask(ids)  # once per forward, shared by every layer
 
         # Golden 2D RoPE on real patch tokens only.
         pos = centred_coords(coords, image_sizes[image_id.clamp_min(0)])
@@ -211,7 +198,7 @@ class Student(nn.Module):
         rope = golden_angles(pos, rotate, self.freqs_cis_golden)
 
         for block in self.layers:
-            x = block(x, rope, ids, real)
+            x = block(x, rope, mask, real)
         x = self.norm(x)
 
         patches = x[:, :length][real_patch]  # canonical order

@@ -4,6 +4,7 @@ DDP wrapping. distill.run() composes these; the benchmark and the tests build th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,21 +55,29 @@ def build(params: Params, teachers: dict[str, Teacher], device: torch.device) ->
 
 
 @torch.no_grad()
-def teacher_outputs(teachers: dict[str, Teacher], batch: PackedBatch) -> dict[str, TeacherOutput]:
-    return {name: t(batch.images) for name, t in teachers.items()}
+def teacher_outputs(teachers: dict[str, Teacher], batch: PackedBatch, packed: bool = True) -> dict[str, TeacherOutput]:
+    """Every teacher's raw outputs for the batch's images: SigLIP2 / DINOv3 in one forward over the step's packed
+    sequences, other kinds (and all of them with `packed=False`, the benchmark's baseline) per image size."""
+    if not packed:
+        return {name: t(batch.images, batch.image_sizes) for name, t in teachers.items()}
+    return {name: t.forward_packed(batch) for name, t in teachers.items()}
 
 
 @torch.no_grad()
-def fit_phis(student: Student, teachers: dict[str, Teacher], batches: Any, samples: int) -> dict[str, int]:
-    """Fit each teacher's PHI-S normalisers (summary and patches separately) on teacher features of the first batches
-    of the stream until `samples` summaries are seen (Ranzinger et al., PHI-S). Returns the sample sizes."""
+def fit_phis(
+    student: Student, targets: Callable[[PackedBatch], dict[str, TeacherOutput]], batches: Any, samples: int
+) -> dict[str, int]:
+    """Fit each teacher's PHI-S normalisers (summary and patches separately) on teacher features (`targets`: the
+    teachers, or a teacher cache) of the first batches of the stream until `samples` summaries are seen (Ranzinger
+    et al., PHI-S). Returns the sample sizes."""
+    teachers = list(student.phis)
     summaries: dict[str, list[torch.Tensor]] = {n: [] for n in teachers}
     patches: dict[str, list[torch.Tensor]] = {n: [] for n in teachers}
     seen = 0
     device = next(student.parameters()).device
     for batch in batches:
         batch = batch.to(device)
-        for name, out in teacher_outputs(teachers, batch).items():
+        for name, out in targets(batch).items():
             summaries[name].append(out.summary.float().cpu())
             patches[name].append(out.patches.float().cpu())
         seen += batch.n_images

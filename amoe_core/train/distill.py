@@ -52,6 +52,7 @@ from amoe_core.train.loop import (
     timed,
     trim_records,
 )
+from amoe_core.train.teacher_cache import TeacherCache
 
 if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
     from amoe_core.config.params import Params
@@ -164,15 +165,18 @@ class Trainer:
         self.student = components.build(params, teachers, info.device)
         if info.is_main and not (run_dir.path / STUDENT_SPEC).exists():
             atomic_write_json(run_dir.path / STUDENT_SPEC, student_spec(params, teachers, self.student))
+        # targets: the teachers (packed forward), or their outputs read from distill.teacher_cache
+        self.cache = TeacherCache(self.cfg.teacher_cache, params, teachers) if self.cfg.teacher_cache else None
+        targets = self.cache if self.cache is not None else components.targets_fn(teachers)
         if resumed is None and info.is_main:  # PHI-S on rank 0; wrapping broadcasts it with the weights
-            self._fit_phis(teachers)
+            self._fit_phis(targets)
         self.optimizer = components.optimizer(params, self.student)
         self.step, self.position = 0, Position()
         if resumed is not None:
             self._restore(resumed)
         model = components.wrap(self.student, info, compile_model=self.cfg.compile)
         loss_fn = components.loss(params, info.device, self.student)
-        self.step_fn = DistillStep(model, components.targets_fn(teachers), loss_fn, self.optimizer, self.cfg, info)
+        self.step_fn = DistillStep(model, targets, loss_fn, self.optimizer, self.cfg, info)
         self.busy = False
         self.images_seen = 0  # this rank's, this attempt's
         self.last: dict[str, Any] = {}  # the last step's metrics
@@ -189,9 +193,9 @@ class Trainer:
     def _loader(self, epoch: int, start: int) -> Any:
         return components.loader(self.params, self.info, epoch, start)
 
-    def _fit_phis(self, teachers: dict[str, Any]) -> None:
+    def _fit_phis(self, targets: Any) -> None:
         log.info("fitting PHI-S on %d images of teacher features (a minute on CPU)", self.params.loss.phis_samples)
-        fitted = components.fit_phis(self.student, teachers, self._loader(0, 0), self.params.loss.phis_samples)
+        fitted = components.fit_phis(self.student, targets, self._loader(0, 0), self.params.loss.phis_samples)
         components.save_phis(self.student, self.run_dir.path)
         self.run_dir.event(f"PHI-S fitted on {fitted['images']} images")
         log.info("PHI-S fitted on %d images; training %s for %d steps", fitted["images"], self.cfg.run, self.cfg.steps)
@@ -285,6 +289,8 @@ class Trainer:
             self.run_dir.event(f"preempted during step {self.step + 1}: requeue from the last checkpoint")
 
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
         if self.bar is not None:
             self.bar.close()
         if self.live is not None:

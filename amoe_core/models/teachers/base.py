@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,6 +49,11 @@ class Teacher(nn.Module):
     @abstractmethod
     def forward(self, images: list[Tensor], grid: Tensor | None = None) -> TeacherOutput:
         """Summary, patch tokens (canonical packed order) and registers of `images`."""
+
+    def forward_packed(self, batch: PackedBatch) -> TeacherOutput:
+        """The outputs for `batch.images` (canonical order). Kinds that can run the step's packed sequences
+        themselves (siglip2, dinov3: one forward per step) override this; others take the per-size path."""
+        return self(batch.images, batch.image_sizes)
 
     def train(self, mode: bool = True) -> Teacher:
         return super().train(False)  # frozen: always eval mode
@@ -93,6 +99,23 @@ class Teacher(nn.Module):
         std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
         return ((x - mean) / std).to(self.dtype)
 
+    def packed_pixels(self, batch: PackedBatch) -> Tensor:
+        """The teacher's normalised input in the batch's packed layout, [S, L, 3*P*P] (P = the teacher's patch size,
+        (py, px, c) inside a patch), zeros at padding: each image as `to_teacher_input` makes it."""
+        real = batch.image_id >= 0
+        width = 3 * self.patch_size**2
+        if batch.patches.shape[-1] == width:  # same patch size: the batch's patches are the image's, unresized
+            x = batch.patches.to(self.device, torch.float32)
+            mean = torch.tensor(self.mean, device=x.device).repeat(self.patch_size**2)  # channel varies fastest
+            std = torch.tensor(self.std, device=x.device).repeat(self.patch_size**2)
+            return torch.where(real[..., None], (x - mean) / std, 0.0).to(self.dtype)
+        grids = self.grids(batch.images, batch.image_sizes)
+        x = torch.zeros(*batch.image_id.shape, width, device=self.device, dtype=self.dtype)
+        tokens = [
+            to_patches(self.to_teacher_input(im, r, c), self.patch_size) for im, (r, c) in zip(batch.images, grids)
+        ]
+        return x.index_put((real,), torch.cat(tokens))
+
     def forward_by_size(
         self,
         images: list[Tensor],
@@ -122,6 +145,14 @@ class Teacher(nn.Module):
             patches=torch.cat(patches),  # type: ignore[arg-type]
             registers=torch.stack(registers) if r_ else None,  # type: ignore[arg-type]
         )
+
+
+def to_patches(image: Tensor, patch_size: int) -> Tensor:
+    """[C, r*P, c*P] -> [r*c, P*P*C], row-major patches, (py, px, c) inside a patch (SigLIP2's and timm's layout)."""
+    c, h, w = image.shape
+    p = patch_size
+    x = image.reshape(c, h // p, p, w // p, p).permute(1, 3, 2, 4, 0)
+    return x.reshape((h // p) * (w // p), p * p * c)
 
 
 def freeze(module: nn.Module) -> nn.Module:

@@ -5,6 +5,12 @@ NaFlex inputs: each image is cut into its own patch grid (`pixel_values [B, N, 3
 `spatial_shapes [B, 2]` gives each grid so the learned position embeddings are resized per image. There is no CLS
 token: summary = `pooler_output`, the multihead attention-pooling (MAP) head. AMoE (arXiv 2512.20157) produces the
 student's SigLIP2 summary by passing its SigLIP2-space tokens through a frozen copy of that head: `summary_head`.
+
+Packed forward (`forward_packed`, what distillation runs): the step's packed sequences in one forward through the
+model's own modules, block-diagonal attention (packed_attention), each patch's position embedding taken from the
+learned table resized to its own image's grid by transformers' `Siglip2VisionEmbeddings.resize_positional_embeddings`
+(once per distinct grid), and the MAP head over each image's tokens alone. `forward(images)` keeps the padded
+NaFlex batches.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
+from amoe_core.models.packed_attention import PackedMask, packed_attention, segment_count
 from amoe_core.models.teachers.base import (
     FORWARD_TOKENS,
     SIGLIP_MEAN,
@@ -22,6 +30,7 @@ from amoe_core.models.teachers.base import (
     Teacher,
     TeacherOutput,
     freeze,
+    to_patches,
     token_chunks,
 )
 from amoe_core.models.teachers.hf import load_typed, read_normalisation, resolve_source
@@ -31,14 +40,6 @@ MODEL_TYPES = ("siglip2", "siglip2_vision_model")
 # demo SigLIP2 on one CPU thread took 0.27 s as one padded batch, 0.12 s in batches within 25% padding (outputs equal
 # up to summation order, 2e-6); on a GPU the batches stay large when the step is.
 NAFLEX_MAX_PADDING = 0.25
-
-
-def to_patches(image: Tensor, patch_size: int) -> Tensor:
-    """[C, r*P, c*P] -> [r*c, P*P*C], row-major patches, (py, px, c) inside a patch (SigLIP2's layout)."""
-    c, h, w = image.shape
-    p = patch_size
-    x = image.reshape(c, h // p, p, w // p, p).permute(1, 3, 2, 4, 0)
-    return x.reshape((h // p) * (w // p), p * p * c)
 
 
 class Siglip2SummaryHead(nn.Module):
@@ -126,6 +127,54 @@ class Siglip2Teacher(Teacher):
             patches=torch.cat(patches),  # type: ignore[arg-type]
             registers=None,
         )
+
+    @torch.no_grad()
+    def forward_packed(self, batch: PackedBatch) -> TeacherOutput:
+        m = self.model
+        emb, image_id = m.embeddings, batch.image_id.to(self.device)
+        real, n = image_id >= 0, batch.n_images
+        x = emb.patch_embedding(self.packed_pixels(batch))
+
+        # Position embeddings: the table resized per distinct grid, then each patch's row of its image's grid.
+        sizes = batch.image_sizes.to(self.device)
+        grids, which = torch.unique(sizes, dim=0, return_inverse=True)
+        side = emb.position_embedding_size
+        table = emb.position_embedding.weight.reshape(side, side, -1)
+        resized = emb.resize_positional_embeddings(table, grids, int(grids.prod(-1).max()))  # [G, longest, D]
+        img = image_id.clamp_min(0)
+        coords = batch.coords.to(self.device)
+        index = coords[..., 0] * sizes[img, 1] + coords[..., 1]
+        x = x + torch.where(real[..., None], resized[which[img], index], 0)
+
+        mask = PackedMask(image_id)  # once per forward, shared by every layer
+        for layer in m.encoder.layers:
+            x = _layer(layer, x, mask)
+        patches = m.post_layernorm(x)[real]  # canonical order
+        tokens, keep = per_image(patches, image_id[real], n)
+        return TeacherOutput(summary=self.summary_head(tokens, keep).float(), patches=patches.float(), registers=None)
+
+
+def _layer(layer: Any, x: Tensor, mask: PackedMask) -> Tensor:
+    """`Siglip2EncoderLayer.forward` with packed attention, through the layer's own modules."""
+    att = layer.self_attn
+    s, n, d = x.shape
+    h = layer.layer_norm1(x)
+    q, k, v = (
+        p(h).view(s, n, att.num_heads, att.head_dim).transpose(1, 2) for p in (att.q_proj, att.k_proj, att.v_proj)
+    )
+    o = packed_attention(q, k, v, mask)  # scale head_dim**-0.5, as the model's
+    x = x + att.out_proj(o.transpose(1, 2).reshape(s, n, d))
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
+def per_image(tokens: Tensor, token_image_id: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Canonical-order tokens [T, D] -> each image's tokens [n, longest, D] and their mask [n, longest] (True = real)."""
+    counts = segment_count(token_image_id, n)
+    start = torch.cumsum(counts, 0) - counts  # canonical order: each image's tokens are contiguous
+    pos = torch.arange(tokens.shape[0], device=tokens.device) - start[token_image_id]
+    out = tokens.new_zeros(n, int(counts.max()), tokens.shape[-1]).index_put((token_image_id, pos), tokens)
+    keep = torch.zeros(out.shape[:2], dtype=torch.bool, device=tokens.device)
+    return out, keep.index_put((token_image_id, pos), torch.ones_like(pos, dtype=torch.bool))
 
 
 def load(spec: Any, device: torch.device | str = "cpu") -> Teacher:
