@@ -11,9 +11,11 @@ from amoe_core.config.section import Section
 
 
 class EvalDataset(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    train: str  # folder:PATH (one subfolder per class) or shards:PATH (labelled shards)
-    test: str
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Dataset name used in the report's tables.")
+    train: str = Field(
+        description="Train split: folder:PATH (one subfolder per class) or shards:PATH (labelled shards)."
+    )
+    test: str = Field(description="Test split, same forms as train.")
 
 
 class EvaluateConfig(Section):
@@ -29,16 +31,37 @@ class EvaluateConfig(Section):
                 train="folder:data/demo/splits/clipart_train",
                 test="folder:data/demo/splits/clipart_test",
             ),
-        ]
+        ],
+        description="Labelled datasets every model is evaluated on (name, train, test).",
     )
-    max_train_per_dataset: int = Field(5000, ge=10)
-    resolutions: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 112], min_length=1)
-    main_resolution: int = Field(64, ge=16)
-    ks: list[int] = Field(default_factory=lambda: [10, 20, 100], min_length=1)
-    temperature: float = Field(0.07, gt=0)
-    probe_lrs: list[float] = Field(default_factory=lambda: [0.1, 0.03, 0.01])
-    probe_epochs: int = Field(30, ge=1)
-    probe_val_fraction: float = Field(0.1, gt=0, lt=1)
-    pca_images: int = Field(6, ge=1)
-    cache: Path = Path("data/eval_cache")
-    batch_size: int = Field(256, ge=1)
+    max_train_per_dataset: int = Field(
+        5000,
+        ge=10,
+        description="Train images per dataset at most (a seeded uniform subsample); bounds kNN and probe cost.",
+    )
+    resolutions: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [32, 64, 112],
+        min_length=1,
+        description="Image sides in pixels of the cross-resolution kNN (multiples of packing.patch_size).",
+    )
+    main_resolution: int = Field(
+        64, ge=16, description="Side in pixels of the headline kNN, the linear probe and the PCA maps."
+    )
+    ks: list[int] = Field(
+        default_factory=lambda: [10, 20, 100], min_length=1, description="Neighbour counts of the kNN accuracy."
+    )
+    temperature: float = Field(0.07, gt=0, description="Temperature of the kNN vote weights.")
+    probe_lrs: list[float] = Field(
+        default_factory=lambda: [0.1, 0.03, 0.01],
+        description="Learning rates the linear probe tries; the best on the validation split is reported.",
+    )
+    probe_epochs: int = Field(30, ge=1, description="Linear-probe training epochs.")
+    probe_val_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Fraction of the train split held out to choose the probe's learning rate."
+    )
+    pca_images: int = Field(6, ge=1, description="Test images shown as PCA feature maps.")
+    cache: Path = Field(
+        Path("data/eval_cache"),
+        description="Cache folder of the teachers' features on the evaluation sets (a cached run never loads the teachers).",
+    )
+    batch_size: int = Field(256, ge=1, description="Images per forward pass; lower it if memory runs out.")

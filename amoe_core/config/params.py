@@ -32,23 +32,28 @@ from amoe_core.outputs import check_disjoint
 class Params(Section):
     """params.yaml: the top-level seed, the teachers and one section per stage (a section left out takes its defaults)."""
 
-    seed: int = 0
-    demo_pool: DemoPoolConfig
-    ingest: IngestConfig
-    teachers: list[TeacherSpec] = Field(default_factory=default_teachers, min_length=1)
-    demo_teachers: DemoTeachersConfig
-    embed: EmbedConfig
-    cluster: ClusterConfig
-    sample: SampleConfig
-    packing: PackingConfig
-    student: StudentConfig
-    loss: LossConfig
-    distill: DistillConfig
-    launch: LaunchConfig
-    evaluate: EvaluateConfig
-    sweep: SweepConfig
-    ablate: AblateConfig
-    report: ReportConfig
+    seed: int = Field(
+        0,
+        description="Data seed: demo pool, teachers, curation and evaluation splits (distill.seed is the training seed).",
+    )
+    demo_pool: DemoPoolConfig = Field(description="`amoe data demo-pool`: the offline demo images.")
+    ingest: IngestConfig = Field(description="`amoe data ingest`: image sources -> shards.")
+    teachers: list[TeacherSpec] = Field(
+        default_factory=default_teachers, min_length=1, description="The frozen teachers distilled into the student."
+    )
+    demo_teachers: DemoTeachersConfig = Field(description="`amoe teachers demo`: the two small demo teachers.")
+    embed: EmbedConfig = Field(description="`amoe curate embed`: the curation embeddings.")
+    cluster: ClusterConfig = Field(description="`amoe curate cluster`: hierarchical k-means.")
+    sample: SampleConfig = Field(description="`amoe curate sample`: balanced and random selections.")
+    packing: PackingConfig = Field(description="Token-balanced batching of `amoe distill`.")
+    student: StudentConfig = Field(description="The student architecture and its initial weights.")
+    loss: LossConfig = Field(description="The distillation losses.")
+    distill: DistillConfig = Field(description="`amoe distill`: the training run.")
+    launch: LaunchConfig = Field(description="`amoe submit`: where and how a stage runs.")
+    evaluate: EvaluateConfig = Field(description="`amoe evaluate`: datasets and protocols.")
+    sweep: SweepConfig = Field(description="`amoe sweep`: the Optuna search.")
+    ablate: AblateConfig = Field(description="`amoe ablate`: the paper's ablations.")
+    report: ReportConfig = Field(description="`amoe report`: docs/RESULTS.md.")
 
     @model_validator(mode="before")
     @classmethod

@@ -19,9 +19,18 @@ class StudentConfig(Section):
     """The student (the released SigLino architecture): a named config plus optional overrides of its fields, and
     optionally released weights to start from (`init`: a SigLino `.pt` state dict or our safetensors export)."""
 
-    name: str = "tiny"
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    init: Path | None = None
+    name: str = Field(
+        "tiny",
+        description="Named architecture: tiny (CPU demo) or a released SigLino config (`amoe model info` lists them).",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Architecture fields changed from the named config, e.g. {depth: 6} (fields of StudentArch).",
+    )
+    init: Path | None = Field(
+        None,
+        description="Released weights to start from: a SigLino .pt state dict or our safetensors export (None = random init).",
+    )
 
 
 @dataclass(frozen=True)
