@@ -4,6 +4,7 @@ field, the bad value and what is allowed."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -118,7 +119,9 @@ def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         allowed = sorted(_model_at(Params, err["loc"][:-1]).model_fields)
-        return f"unknown key {loc}; allowed keys here: {', '.join(allowed)}"
+        near = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f"did you mean {'.'.join([*map(str, err['loc'][:-1]), near[0]])}? " if near else ""
+        return f"unknown key {loc}; {hint}allowed keys here: {', '.join(allowed)}"
     value = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":

@@ -5,6 +5,7 @@ data, no torch: params validation reads it, and so do the models (amoe_core.mode
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,9 @@ def resolve_arch(name: str, overrides: dict[str, Any] | None = None) -> StudentA
         if key in REMOVED:
             raise ConfigError(f"student.overrides.{key} was removed: {REMOVED[key]}")
         if key not in fields:
-            raise ConfigError(f"unknown key student.overrides.{key}; allowed: {', '.join(fields)}")
+            near = difflib.get_close_matches(key, fields, n=1)
+            hint = f"did you mean student.overrides.{near[0]}? " if near else ""
+            raise ConfigError(f"unknown key student.overrides.{key}; {hint}allowed: {', '.join(fields)}")
         if isinstance(getattr(arch, key), tuple):
             value = tuple(value)
         arch = dataclasses.replace(arch, **{key: value})
