@@ -25,7 +25,8 @@ class ClusterConfig(Section):
     iters: int = Field(20, ge=1, description="Lloyd iterations of each k-means run.")
     resampling_steps: list[int] = Field(
         default_factory=lambda: [6, 6, 6],
-        description="Per level: k-means runs, the first on all items being step 0; 1 = no resampling.",
+        description="Per level: k-means runs, the first on all items being step 0; each further one runs on "
+        "sample_size items per cluster and reassigns every item; 1 = no resampling.",
     )
     sample_size: list[int] = Field(
         default_factory=lambda: [25, 3, 2],
