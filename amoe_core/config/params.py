@@ -151,4 +151,9 @@ def validate_params(data: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(e.errors()[0], data)) from None
+        errors = e.errors()
+        first = errors[0]
+        if first["type"] == "missing":  # a required key reported missing because it was mistyped: name the typo
+            typo = [x for x in errors if x["type"] == "extra_forbidden" and x["loc"][:-1] == first["loc"][:-1]]
+            first = typo[0] if typo else first
+        raise ConfigError(_format_error(first, data)) from None
