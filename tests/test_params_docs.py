@@ -59,15 +59,15 @@ def test_params_lists_every_section_and_list_items_in_the_override_spelling(caps
     headings = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith(" ")]
     assert headings == [name for name, f in Params.model_fields.items() if name != "seed"]
     assert "  teachers.<i>.register_weight " in out and "  demo_teachers.siglip2.epochs " in out
-    # every key of the rows is one that -S accepts (list items as index 0)
-    for key, *_ in rows(Params, "", Params().model_dump(mode="json")):
-        load_params(REPO / "params.yaml", [f"{key.replace('<i>', '0')}={_value_at(key)}"])
+    # every key shown is one that -S accepts (a list item as index 0): setting each to its value validates
+    keys = [key.replace("<i>", "0") for key, *_ in rows(Params, "", Params().model_dump(mode="json"))]
+    assert load_params(REPO / "params.yaml", [f"{key}={_value_at(key)}" for key in keys]) == Params()
 
 
 def _value_at(key: str) -> str:
     """The key's current value as a YAML flow literal (so that setting it validates)."""
     node = Params().model_dump(mode="json")
-    for part in key.replace("<i>", "0").split("."):
+    for part in key.split("."):
         node = node[int(part)] if isinstance(node, list) else node[part]
     return json.dumps(node)
 
