@@ -113,3 +113,15 @@ def test_unknown_key_in_params_yaml_suggests_the_nearest(tmp_path, text, expecte
     with pytest.raises(ConfigError) as e:
         load_params(tmp_path / "params.yaml")
     assert str(e.value).startswith(expected)
+
+
+def test_prefect_run_form_points_at_amoe_params() -> None:
+    """The run form's `overrides` field says where the keys are documented (Prefect reads the docstring's Args)."""
+    from prefect.utilities.callables import parameter_schema  # prefect is slow to import: only this test needs it
+
+    from flows.pipeline import FLOWS  # imports prefect (see above)
+
+    for f in FLOWS:
+        props = parameter_schema(f.fn).model_dump()["properties"]
+        assert "`amoe params [SECTION]`" in props["overrides"]["description"], f.name
+        assert props["params_file"]["description"], f.name
