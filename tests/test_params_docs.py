@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from amoe_core.cli import main
 from amoe_core.config import DistillConfig, Params, load_params
-from amoe_core.config.describe import rows
+from amoe_core.config.describe import describe, rows
 from amoe_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,3 +125,9 @@ def test_prefect_run_form_points_at_amoe_params() -> None:
         props = parameter_schema(f.fn).model_dump()["properties"]
         assert "`amoe params [SECTION]`" in props["overrides"]["description"], f.name
         assert props["params_file"]["description"], f.name
+
+
+@pytest.mark.parametrize("width", [120, 160])  # narrower: the key and type columns alone may not fit
+def test_table_fits_the_width(width) -> None:
+    lines = describe(None, width).splitlines()
+    assert max(len(line) for line in lines) <= width

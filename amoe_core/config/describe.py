@@ -42,7 +42,7 @@ def type_name(ann: Any) -> str:
     if origin is not None:
         return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
     if ann is type(None):
-        return "None"
+        return "null"  # as params.yaml spells it
     if ann is Path:
         return "path"
     return getattr(ann, "__name__", str(ann))
@@ -111,8 +111,9 @@ def describe(names: list[str] | None = None, width: int | None = None) -> str:
 def _table(block: list[tuple[str, str, str, str]], width: int) -> str:
     key_w = max(len(r[0]) for r in block)
     type_w = min(max(len(r[1]) for r in block), 24)
-    default_w = min(max(len(r[2]) for r in block), 30)
-    desc_w = max(width - key_w - type_w - default_w - 6, 30)
+    # the default column gives way (down to 12) before the description gets narrower than 40
+    default_w = min(max(len(r[2]) for r in block), 30, max(12, width - key_w - type_w - 8 - 40))
+    desc_w = max(width - key_w - type_w - default_w - 8, 30)  # 2 indent + 3 gaps of 2
     lines = []
     for key, kind, default, desc in block:
         cols = [
