@@ -59,17 +59,26 @@ def test_params_lists_every_section_and_list_items_in_the_override_spelling(caps
     headings = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith(" ")]
     assert headings == [name for name, f in Params.model_fields.items() if name != "seed"]
     assert "  teachers.<i>.register_weight " in out and "  demo_teachers.siglip2.epochs " in out
-    # every key shown is one that -S accepts (a list item as index 0): setting each to its value validates
+    # every key shown is one that -S accepts (a list item as index 0): setting each to its value validates; keys under
+    # an optional section left out (None) have no value to set
     keys = [key.replace("<i>", "0") for key, *_ in rows(Params, "", Params().model_dump(mode="json"))]
-    assert load_params(REPO / "params.yaml", [f"{key}={_value_at(key)}" for key in keys]) == Params()
+    values = {key: _value_at(key) for key in keys}
+    overrides = [f"{key}={json.dumps(v)}" for key, v in values.items() if v is not _ABSENT]
+    assert len(overrides) > 150  # the walk reached every section
+    assert load_params(REPO / "params.yaml", overrides) == Params()
 
 
-def _value_at(key: str) -> str:
-    """The key's current value as a YAML flow literal (so that setting it validates)."""
-    node = Params().model_dump(mode="json")
+_ABSENT = object()
+
+
+def _value_at(key: str) -> object:
+    """The default value at a dotted key, or _ABSENT where a parent is None."""
+    node: object = Params().model_dump(mode="json")
     for part in key.split("."):
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return json.dumps(node)
+        if node is None:
+            return _ABSENT
+        node = node[int(part)] if isinstance(node, list) else node[part]  # type: ignore[index]
+    return node
 
 
 def test_params_ignores_a_broken_params_yaml(tmp_path, monkeypatch, capsys) -> None:

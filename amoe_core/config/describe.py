@@ -76,9 +76,17 @@ def rows(model: type[BaseModel], prefix: str, default: Any) -> Iterator[tuple[st
         if inner is not None and isinstance(value, dict):
             yield key, kind, "", desc
             yield from rows(inner, f"{key}.", value)
-        elif inner is not None:
-            yield key, kind, f"[{len(value)} items]" if isinstance(value, list) else "required", desc
-            yield from rows(inner, f"{key}.<i>.", None)
+        elif inner is not None:  # a list of models, or an optional model left out (None)
+            many = typing.get_origin(field.annotation) is list
+            shown = (
+                f"[{len(value)} items]"
+                if isinstance(value, list)
+                else "required"
+                if value is None and field.is_required()
+                else json.dumps(value)
+            )
+            yield key, kind, shown, desc
+            yield from rows(inner, f"{key}.<i>." if many else f"{key}.", None)
         else:
             yield key, kind, "required" if value is None and field.is_required() else json.dumps(value), desc
 
