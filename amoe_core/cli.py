@@ -16,6 +16,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from amoe_core.config.describe import describe
 from amoe_core.config.load import load_params
 from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError
@@ -90,6 +91,13 @@ def _export(params: Params, args: argparse.Namespace) -> None:
     from amoe_core.train.export import export_run, export_siglino  # start-up time (module docstring)
 
     (export_siglino if args.format == "siglino" else export_run)(params, args.run, args.out)
+
+
+def _params(params: Params | None, args: argparse.Namespace) -> None:
+    print(describe(args.sections))
+
+
+_params.no_params = True  # type: ignore[attr-defined]  # documents params.yaml: works even when that file is broken
 
 
 def _dashboard(params: Params, args: argparse.Namespace) -> None:
@@ -174,6 +182,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default=None, help="a released model: siglino:CHECKPOINT[@CONFIG] (config.json beside it by default)"
     )
 
+    p = groups.add_parser(
+        "params",
+        help="every parameter of params.yaml: key, type, default and meaning",
+        description="Every parameter of params.yaml (override one with -S section.key=value): key, type, default and "
+        "meaning, from the config models (amoe_core/config/).",
+    )
+    p.add_argument("sections", nargs="*", metavar="SECTION", help="sections to show (default: all), e.g. distill")
+    p.set_defaults(handler=_params, quiet=False, verbose=False, params=None, overrides=[])
+
     command(groups, "sweep", _stage("sweep"), "Optuna search over batching and loss settings")
     p = command(
         groups,
@@ -197,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet, args.verbose)
     try:
-        params = load_params(args.params, args.overrides)
+        params = None if getattr(args.handler, "no_params", False) else load_params(args.params, args.overrides)
         args.handler(params, args)
     except AmoeError as e:
         print(f"amoe: error: {e}", file=sys.stderr)

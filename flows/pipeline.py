@@ -6,6 +6,7 @@ any of them with parameters. Stages run through `flows.tasks` (DVC decides what 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from enum import Enum
 from typing import Any
@@ -29,7 +30,28 @@ def _describe_stages(fn: Callable) -> Callable:
     return fn
 
 
+OVERRIDES = (
+    'params.yaml overrides in DVC\'s spelling, e.g. ["distill.steps=500"]; every key, its type, default and meaning: '
+    "`amoe params [SECTION]`."
+)
+
+
+def _describe_overrides(fn: Callable) -> Callable:
+    """Give the `overrides` and `params_file` fields of the Prefect run form their description (from the docstring's
+    Args section, which Prefect reads), pointing at `amoe params` where every key is documented."""
+    doc = fn.__doc__ or ""
+    if "Args:" not in doc:
+        doc += (
+            "\n\n    Args:\n        overrides: {overrides}\n        params_file: params file (default ./params.yaml).\n"
+        )
+        if "use_dvc" in inspect.signature(fn).parameters:
+            doc += "        use_dvc: let DVC skip the stages whose outputs are up to date.\n"
+    fn.__doc__ = doc.replace("{overrides}", OVERRIDES)
+    return fn
+
+
 @flow(name="amoe-stage", log_prints=True)
+@_describe_overrides
 @_describe_stages
 def stage_flow(
     stage: Stage, overrides: list[str] | None = None, params_file: str | None = None, use_dvc: bool = True
@@ -38,8 +60,7 @@ def stage_flow(
 
     Args:
         stage: {stages}
-        overrides: params.yaml overrides in DVC's spelling, e.g. ["distill.steps=500"]; with any, the stage runs
-            directly instead of through `dvc repro`.
+        overrides: {overrides} With any, the stage runs directly instead of through `dvc repro`.
         params_file: params file (default ./params.yaml).
         use_dvc: let DVC skip the stage when its outputs are up to date.
     """
@@ -50,12 +71,14 @@ def stage_flow(
 
 
 @flow(name="amoe-data", log_prints=True)
+@_describe_overrides
 def data_flow(overrides: list[str] | None = None, params_file: str | None = None, use_dvc: bool = True) -> list[dict]:
     """Demo pool -> shards -> demo teachers."""
     return [tasks.run_stage(s, overrides, params_file, use_dvc=use_dvc) for s in DATA]
 
 
 @flow(name="amoe-curation", log_prints=True)
+@_describe_overrides
 def curation_flow(
     overrides: list[str] | None = None, params_file: str | None = None, use_dvc: bool = True
 ) -> list[dict]:
@@ -64,6 +87,7 @@ def curation_flow(
 
 
 @flow(name="amoe-distillation", log_prints=True)
+@_describe_overrides
 def distillation_flow(
     overrides: list[str] | None = None, params_file: str | None = None, use_dvc: bool = True
 ) -> dict[str, Any]:
@@ -72,6 +96,7 @@ def distillation_flow(
 
 
 @flow(name="amoe-evaluation", log_prints=True)
+@_describe_overrides
 def evaluation_flow(
     run: str | None = None,
     teachers: bool = False,
@@ -85,6 +110,7 @@ def evaluation_flow(
 
 
 @flow(name="amoe-pipeline", log_prints=True)
+@_describe_overrides
 def pipeline_flow(
     overrides: list[str] | None = None, params_file: str | None = None, use_dvc: bool = True
 ) -> list[dict[str, Any]]:
@@ -101,6 +127,7 @@ def pipeline_flow(
 
 
 @flow(name="amoe-sweep", log_prints=True)
+@_describe_overrides
 def sweep_flow(overrides: list[str] | None = None, params_file: str | None = None) -> dict[str, Any]:
     """Optuna search over batching and loss settings (`amoe sweep`); the best trial is exported as overrides."""
     return tasks.run_stage("sweep", overrides, params_file, use_dvc=False)

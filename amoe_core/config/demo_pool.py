@@ -12,15 +12,32 @@ from amoe_core.config.section import Section
 class DemoPoolConfig(Section):
     """`amoe data demo-pool`: real images from Debian packages, no internet."""
 
-    out: Path = Path("data/demo")
-    debs: Path = Path("data/debs")  # downloaded .deb files are cached here
-    fmnist_pool: int = Field(12000, ge=0, le=60000)  # fashion-mnist train images in the unlabelled pool
-    fmnist_teacher_train: int = Field(12000, ge=100, le=60000)  # labelled fashion-mnist train split for teachers
-    fmnist_test: int = Field(2000, ge=20, le=10000)  # labelled evaluation split
-    # Labelled clip-art splits, balanced (chance = 1/n_classes): categories with >= min pictures, not excluded,
-    # each with test_per_category held out and at most train_per_category for train.
-    clipart_min_per_category: int = Field(120, ge=2)
-    clipart_test_per_category: int = Field(40, ge=1)  # lowered to half the smallest kept category if needed
-    clipart_train_per_category: int = Field(250, ge=1)
-    clipart_exclude: list[str] = Field(default_factory=lambda: ["unsorted"])  # grab-bag categories: no visual class
-    max_per_category: int = Field(0, ge=0)  # clip-art / stamps taken per category (0 = all; small pools for tests)
+    out: Path = Field(Path("data/demo"), description="Output folder: the unlabelled pool and the labelled splits.")
+    debs: Path = Field(Path("data/debs"), description="Cache folder of the downloaded .deb files.")
+    fmnist_pool: int = Field(
+        12000, ge=0, le=60000, description="Fashion-mnist train images put in the unlabelled pool."
+    )
+    fmnist_teacher_train: int = Field(
+        12000, ge=100, le=60000, description="Labelled fashion-mnist train images for the demo teachers."
+    )
+    fmnist_test: int = Field(2000, ge=20, le=10000, description="Labelled fashion-mnist evaluation images.")
+    clipart_min_per_category: int = Field(
+        120,
+        ge=2,
+        description="Clip-art categories with fewer pictures are left out of the balanced labelled splits (chance = 1/n_classes).",
+    )
+    clipart_test_per_category: int = Field(
+        40,
+        ge=1,
+        description="Clip-art test images held out per category (lowered to half the smallest kept category if needed).",
+    )
+    clipart_train_per_category: int = Field(
+        250, ge=1, description="At most this many clip-art train images per category."
+    )
+    clipart_exclude: list[str] = Field(
+        default_factory=lambda: ["unsorted"],
+        description="Clip-art categories never used as classes (grab-bags with no visual class).",
+    )
+    max_per_category: int = Field(
+        0, ge=0, description="Clip-art / stamps taken per category (0 = all; small pools for tests)."
+    )

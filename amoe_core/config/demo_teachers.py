@@ -13,25 +13,39 @@ from amoe_core.config.section import Section
 class DemoTeacherConfig(Section):
     """One demo teacher trained locally in the real transformers class, as a classifier on a labelled folder."""
 
-    train: Path  # folder with one subfolder per class
-    test: Path  # its own domain's evaluation split (kNN accuracy in report.json)
-    hidden_size: int = Field(128, ge=16)
-    layers: int = Field(4, ge=1)
-    heads: int = Field(4, ge=1)
-    registers: int = Field(0, ge=0)  # DINOv3 register tokens (SigLIP2 has none)
-    patch_size: int = Field(16, ge=2)
-    image_size: int = Field(64, ge=16)  # training resolution; also the kNN evaluation resolution
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_fraction: float = Field(0.05, ge=0, lt=1)
-    augment: bool = True  # random resized crop + flip; off: each image is only resized to the batch's grid
-    min_crop_scale: float = Field(0.35, gt=0, le=1)  # random-resized-crop area range [min_crop_scale, 1]
-    grid_jitter: int = Field(1, ge=0)  # NaFlex-style: each batch's patch grid varies +-grid_jitter rows/cols
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    head: Literal["linear", "cosine"] = "cosine"  # cosine: NormFace logits, features separated by angle (for kNN)
-    cosine_scale: float = Field(16.0, gt=0)  # logit scale of the cosine head
+    train: Path = Field(description="Labelled train folder, one subfolder per class.")
+    test: Path = Field(description="The teacher's own domain's evaluation split (kNN accuracy in report.json).")
+    hidden_size: int = Field(128, ge=16, description="Transformer width (must be divisible by heads).")
+    layers: int = Field(4, ge=1, description="Transformer blocks.")
+    heads: int = Field(4, ge=1, description="Attention heads per block.")
+    registers: int = Field(0, ge=0, description="DINOv3 register tokens (SigLIP2 has none: 0).")
+    patch_size: int = Field(16, ge=2, description="Patch side in pixels.")
+    image_size: int = Field(
+        64,
+        ge=16,
+        description="Training resolution in pixels, also the kNN evaluation resolution (a multiple of patch_size).",
+    )
+    epochs: float = Field(2.0, gt=0, description="Training epochs over the train folder (fractions allowed).")
+    batch_size: int = Field(128, ge=1, description="Images per optimiser step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine schedule after warm-up).")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay.")
+    warmup_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Fraction of the steps spent warming the learning rate up."
+    )
+    augment: bool = Field(
+        True, description="Random resized crop + flip; off: each image is only resized to the batch's grid."
+    )
+    min_crop_scale: float = Field(
+        0.35, gt=0, le=1, description="Random-resized-crop area range is [min_crop_scale, 1] of the image."
+    )
+    grid_jitter: int = Field(
+        1, ge=0, description="NaFlex-style: each batch's patch grid varies by +-grid_jitter rows/cols (0 = fixed grid)."
+    )
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="Label smoothing of the classification loss.")
+    head: Literal["linear", "cosine"] = Field(
+        "cosine", description="Classifier head; cosine: NormFace logits, features separated by angle (suits kNN)."
+    )
+    cosine_scale: float = Field(16.0, gt=0, description="Logit scale of the cosine head.")
 
     @model_validator(mode="after")
     def _shape(self) -> DemoTeacherConfig:
@@ -47,29 +61,41 @@ class DemoTeacherConfig(Section):
 class DemoTeachersConfig(Section):
     """`amoe teachers demo`: a DINOv3 expert on fashion-mnist and a SigLIP2 expert on clip-art."""
 
-    out: Path = Path("data/teachers")
-    knn_k: int = Field(20, ge=1)
-    knn_temperature: float = Field(0.07, gt=0)
-    knn_train_max: int = Field(5000, ge=10)  # kNN memory bank: at most this many train images (class-stratified)
+    out: Path = Field(
+        Path("data/teachers"), description="Output folder: one save_pretrained directory per teacher and report.json."
+    )
+    knn_k: int = Field(20, ge=1, description="Neighbours of the kNN accuracy check in report.json.")
+    knn_temperature: float = Field(0.07, gt=0, description="Temperature of the kNN vote weights.")
+    knn_train_max: int = Field(
+        5000, ge=10, description="kNN memory bank: at most this many train images (class-stratified)."
+    )
     threads: int = Field(
-        1, ge=0
-    )  # torch threads during the stage (0 = torch's default): see train/demo_teachers/stage.py for why 1
+        1,
+        ge=0,
+        description="Torch threads during the stage (0 = torch's default); see train/demo_teachers/stage.py for why 1.",
+    )
     # Recipes measured on the demo splits (kNN trained vs random, report.json): fashion-mnist is learnt best without
     # augmentation; clip-art (~2000 train images, 10 classes) needs many small-batch epochs and light crops.
-    dinov3: DemoTeacherConfig = DemoTeacherConfig(
-        train=Path("data/demo/splits/fmnist_train"),
-        test=Path("data/demo/splits/fmnist_test"),
-        registers=4,
-        batch_size=64,
-        augment=False,
-        grid_jitter=0,
+    dinov3: DemoTeacherConfig = Field(
+        DemoTeacherConfig(
+            train=Path("data/demo/splits/fmnist_train"),
+            test=Path("data/demo/splits/fmnist_test"),
+            registers=4,
+            batch_size=64,
+            augment=False,
+            grid_jitter=0,
+        ),
+        description="The DINOv3 demo teacher, an expert on fashion-mnist.",
     )
-    siglip2: DemoTeacherConfig = DemoTeacherConfig(
-        train=Path("data/demo/splits/clipart_train"),
-        test=Path("data/demo/splits/clipart_test"),
-        epochs=16.0,
-        batch_size=32,
-        min_crop_scale=0.6,
+    siglip2: DemoTeacherConfig = Field(
+        DemoTeacherConfig(
+            train=Path("data/demo/splits/clipart_train"),
+            test=Path("data/demo/splits/clipart_test"),
+            epochs=16.0,
+            batch_size=32,
+            min_crop_scale=0.6,
+        ),
+        description="The SigLIP2 demo teacher, an expert on clip-art.",
     )
 
     @model_validator(mode="after")

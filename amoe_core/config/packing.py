@@ -13,19 +13,38 @@ from amoe_core.config.section import Section
 class PackingConfig(Section):
     """Token-balanced batching: native-aspect images packed into sequences of exactly `c_max` tokens."""
 
-    patch_size: int = Field(16, ge=1)
-    c_max: int = Field(256, ge=4)  # patch tokens per sequence (prefix tokens are added per image by the student)
-    max_images_per_seq: int = Field(16, ge=1)
-    min_tokens: int = Field(4, ge=1)  # per-image patch-count range; aspect ratio is kept
-    max_tokens: int = Field(64, ge=1)
-    token_sampling: Literal["native", "uniform", "loguniform"] = "loguniform"
-    seqs_per_step: int = Field(8, ge=1)  # sequences per rank per step
-    shuffle_buffer: int = Field(512, ge=1)
-    shard_interleave: int = Field(16, ge=1)  # shards whose samples are interleaved in the stream (mixes sources)
-    mode: Literal["packed", "fixed"] = "packed"  # fixed = a fixed number of images per step (ablation baseline)
-    # mode=fixed only; None = as many images as packed mode fits on average (seqs_per_step * c_max / mean tokens)
-    images_per_step: int | None = Field(None, ge=1)
-    workers: int = Field(1, ge=0)
+    patch_size: int = Field(16, ge=1, description="Patch side in pixels (must equal the student's patch_size).")
+    c_max: int = Field(
+        256, ge=4, description="Patch tokens per sequence (prefix tokens are added per image by the student)."
+    )
+    max_images_per_seq: int = Field(16, ge=1, description="Images packed into one sequence at most.")
+    min_tokens: int = Field(
+        4, ge=1, description="Fewest patch tokens per image (its resolution range's low end; aspect ratio is kept)."
+    )
+    max_tokens: int = Field(64, ge=1, description="Most patch tokens per image (must fit in c_max).")
+    token_sampling: Literal["native", "uniform", "loguniform"] = Field(
+        "loguniform",
+        description="Per-image token budget: the image's own size (native), or drawn over [min_tokens, max_tokens].",
+    )
+    seqs_per_step: int = Field(8, ge=1, description="Sequences per rank per optimiser step.")
+    shuffle_buffer: int = Field(
+        512,
+        ge=1,
+        description="Images in the packer's pool that each sequence is filled from (larger: fuller sequences, more reordering).",
+    )
+    shard_interleave: int = Field(
+        16, ge=1, description="Shards whose samples are interleaved in the stream (mixes sources)."
+    )
+    mode: Literal["packed", "fixed"] = Field(
+        "packed",
+        description="packed: token-balanced sequences; fixed: a fixed number of images per step (ablation baseline).",
+    )
+    images_per_step: int | None = Field(
+        None, ge=1, description="mode=fixed only: images per step; None = as many as packed mode fits on average."
+    )
+    workers: int = Field(
+        1, ge=0, description="DataLoader worker processes feeding `amoe distill` (0 = load in the main process)."
+    )
 
     @model_validator(mode="after")
     def _tokens(self) -> PackingConfig:

@@ -4,6 +4,7 @@ field, the bad value and what is allowed."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -32,23 +33,30 @@ from amoe_core.outputs import check_disjoint
 class Params(Section):
     """params.yaml: the top-level seed, the teachers and one section per stage (a section left out takes its defaults)."""
 
-    seed: int = Field(0, ge=0, lt=2**32)  # numpy seeds are 0 .. 2**32 - 1
-    demo_pool: DemoPoolConfig
-    ingest: IngestConfig
-    teachers: list[TeacherSpec] = Field(default_factory=default_teachers, min_length=1)
-    demo_teachers: DemoTeachersConfig
-    embed: EmbedConfig
-    cluster: ClusterConfig
-    sample: SampleConfig
-    packing: PackingConfig
-    student: StudentConfig
-    loss: LossConfig
-    distill: DistillConfig
-    launch: LaunchConfig
-    evaluate: EvaluateConfig
-    sweep: SweepConfig
-    ablate: AblateConfig
-    report: ReportConfig
+    seed: int = Field(  # numpy seeds are 0 .. 2**32 - 1
+        0,
+        ge=0,
+        lt=2**32,
+        description="Data seed: demo pool, teachers, curation and evaluation splits (distill.seed is the training seed).",
+    )
+    demo_pool: DemoPoolConfig = Field(description="`amoe data demo-pool`: the offline demo images.")
+    ingest: IngestConfig = Field(description="`amoe data ingest`: image sources -> shards.")
+    teachers: list[TeacherSpec] = Field(
+        default_factory=default_teachers, min_length=1, description="The frozen teachers distilled into the student."
+    )
+    demo_teachers: DemoTeachersConfig = Field(description="`amoe teachers demo`: the two small demo teachers.")
+    embed: EmbedConfig = Field(description="`amoe curate embed`: the curation embeddings.")
+    cluster: ClusterConfig = Field(description="`amoe curate cluster`: hierarchical k-means.")
+    sample: SampleConfig = Field(description="`amoe curate sample`: balanced and random selections.")
+    packing: PackingConfig = Field(description="Token-balanced batching of `amoe distill`.")
+    student: StudentConfig = Field(description="The student architecture and its initial weights.")
+    loss: LossConfig = Field(description="The distillation losses.")
+    distill: DistillConfig = Field(description="`amoe distill`: the training run.")
+    launch: LaunchConfig = Field(description="`amoe submit`: where and how a stage runs.")
+    evaluate: EvaluateConfig = Field(description="`amoe evaluate`: datasets and protocols.")
+    sweep: SweepConfig = Field(description="`amoe sweep`: the Optuna search.")
+    ablate: AblateConfig = Field(description="`amoe ablate`: the paper's ablations.")
+    report: ReportConfig = Field(description="`amoe report`: docs/RESULTS.md.")
 
     @model_validator(mode="before")
     @classmethod
@@ -124,7 +132,9 @@ def _format_error(err: dict[str, Any], data: dict[str, Any]) -> str:
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         allowed = sorted(_model_at(Params, err["loc"][:-1]).model_fields)
-        return f"unknown key {loc}; allowed keys here: {', '.join(allowed)}"
+        near = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f"did you mean {'.'.join([*map(str, err['loc'][:-1]), near[0]])}? " if near else ""
+        return f"unknown key {loc}; {hint}allowed keys here: {', '.join(allowed)}"
     value = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
@@ -154,4 +164,9 @@ def validate_params(data: dict[str, Any]) -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(e.errors()[0], data)) from None
+        errors = e.errors()
+        first = errors[0]
+        if first["type"] == "missing":  # a required key reported missing because it was mistyped: name the typo
+            typo = [x for x in errors if x["type"] == "extra_forbidden" and x["loc"][:-1] == first["loc"][:-1]]
+            first = typo[0] if typo else first
+        raise ConfigError(_format_error(first, data)) from None

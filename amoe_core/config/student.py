@@ -5,6 +5,7 @@ data, no torch: params validation reads it, and so do the models (amoe_core.mode
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,18 @@ class StudentConfig(Section):
     """The student (the released SigLino architecture): a named config plus optional overrides of its fields, and
     optionally released weights to start from (`init`: a SigLino `.pt` state dict or our safetensors export)."""
 
-    name: str = "tiny"
-    overrides: dict[str, Any] = Field(default_factory=dict)
-    init: Path | None = None
+    name: str = Field(
+        "tiny",
+        description="Named architecture: tiny (CPU demo) or a released SigLino config (`amoe model info` lists them).",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Architecture fields changed from the named config, e.g. {depth: 6} (fields of StudentArch).",
+    )
+    init: Path | None = Field(
+        None,
+        description="Released weights to start from: a SigLino .pt state dict or our safetensors export (None = random init).",
+    )
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,9 @@ def resolve_arch(name: str, overrides: dict[str, Any] | None = None) -> StudentA
         if key in REMOVED:
             raise ConfigError(f"student.overrides.{key} was removed: {REMOVED[key]}")
         if key not in fields:
-            raise ConfigError(f"unknown key student.overrides.{key}; allowed: {', '.join(fields)}")
+            near = difflib.get_close_matches(key, fields, n=1)
+            hint = f"did you mean student.overrides.{near[0]}? " if near else ""
+            raise ConfigError(f"unknown key student.overrides.{key}; {hint}allowed: {', '.join(fields)}")
         if isinstance(getattr(arch, key), tuple):
             value = tuple(value)
         arch = dataclasses.replace(arch, **{key: value})

@@ -12,12 +12,19 @@ from amoe_core.config.section import Section
 class TeacherSpec(Section):
     """One frozen teacher: a local `save_pretrained` directory (or a hub id when online)."""
 
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    kind: Literal["siglip2", "dinov3", "hf", "timm"]
-    path: str
-    summary_weight: float = Field(1.0, ge=0)
-    patch_weight: float = Field(1.0, ge=0)
-    register_weight: float = Field(0.0, ge=0)  # DINOv3 registers; 0 disables the term
+    name: str = Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="Teacher name, unique; embed.encoder and the metrics refer to it.",
+    )
+    kind: Literal["siglip2", "dinov3", "hf", "timm"] = Field(
+        description="Model family: siglip2 or dinov3 (transformers classes), or any hf / timm model."
+    )
+    path: str = Field(description="A local save_pretrained directory (or a hub id when online).")
+    summary_weight: float = Field(1.0, ge=0, description="Weight of this teacher's summary-token feature loss.")
+    patch_weight: float = Field(1.0, ge=0, description="Weight of this teacher's patch-token feature loss.")
+    register_weight: float = Field(
+        0.0, ge=0, description="Weight of the DINOv3 register-token loss; 0 disables the term."
+    )
 
 
 def default_teachers() -> list[TeacherSpec]:
