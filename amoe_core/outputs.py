@@ -8,6 +8,8 @@ Three rules, checked before any work (`claim_outputs` applies all of them):
   The kernel drops an flock when its holder dies, so a lock left by a killed process is taken over at once.
   A job of several processes is one writer: its rank 0 holds the lock, and processes a lock holder launched (a
   stage relaunching itself under torchrun) find it in `HELD_LOCKS` and do not ask again.
+Not `filelock`: it waits or times out, where a second writer here must fail at once naming the holder's PID, and it
+has no notion of the processes a holder launched writing under its lock.
 """
 
 from __future__ import annotations
