@@ -145,6 +145,17 @@ def written_by(path: str | os.PathLike) -> str | None:
         return None
 
 
+def _check_parent_is_a_folder(field: str, path: str | os.PathLike) -> None:
+    """The nearest existing parent of an output must be a folder (a file there would make every write fail)."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{field} = {show_path(path)}: {parent} is a file, not a folder; choose another output"
+                )
+            break
+
+
 def check_output(field: str, path: str | os.PathLike, stage: str, legacy: tuple[str, ...] = ()) -> None:
     """Refuse an output that `stage` may not replace: a file, or a non-empty directory without its marker.
 
@@ -152,13 +163,7 @@ def check_output(field: str, path: str | os.PathLike, stage: str, legacy: tuple[
     `legacy` names files that together identify an output written before markers existed (accepted as the stage's).
     """
     p = Path(path)
-    for parent in p.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"{field} = {show_path(path)}: {parent} is a file, not a folder; choose another output"
-                )
-            break
+    _check_parent_is_a_folder(field, path)
     if not p.exists() and not p.is_symlink():
         return
     if not p.is_dir():
@@ -192,13 +197,7 @@ def check_file_output(field: str, path: str | os.PathLike, header: bytes, beside
     starts with `header`; the files named `beside` (plots written next to it) only when absent or when `path` is
     already ours. Anything else exits 2 naming the path; nothing is written."""
     p = Path(path)
-    for parent in p.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(
-                    f"{field} = {show_path(path)}: {parent} is a file, not a folder; choose another output"
-                )
-            break
+    _check_parent_is_a_folder(field, path)
     if p.is_dir():
         raise ConfigError(f"{field} = {show_path(path)}: is a directory; give the path of a file to write")
     ours = owns_file(p, header)
