@@ -22,6 +22,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "demo-pool": ("amoe data demo-pool", "real images from Debian packages -> data/demo/{pool,splits}"),
     "ingest": ("amoe data ingest", "image sources -> validated, deduplicated WebDataset shards + manifest"),
     "teachers-demo": ("amoe teachers demo", "train the two small demo teachers (DINOv3, SigLIP2)"),
+    "teachers-cache": (
+        "amoe teachers cache",
+        "the teachers' outputs on the run's packed batches, once -> `distill.teacher_cache` (distill and sweeps read it)",
+    ),
     "embed": ("amoe curate embed", "embed every image of the shard set"),
     "cluster": ("amoe curate cluster", "hierarchical k-means over the embeddings"),
     "sample": ("amoe curate sample", "balanced hierarchical selection and a random baseline"),
