@@ -61,6 +61,14 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(path: str | os.PathLike, suffix: str = "") -> None:
+    """The temporary files of `atomic_path(path, suffix)` writes that a kill interrupted. Call it only while holding
+    `path`'s output lock (amoe_core/outputs.py): then no live writer owns one of them."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def naming_errors(path: str | os.PathLike, size: int | None = None) -> Iterator[None]:
     """Write errors carry no file name (`write()` knows only a descriptor): add it, and the size being written, so

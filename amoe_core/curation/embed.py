@@ -38,7 +38,7 @@ from amoe_core.config.embed import EmbedConfig
 from amoe_core.config.teachers import TeacherSpec
 from amoe_core.data.shards import iter_images, read_manifest, reading_order
 from amoe_core.errors import AmoeError, require_path
-from amoe_core.io import atomic_path, atomic_write_json, create_memmap
+from amoe_core.io import atomic_path, atomic_write_json, create_memmap, remove_stale_temporaries
 from amoe_core.launch.distributed import barrier, cleanup_distributed, init_distributed
 from amoe_core.launch.local_ranks import run_local_ranks
 from amoe_core.models.teachers.loader import load_teacher
@@ -143,8 +143,8 @@ def _start(out: Path, world: int) -> None:
     (out / "meta.json").unlink(missing_ok=True)  # a finished older output is replaced, never mixed
     for legacy in ("embeddings.partial.npy", "progress.json"):  # the 1-process layout before parts
         (out / legacy).unlink(missing_ok=True)
-    for stale in [*out.glob(".embeddings.npy.*.tmp.npy"), *out.glob(".keys.parquet.*.tmp.parquet")]:
-        stale.unlink(missing_ok=True)  # atomic_path's temporaries of a killed attempt (the lock is held: none live)
+    remove_stale_temporaries(out / "embeddings.npy", ".npy")  # a killed attempt's (the lock is held: none live)
+    remove_stale_temporaries(out / "keys.parquet", ".parquet")
     for old in (out / "parts").glob("*") if (out / "parts").exists() else ():
         if not old.name.endswith(f"-of-{world:05d}"):
             shutil.rmtree(old)

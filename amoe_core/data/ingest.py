@@ -33,7 +33,7 @@ from amoe_core.data.shards import MANIFEST, MANIFEST_COLUMNS, REPORT, shard_name
 from amoe_core.data.sources import Item, list_items, parse_source
 from amoe_core.data.staging import chunk_path, stage
 from amoe_core.errors import AmoeError
-from amoe_core.io import atomic_path, atomic_write_json, naming_errors
+from amoe_core.io import atomic_path, atomic_write_json, naming_errors, remove_stale_temporaries
 from amoe_core.outputs import claim_outputs, mark_output
 
 if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
@@ -88,8 +88,7 @@ def ingest(
     settings = decode_settings(cfg)
     fp = _fingerprint(items, settings, cfg)
     state = _read_json(out / STATE)
-    for stale in out.glob(f".{MANIFEST}.*.tmp.parquet"):  # atomic_path's temporary of a killed run (we hold the lock)
-        stale.unlink()
+    remove_stale_temporaries(out / MANIFEST, ".parquet")  # a killed run's (we hold the lock: none is live)
     if state.get("fingerprint") == fp and state.get("complete") and _outputs_present(out, state):
         log.info("ingest: %s is up to date (%d images); nothing to do", out, state["kept"])
         if not cfg.keep_staging:  # a run killed after it finished but before it tidied up
