@@ -196,7 +196,7 @@ def test_bad_sweep_settings_fail_with_one_clear_line(tmp_path):
         search.run(_params(tmp_path, "sweep.objective=nowhere:fn"))
     ev = {"knn": {"fmnist": {"student:native": {"64px": {"k20": 0.5}}}}}
     with pytest.raises(ConfigError, match=r"sweep.feature = 'student:ensemble'.*\['student:native'\]"):
-        objective_mod.knn_score(ev, "student:ensemble", 64, 20)
+        objective_mod.eval_score(ev, "knn", "student:ensemble", 64, 20)
     with pytest.raises(AmoeError, match="no completed trial"):
         search.best_overrides(search.load_study(_params(tmp_path, "sweep.study=empty")))
 

@@ -97,11 +97,6 @@ def eval_score(ev: dict[str, Any], metric: str, feature: str, resolution: int, k
     return sum(scores) / len(scores)
 
 
-def knn_score(ev: dict[str, Any], feature: str, resolution: int, k: int) -> float:
-    """Mean over datasets of the kNN accuracy of `feature` at `resolution` px and `k` neighbours (eval.json)."""
-    return eval_score(ev, "knn", feature, resolution, k)
-
-
 def distill_knn(trial: optuna.Trial, params: Params) -> float:
     """Short distillation (`params.distill.steps`, set by the search) then `sweep.metric` (kNN by default) on the
     evaluation splits."""
