@@ -41,3 +41,23 @@ class DemoPoolConfig(Section):
     max_per_category: int = Field(
         0, ge=0, description="Clip-art / stamps taken per category (0 = all; small pools for tests)."
     )
+    # demo_pool.long_tail (amoe_core/data/demo_longtail.py): the pool redrawn with a web-like long tail
+    long_tail: bool = Field(
+        False,
+        description="Redraw the unlabelled pool with Zipf concept frequencies and near-duplicates of the head "
+        "(the data ablation's long-tail pool, `amoe ablate` variant data-longtail); the labelled splits stay as they are.",
+    )
+    long_tail_exponent: float = Field(
+        1.0,
+        gt=0,
+        description="Zipf exponent a: the concept of rank r holds long_tail_head * r^-a images. 1.0 is Zipf's law; "
+        "neither the paper nor Vo et al. 2024 state one (they describe web concepts as long-tailed).",
+    )
+    long_tail_head: int = Field(2000, ge=1, description="Images of the most frequent concept (rank 1).")
+    long_tail_near_duplicates: float = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="Share of the head concept's images that are near-duplicates (flips, crops, JPEG re-encodes); "
+        "a concept of n images has this share times n / long_tail_head.",
+    )

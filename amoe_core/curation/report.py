@@ -1,4 +1,5 @@
-"""The curation report (report.json): cluster sizes and source shares before and after sampling."""
+"""The curation report (report.json): cluster sizes and source shares before and after sampling, and per concept
+(`concepts`, amoe_core/curation/concepts.py) when every pool image carries a label."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from amoe_core.config.sample import SampleConfig
+from amoe_core.curation.concepts import concept_report
 
 
 def size_stats(sizes: np.ndarray) -> dict[str, float]:
@@ -53,7 +55,7 @@ def build_report(rows: pd.DataFrame, paths: np.ndarray, selections: dict[str, np
         for name, idx in selections.items():
             entry[name] = size_stats(cluster_sizes(paths, level, idx)[before > 0])
         levels.append(entry)
-    return {
+    report = {
         "pool_images": len(rows),
         "target": cfg.target,
         "within": cfg.within,
@@ -67,3 +69,10 @@ def build_report(rows: pd.DataFrame, paths: np.ndarray, selections: dict[str, np
         "level1_cluster_balance": {name: levels[0][name]["balance"] for name in ["pool", *selections]},
         "levels": levels,
     }
+    if "label" in rows and rows["label"].notna().all():  # every image has a concept (the demo pool's folder names)
+        concepts = concept_report(rows["label"], paths[:, 0], selections)
+        # the headline numbers at the top (the dashboard charts {label: number} mappings), the detail beside them
+        for key in ("head_share", "tail_half_share", "level1_clusters_vs_size_slope"):
+            report[f"concept_{key}"] = concepts.pop(key)
+        report["concepts"] = concepts
+    return report

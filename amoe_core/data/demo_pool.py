@@ -6,6 +6,7 @@ Layout (demo_pool.out):
   pool/tuxpaint/<category>/<file>.png             Tux Paint stamps: photo cut-outs and drawings with alpha
   splits/{fmnist_train,fmnist_test,clipart_train,clipart_test}/<class>/<file>.png   labelled, RGB, <= 256 px
   summary.json                                    counts per source / split / class
+  (demo_pool.long_tail: pool/ redrawn with a web-like long tail, see demo_longtail.py)
 Clip-art and stamp sub-folders are flattened into the file name (`a/b.png` -> `a__b.png`) so that the label is
 always the top-level category. Tux Paint SVG stamps are left out: 83 of the 248 duplicate a PNG stamp and rasterising
 the rest needs cairo, which is not a dependency. The whole tree is built in a temporary directory and renamed into
@@ -32,6 +33,7 @@ from PIL import Image
 
 from amoe_core.config.demo_pool import DemoPoolConfig
 from amoe_core.data.decode import bound_side, to_rgb
+from amoe_core.data.demo_longtail import redraw_pool
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_write_json
 
@@ -88,6 +90,8 @@ def run(params: Params, **_: Any) -> dict[str, Any]:
     _fashion_mnist(extract / "dataset-fashion-mnist" / FMNIST_DIR, tmp, cfg, params.seed, summary)
     _clipart(extract / "openclipart-png" / CLIPART_DIR, tmp, cfg, rng, summary)
     _tuxpaint(extract / "tuxpaint-stamps-default" / TUXPAINT_DIR, tmp, cfg.max_per_category, summary)
+    if cfg.long_tail:
+        redraw_pool(tmp, cfg, params.seed, summary)
     shutil.rmtree(extract)
     atomic_write_json(tmp / "summary.json", summary)
     if out.exists():
