@@ -89,9 +89,18 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_plan_is_seed_major_and_only_the_seed_changes_between_repeats() -> None:
     exps = ablations.plan(3, base={"distill.steps": "900", "loss.relational": "rkd"})
     assert [e.name for e in exps[:6]] == ["ref-s0", "loss-none-s0", "loss-rkd-s0", "batching-fixed-s0", "data-1000-s0", "data-2000-s0"]  # fmt: skip
-    assert len(exps) == 14 and len({e.name for e in exps}) == 14
-    # the data-scaling points: one seed each, the whole pipeline (a new selection, students on both)
-    assert [e.name for e in exps if e.name.startswith("data")] == ["data-1000-s0", "data-2000-s0"]
+    assert len(exps) == 19 and len({e.name for e in exps}) == 19
+    # the data-scaling points: one seed each, the whole pipeline (a new selection, students on both); the long-tail
+    # pool's data finding: three seeds, and its own scaling points
+    assert [e.name for e in exps if e.name.startswith("data")] == [
+        "data-1000-s0", "data-2000-s0", "data-longtail-s0", "data-longtail-1000-s0", "data-longtail-2000-s0",
+        "data-longtail-s1", "data-longtail-s2",
+    ]  # fmt: skip
+    lt = {e.name: e for e in exps}["data-longtail-1000-s0"]
+    assert (
+        lt.target is None and lt.overrides["demo_pool.long_tail"] == "true" and lt.overrides["sample.target"] == "1000"
+    )
+    assert lt.overrides["evaluate.class_frequencies"] == "data/demo/concept_frequencies.json"
     by_name = {e.name: e for e in exps}
     assert by_name["data-2000-s0"].target is None and by_name["data-2000-s0"].overrides["sample.target"] == "2000"
     # the base overrides reach every experiment, under the variant's own setting

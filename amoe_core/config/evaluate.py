@@ -84,6 +84,11 @@ class EvaluateConfig(Section):
         default_factory=lambda: [10, 20, 100], min_length=1, description="Neighbour counts of the kNN accuracy."
     )
     temperature: float = Field(0.07, gt=0, description="Temperature of the kNN vote weights.")
+    class_frequencies: Path | None = Field(
+        None,
+        description="A JSON object {class: images in the training pool} copied into eval.json, so the report can "
+        "tell head from tail classes (demo_pool.long_tail writes data/demo/concept_frequencies.json); null = none.",
+    )
     probe_lrs: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: [0.1, 0.03, 0.01],
         min_length=1,

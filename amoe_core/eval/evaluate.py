@@ -8,6 +8,7 @@ the same for teachers and students; `run()` just decides which extractor to buil
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,7 @@ from amoe_core.eval.features import (
     teacher_fingerprint,
 )
 from amoe_core.eval.fidelity import fidelity
-from amoe_core.eval.knn import knn_accuracy, knn_ensemble_accuracy
+from amoe_core.eval.knn import knn_ensemble_predict, knn_predict, per_class_accuracy
 from amoe_core.eval.labels import LabelledFeatures
 from amoe_core.eval.linear_probe import linear_probe
 from amoe_core.eval.pca_maps import save_pca_grid
@@ -57,7 +58,7 @@ from amoe_core.models.release import siglino
 from amoe_core.models.teachers.loader import load_teacher
 from amoe_core.models.trained import load_student
 from amoe_core.outputs import output_lock
-from amoe_core.tracking.eval_record import HEADLINE_FEATURE, SEGMENTATION, ZERO_SHOT
+from amoe_core.tracking.eval_record import CLASS_FREQUENCY, HEADLINE_FEATURE, KNN_PER_CLASS, SEGMENTATION, ZERO_SHOT
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir
 
 if TYPE_CHECKING:  # annotations only: a stage imports its own section, not every section
@@ -252,6 +253,8 @@ def evaluate(
     results: dict[str, Any] = {"knn": {}, "linear": {}, "fidelity": {}, "pca_maps": PCA_FILE}
     if checkpoint_step is not None:
         results["checkpoint_step"] = checkpoint_step
+    if cfg.class_frequencies is not None:  # the training pool's images per class (demo_pool.long_tail writes them)
+        results[CLASS_FREQUENCY] = _class_frequencies(cfg.class_frequencies)
     samples: list[list[torch.Tensor]] = []  # per dataset: test images at the main resolution (fidelity)
     tests: list[LabelledSet] = []  # per dataset: the test split (PCA maps)
     for ds in cfg.datasets:
@@ -273,13 +276,19 @@ def evaluate(
                 labelled = LabelledFeatures(ftr[name], train.labels, fte[name], test.labels)
                 if name == ENSEMBLE:  # the released protocol: per-teacher votes, entropy-weighted fusion
                     parts = [f"student:{t}" for t in bank.specs if f"student:{t}" in ftr]
-                    accs = knn_ensemble_accuracy(
+                    preds = knn_ensemble_predict(
                         [ftr[p] for p in parts], train.labels, [fte[p] for p in parts], test.labels, cfg.ks,
                         cfg.temperature,
                     )  # fmt: skip
                 else:
-                    accs = knn_accuracy(labelled, cfg.ks, cfg.temperature)
+                    tr_labels, te_labels, n_classes = labelled.labels()
+                    preds = knn_predict(labelled.train, tr_labels, labelled.test, cfg.ks, cfg.temperature, n_classes)
+                accs = {k: float((p == test.labels).mean()) for k, p in preds.items()}
                 knn_ds.setdefault(name, {})[f"{res}px"] = {f"k{k}": acc for k, acc in accs.items()}
+                if res == cfg.main_resolution:  # per class at the headline k: head vs tail classes of a pool
+                    k_main = 20 if 20 in cfg.ks else cfg.ks[0]
+                    per_class = results.setdefault(KNN_PER_CLASS, {}).setdefault(ds.name, {}).setdefault(name, {})
+                    per_class[f"{res}px"] = {f"k{k_main}": per_class_accuracy(preds[k_main], test.labels, test.classes)}
                 if res == cfg.main_resolution:
                     probe = linear_probe(
                         labelled,
@@ -320,6 +329,17 @@ def evaluate(
         log.info("%s", line)
     log.info("wrote %s (+ %s, %s, %s)", out.eval_file, RESOLUTION_CSV, RESOLUTION_PNG, PCA_FILE)
     return results
+
+
+def _class_frequencies(path: Path) -> dict[str, int]:
+    try:
+        freq = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"evaluate.class_frequencies = {str(path)!r}: cannot read it ({e}); point it at a JSON "
+                          "object {class: images}, e.g. data/demo/concept_frequencies.json of demo_pool.long_tail") from None  # fmt: skip
+    if not isinstance(freq, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in freq.values()):
+        raise ConfigError(f"evaluate.class_frequencies = {str(path)!r} is not a JSON object {{class: images}}")
+    return {str(c): int(n) for c, n in freq.items()}
 
 
 def _write_pca(params: Params, out: RunDir, tests: list[LabelledSet], extractors: list[Extractor], res: int) -> None:

@@ -109,6 +109,14 @@ def knn_accuracy(
     return {k: float((p == test_labels).mean()) for k, p in preds.items()}
 
 
+def per_class_accuracy(pred: np.ndarray, test_labels: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Top-1 accuracy of each class that has test images: {class name: fraction of its test images right}."""
+    test_labels = np.asarray(test_labels, dtype=np.int64)
+    return {
+        classes[c]: float((pred[test_labels == c] == c).mean()) for c in range(len(classes)) if (test_labels == c).any()
+    }
+
+
 def entropy_fused_votes(votes: Sequence[np.ndarray], beta: float = 5.0) -> np.ndarray:
     """The released SigLino kNN protocol's fusion of several feature spaces' class votes [n, C] (tiiuae/amoe
     evals/knn): each space's votes normalised to a distribution p (sum clamped at 1e-8), its entropy
@@ -133,7 +141,23 @@ def knn_ensemble_accuracy(
     beta: float = 5.0,
     use_gpu: bool | None = None,
 ) -> dict[int, float]:
-    """Top-1 accuracy per k of the released protocol: per space (e.g. each teacher's summary) the top-k cosine
+    """Top-1 accuracy per k of the released protocol (`knn_ensemble_predict`)."""
+    _, test_labels, _ = split_labels(train_labels, test_labels)
+    preds = knn_ensemble_predict(trains, train_labels, tests, test_labels, ks, temperature, beta, use_gpu)
+    return {k: float((p == test_labels).mean()) for k, p in preds.items()}
+
+
+def knn_ensemble_predict(
+    trains: Sequence[np.ndarray],
+    train_labels: np.ndarray,
+    tests: Sequence[np.ndarray],
+    test_labels: np.ndarray,
+    ks: Sequence[int] = (10, 20, 100),
+    temperature: float = 0.07,
+    beta: float = 5.0,
+    use_gpu: bool | None = None,
+) -> dict[int, np.ndarray]:
+    """Predicted class per k of the released protocol: per space (e.g. each teacher's summary) the top-k cosine
     neighbours vote exp(sim / T) (unshifted: the fusion adds votes of different spaces, so their scales must be the
     release's; float64 keeps exp(1 / T) finite for T >= 0.0014), fused with `entropy_fused_votes`."""
     if len(trains) != len(tests) or not trains:
@@ -149,6 +173,5 @@ def knn_ensemble_accuracy(
             w = torch.from_numpy(sims[:, :k].astype(np.float64)).div(temperature).exp()
             v = torch.zeros(len(sims), num_classes, dtype=torch.float64)
             votes.append(v.scatter_add_(1, torch.from_numpy(train_labels[idx[:, :k]]), w).numpy())
-        pred = entropy_fused_votes(votes, beta).argmax(1)
-        out[k] = float((pred == test_labels).mean())
+        out[k] = entropy_fused_votes(votes, beta).argmax(1)
     return out

@@ -7,7 +7,9 @@ edited by hand between variants and `dvc exp show` lists them all with their par
 - `loss-none-sN`, `loss-rkd-sN`: the relational term off / symmetric RKD, balanced selection only;
 - `batching-fixed-sN`: a fixed number of images per step carrying packed mode's token budget on average;
 - `data-1000-s0`, `data-2000-s0`: the whole pipeline with smaller selections (`sample.target`), one seed: the
-  data-scaling view (kNN against the number of selected images, balanced vs random).
+  data-scaling view (kNN against the number of selected images, balanced vs random);
+- `data-longtail-sN` (and `data-longtail-1000-s0`, `-2000-s0`): the whole pipeline on the long-tail pool
+  (`demo_pool.long_tail`), per-class kNN read against the pool's class frequencies (amoe_core/experiments/longtail.py).
 `ablate.overrides` apply to every experiment (e.g. the ablation's training length, longer than the demo's).
 Only `distill.seed` changes between seeds: data, teachers and curation are shared (and cached by DVC).
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amoe_core.config.params import Params
+from amoe_core.data.demo_longtail import FREQUENCIES
 from amoe_core.device import cpu_thread_budget
 from amoe_core.dvc_cli import run_dvc
 from amoe_core.errors import AmoeError, ConfigError
@@ -44,6 +47,7 @@ class VariantSpec:
     max_seeds: int | None = None  # None = ablate.seeds
 
 
+LONG_TAIL = {"demo_pool.long_tail": "true", "evaluate.class_frequencies": f"data/demo/{FREQUENCIES}"}
 VARIANTS: dict[str, VariantSpec] = {
     "ref": VariantSpec({}, target=None),
     "loss-none": VariantSpec({"loss.relational": "none"}),
@@ -52,6 +56,11 @@ VARIANTS: dict[str, VariantSpec] = {
     # the data-scaling view: smaller balanced and random selections of the same pool (the reference is the largest)
     "data-1000": VariantSpec({"sample.target": "1000"}, target=None, max_seeds=1),
     "data-2000": VariantSpec({"sample.target": "2000"}, target=None, max_seeds=1),
+    # the data finding on a pool with the web's long tail (demo_pool.long_tail): balanced and random students, per-class
+    # kNN against the pool's class frequencies (head vs tail classes), and its own data-scaling view
+    "data-longtail": VariantSpec(LONG_TAIL, target=None),
+    "data-longtail-1000": VariantSpec({**LONG_TAIL, "sample.target": "1000"}, target=None, max_seeds=1),
+    "data-longtail-2000": VariantSpec({**LONG_TAIL, "sample.target": "2000"}, target=None, max_seeds=1),
 }
 RECORDS = ("params.yaml", "train.json", "eval.json", "resolution.csv")  # what `amoe report` reads from a run
 

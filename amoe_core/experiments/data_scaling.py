@@ -22,11 +22,14 @@ class Point:
     knn_avg: list[float]  # one per seed, fraction
 
 
-def scaling_points(variants: list[Variant], datasets: list[str], res: str, k: str, feat: str) -> list[Point]:
-    """One point per (selection, target) variant, sorted; empty when the runs vary no target."""
-    if not variants or TARGET_KEY not in variants[0].settings:
+def scaling_points(
+    variants: list[Variant], datasets: list[str], res: str, k: str, feat: str, reference: Variant | None = None
+) -> list[Point]:
+    """One point per (selection, target) variant that matches `reference` (default: the report's reference, which
+    group_variants puts first) in every other setting, sorted; empty when the runs vary no target."""
+    reference = reference or (variants[0] if variants else None)
+    if reference is None or TARGET_KEY not in reference.settings:
         return []
-    reference = variants[0]  # group_variants puts the reference first
     others = [x for x in reference.settings if x not in (TARGET_KEY, SELECTION_KEY)]
     points = []
     for v in variants:

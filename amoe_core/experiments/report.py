@@ -18,6 +18,7 @@ from amoe_core.errors import AmoeError
 from amoe_core.experiments.data_scaling import SELECTION_KEY, scaling_points, scaling_table
 from amoe_core.experiments.findings import HEADING as FINDINGS_HEADING
 from amoe_core.experiments.findings import findings
+from amoe_core.experiments.longtail import long_tail_section
 from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text, check_file_output
 from amoe_core.tracking import eval_record
@@ -189,6 +190,7 @@ def build_report(runs_dir: Path, out: Path) -> str:
             f"![kNN vs selected images]({scaling.name})",
             "",
         ]
+    parts += long_tail_section(variants, datasets, res, k, student_feature)
     text = "\n".join(parts)
     atomic_write_text(out, text)
     return text

@@ -7,7 +7,9 @@ Every result section nests as `[section][dataset][feature]["<res>px"]` and then 
 - "zero_shot"     acc                                top-1 against a text tower's class prompts
 - "segmentation"  {"miou": x, "pixel_acc": y}        the dense linear probe on patch tokens
 
-plus "fidelity" ({teacher: {metric: value}}) and "pca_maps" (a file name). A *metric* names one leaf of this tree
+plus "fidelity" ({teacher: {metric: value}}) and "pca_maps" (a file name); "knn_per_class"
+([dataset][feature]["<res>px"]["k20"] = {class: acc}, main resolution, headline k) and, when evaluate.class_frequencies
+is set, "class_frequency" ({class: images in the training pool}), which tell a pool's head classes from its tail. A *metric* names one leaf of this tree
 for a (dataset, feature, resolution): "knn" (at the k given), "linear", "zero_shot", "segmentation" (mIoU) or
 "segmentation.pixel_acc". The headline number of the report, dashboard, artifacts and sweep is kNN at k=20 (the
 DINO protocol, T=0.07) of `student:ensemble`.
@@ -24,6 +26,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 KNN, LINEAR, ZERO_SHOT, SEGMENTATION, FIDELITY = "knn", "linear", "zero_shot", "segmentation", "fidelity"
+KNN_PER_CLASS, CLASS_FREQUENCY = "knn_per_class", "class_frequency"
 RESULT_SECTIONS = (KNN, LINEAR, ZERO_SHOT, SEGMENTATION)  # the [dataset][feature]["<res>px"] sections
 HEADLINE_K = "k20"  # the DINO protocol's k (k=20, T=0.07) is the headline kNN number
 HEADLINE_FEATURE = "student:ensemble"
