@@ -87,7 +87,7 @@ def test_teacher_baselines_match_direct_computation(setup, monkeypatch) -> None:
     assert main(["evaluate", "--teachers", "-q", "--params", str(_write(params, root))]) == 0
     out = RunDir(root / "runs/_teachers")
     result = json.loads(out.eval_file.read_text())
-    assert set(result) == {"knn", "linear", "fidelity", "pca_maps"} and result["fidelity"] == {}
+    assert set(result) == {"knn", "knn_per_class", "linear", "fidelity", "pca_maps"} and result["fidelity"] == {}
     assert set(result["knn"]["digits"]) == {"teacher:dino", "teacher:siglip"}
     assert set(result["knn"]["digits"]["teacher:dino"]) == {"16px", "32px"}
     assert set(result["linear"]["digits"]["teacher:siglip"]) == {"32px"}
@@ -100,6 +100,11 @@ def test_teacher_baselines_match_direct_computation(setup, monkeypatch) -> None:
         accs = knn_accuracy(LabelledFeatures(ftr, train.labels, fte, test.labels), [1, 5, 20])
         assert result["knn"]["digits"][f"teacher:{name}"]["32px"] == {f"k{k}": a for k, a in accs.items()}
         assert accs[5] > 0.5  # random-weight ViTs still cluster digits well above chance (0.25)
+        # per class (main resolution, k20): weighted by each class's test images, the classes give the overall number
+        per_class = result["knn_per_class"]["digits"][f"teacher:{name}"]["32px"]["k20"]
+        assert sorted(per_class) == sorted(test.classes)
+        weighted = sum(per_class[c] * (test.labels == i).sum() for i, c in enumerate(test.classes)) / len(test)
+        assert weighted == pytest.approx(accs[20], abs=1e-12)  # sums of a few hundred fractions in float64
     for acc in _all_numbers(result["knn"]) + _all_numbers(result["linear"]):
         assert 0.0 <= acc <= 1.0
 
@@ -256,3 +261,16 @@ def test_smart_resize_follows_the_released_rule(size, expected) -> None:
     from amoe_core.eval.features import smart_resize
 
     assert smart_resize(*size, 16, 128 * 128, 256 * 256) == expected
+
+
+def test_class_frequencies_file_errors_name_the_key(tmp_path) -> None:
+    from amoe_core.errors import ConfigError
+
+    good = tmp_path / "freq.json"
+    good.write_text(json.dumps({"bag": 2000, "tools": 3}))
+    assert ev._class_frequencies(good) == {"bag": 2000, "tools": 3}
+    for name, text in (("missing.json", None), ("list.json", "[1, 2]"), ("floats.json", '{"bag": 0.5}')):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match="evaluate.class_frequencies"):
+            ev._class_frequencies(tmp_path / name)

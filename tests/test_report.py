@@ -226,3 +226,41 @@ def test_verdict_tells_does_not_hold_from_too_small_to_see(
     diff: float, se: float, paper: float | None, not_worse: bool, expected: str
 ) -> None:
     assert verdict(Effect(diff, se), paper, not_worse) == expected
+
+
+LONG_TAIL = ["demo_pool.long_tail=true", "evaluate.class_frequencies=data/demo/concept_frequencies.json"]
+FREQ = {"a": 500, "b": 10, "c": 300, "d": 5}  # pool images per class: head a, c; tail b, d (the least frequent half)
+
+
+def _long_tail_eval(per_class: dict[str, float]) -> dict:
+    """eval.json of a long-tail run: per-class kNN (fmnist: a, b; clipart: c, d) and the averages it implies."""
+    fm, ca = (per_class["a"] + per_class["b"]) / 2, (per_class["c"] + per_class["d"]) / 2
+    ev = _eval(fm, ca)
+    ev["knn_per_class"] = {
+        "fmnist": {"student:ensemble": {"64px": {"k20": {"a": per_class["a"], "b": per_class["b"]}}}},
+        "clipart": {"student:ensemble": {"64px": {"k20": {"c": per_class["c"], "d": per_class["d"]}}}},
+    }
+    ev["class_frequency"] = FREQ
+    return ev
+
+
+def test_long_tail_section_reads_head_and_tail_classes(runs: Path, tmp_path: Path) -> None:
+    # balanced: tail classes b, d at 0.50 / 0.52 / 0.54 (mean of b and d), random 0.40 / 0.41 / 0.42; head equal
+    tails = {"balanced": [0.50, 0.52, 0.54], "random": [0.40, 0.41, 0.42]}
+    for selection, values in tails.items():
+        for seed, t in enumerate(values):
+            overrides = LONG_TAIL + [f"distill.selection=data/curation/selection/{selection}.parquet"]
+            ev = _long_tail_eval({"a": 0.9 + 0.01 * seed, "c": 0.7, "b": t + 0.05, "d": t - 0.05})
+            _make_run(runs, f"lt-{selection}-s{seed}", overrides + [f"distill.seed={seed}"], ev, 1000.0, True)
+    text = build_report(runs, tmp_path / "RESULTS.md")
+    section = text.split("## The data finding on the long-tail pool", 1)[1]
+    assert "Tail = the least frequent half of the evaluated classes by images in the pool: b (10), d (5); head: a (500), c (300)." in section  # fmt: skip
+    # tail: balanced mean 52.0, random 41.0; s.e. = sqrt(2^2 / 3 + 1^2 / 3) = 1.29 points, detectable 2.84 s.e. = 3.7
+    se = (0.02**2 / 3 + 0.01**2 / 3) ** 0.5 * 100
+    assert f"**tail classes** at 64px, balanced 52.0 vs random 41.0 (3 / 3 seeds): ours +11.0 ± {se:.1f}, detectable {2.84 * se:.1f}: **holds**" in section  # fmt: skip
+    # head: (a + c) / 2 per seed = 0.800, 0.805, 0.810 in both: no effect, s.e. = sqrt(2 * 0.5^2 / 3) = 0.4 points
+    assert "**head classes** at 64px, balanced 80.5 vs random 80.5 (3 / 3 seeds): ours +0.0 ± 0.4" in section
+    # the average over the datasets, (a + b + c + d) / 4, moves by half the tail's effect: +5.5; s.e. 0.8 (seeds: +1.25 and +0.75 per step)
+    assert "**kNN avg** at 64px, balanced 66.2 vs random 60.8 (3 / 3 seeds): ours +5.5 ± 0.8" in section
+    # the default pool's data finding still compares the default pool's selections only
+    assert "balanced 61.5 vs random 64.5: ours -3.0 ± 1.2" in text
