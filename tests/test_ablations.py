@@ -96,11 +96,17 @@ def test_plan_is_seed_major_and_only_the_seed_changes_between_repeats() -> None:
         "data-1000-s0", "data-2000-s0", "data-longtail-s0", "data-longtail-1000-s0", "data-longtail-2000-s0",
         "data-longtail-s1", "data-longtail-s2",
     ]  # fmt: skip
-    lt = {e.name: e for e in exps}["data-longtail-1000-s0"]
+    by_name = {e.name: e for e in exps}
+    lt = by_name["data-longtail-1000-s0"]
     assert (
         lt.target is None and lt.overrides["demo_pool.long_tail"] == "true" and lt.overrides["sample.target"] == "1000"
     )
     assert lt.overrides["evaluate.class_frequencies"] == "data/demo/concept_frequencies.json"
+    # the pool rebuild in a temporary workspace (no data/ there) reads the launching checkout's .deb cache
+    assert "demo_pool.debs" not in lt.overrides and "demo_pool.debs" not in by_name["data-1000-s0"].overrides
+    with_debs = {e.name: e for e in ablations.plan(1, ["data-longtail", "ref"], debs=Path("data/debs"))}
+    assert with_debs["data-longtail-s0"].overrides["demo_pool.debs"] == str(Path("data/debs").resolve())
+    assert "demo_pool.debs" not in with_debs["ref-s0"].overrides
     by_name = {e.name: e for e in exps}
     assert by_name["data-2000-s0"].target is None and by_name["data-2000-s0"].overrides["sample.target"] == "2000"
     # the base overrides reach every experiment, under the variant's own setting

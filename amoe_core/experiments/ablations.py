@@ -84,19 +84,27 @@ class Experiment:
         return cmd + ([self.target] if self.target else [])
 
 
-def plan(seeds: int, variants: list[str] | None = None, base: dict[str, str] | None = None) -> list[Experiment]:
+def plan(
+    seeds: int, variants: list[str] | None = None, base: dict[str, str] | None = None, debs: Path | None = None
+) -> list[Experiment]:
     """Every (variant, seed) experiment, seed-major so concurrent workers run different variants side by side.
-    `base` (`ablate.overrides`) applies to every experiment, under the variant's own settings."""
+    `base` (`ablate.overrides`) applies to every experiment, under the variant's own settings. `debs`: the .deb cache
+    an experiment that rebuilds the demo pool reads, as an absolute path (a queued experiment runs in a temporary
+    workspace without the git-ignored data/, where the relative default would download the packages again)."""
     names = variants or list(VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise AmoeError(f"unknown ablation variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    return [
-        Experiment(f"{v}-s{s}", {**(base or {}), **VARIANTS[v].overrides, "distill.seed": str(s)}, VARIANTS[v].target)
-        for s in range(seeds)
-        for v in names
-        if VARIANTS[v].max_seeds is None or s < VARIANTS[v].max_seeds
-    ]
+    experiments = []
+    for s in range(seeds):
+        for v in names:
+            if VARIANTS[v].max_seeds is not None and s >= VARIANTS[v].max_seeds:
+                continue
+            overrides = {**(base or {}), **VARIANTS[v].overrides, "distill.seed": str(s)}
+            if debs is not None and "demo_pool.long_tail" in VARIANTS[v].overrides:
+                overrides["demo_pool.debs"] = str(Path(debs).resolve())
+            experiments.append(Experiment(f"{v}-s{s}", overrides, VARIANTS[v].target))
+    return experiments
 
 
 def _git(*args: str) -> str:
@@ -221,7 +229,8 @@ def run(params: Params, collect_only: bool = False) -> list[Path]:
         with_overrides(params, cfg.overrides)
     except ConfigError as e:
         raise ConfigError(f"ablate.overrides {cfg.overrides}: {e}") from None
-    experiments = plan(cfg.seeds, cfg.variants or None, dict(o.split("=", 1) for o in cfg.overrides))
+    base = dict(o.split("=", 1) for o in cfg.overrides)
+    experiments = plan(cfg.seeds, cfg.variants or None, base, Path(base.get("demo_pool.debs", params.demo_pool.debs)))
     if shutil.which("dvc") is None:
         raise AmoeError("`dvc` is not on PATH: activate the project's virtualenv (make install)")
     if not collect_only:
