@@ -252,8 +252,17 @@ def test_long_tail_section_reads_head_and_tail_classes(runs: Path, tmp_path: Pat
             overrides = LONG_TAIL + [f"distill.selection=data/curation/selection/{selection}.parquet"]
             ev = _long_tail_eval({"a": 0.9 + 0.01 * seed, "c": 0.7, "b": t + 0.05, "d": t - 0.05})
             _make_run(runs, f"lt-{selection}-s{seed}", overrides + [f"distill.seed={seed}"], ev, 1000.0, True)
+    for selection, t in (("balanced", 0.45), ("random", 0.40)):  # the data-scaling view on this pool, one seed
+        overrides = LONG_TAIL + ["sample.target=1000", f"distill.selection=data/curation/selection/{selection}.parquet"]
+        ev = _long_tail_eval({"a": 0.8, "c": 0.6, "b": t, "d": t})
+        _make_run(runs, f"lt-1000-{selection}", overrides, ev, 1000.0, True)
     text = build_report(runs, tmp_path / "RESULTS.md")
     section = text.split("## The data finding on the long-tail pool", 1)[1]
+    # (a + b + c + d) / 4: balanced (0.8 + 0.6 + 0.9) / 4 = 57.5, random 55.0; at 4,000 the three seeds above (std over seeds 1.25 and 0.75)
+    assert (
+        "| 1,000 | 57.5 (1 seed) | 55.0 (1 seed) |" in section
+        and "| 4,000 | 66.2 ± 1.3 (3 seeds) | 60.8 ± 0.7 (3 seeds) |" in section
+    )
     assert "Tail = the least frequent half of the evaluated classes by images in the pool: b (10), d (5); head: a (500), c (300)." in section  # fmt: skip
     # tail: balanced mean 52.0, random 41.0; s.e. = sqrt(2^2 / 3 + 1^2 / 3) = 1.29 points, detectable 2.84 s.e. = 3.7
     se = (0.02**2 / 3 + 0.01**2 / 3) ** 0.5 * 100
