@@ -394,8 +394,22 @@ def variant_selection(runs_dir: str, include_sweeps: bool, options: list[str]) -
     return chosen
 
 
+# Multiselect chips show the whole label: Streamlit cuts a chip's text at a fixed width with an ellipsis, and two
+# variants then read the same ("selection=random, ta..."). A long label wraps inside its chip instead, and the box
+# grows with its chips rather than scrolling inside (Streamlit caps it at ~4 rows).
+FULL_CHIPS = """<style>
+[data-testid="stMultiSelect"] .react-aria-ComboBox > div { max-height: none !important; }
+[data-testid="stMultiSelect"] .react-aria-ComboBox > div > div { max-height: none !important; overflow: visible !important; }
+[data-testid="stMultiSelect"] span[data-tag] { max-width: 100% !important; height: auto !important; }
+[data-testid="stMultiSelect"] span[data-tag] > span[title] {
+  max-width: none !important; overflow: visible !important; text-overflow: clip !important;
+  white-space: normal !important; overflow-wrap: anywhere; }
+</style>"""
+
+
 def main() -> None:
     st.set_page_config(page_title="AMoE runs", layout="wide")
+    st.html(FULL_CHIPS)  # a fixed stylesheet: no user text in it
     st.title("AMoE runs")
     roots = allowed_roots()
     with st.sidebar:
