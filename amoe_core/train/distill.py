@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,7 +139,8 @@ def _start_attempt(
     if resumed is None:  # from step 0: drop records an earlier run here left (`dvc repro` removes only its outs)
         if resume and run_dir.exists():
             log.warning("no complete checkpoint in %s: starting the run from step 0", run_dir.checkpoints)
-        run_dir.train_file.unlink(missing_ok=True)  # and dvclive starts its curves afresh (LiveLog, resume=False)
+        run_dir.train_file.unlink(missing_ok=True)
+        shutil.rmtree(run_dir.live_dir, ignore_errors=True)  # dvclive would too, but only once the models are built
     run_dir = RunDir.create(params.distill.runs_dir, params.distill.run)
     mark_output(run_dir.path, RUN_OUTPUT)
     for why in skipped:
