@@ -334,41 +334,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one JSON record as a single write so a kill leaves at most one truncated last line."""
-    line = json.dumps(record, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read records: a truncated last line (left by a kill) is ignored; a damaged line elsewhere is skipped and
-    counted in one warning naming the file, and the records after it are kept."""
-    out: list[dict[str, Any]] = []
-    p = Path(path)
-    if not p.exists():
-        return out
-    text = p.read_text(encoding="utf-8", errors="replace")
-    lines = text.split("\n")
-    last = len(lines) - 1  # the part after the final newline: empty, or a line a kill cut short
-    bad = 0
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        if isinstance(rec, dict):
-            out.append(rec)
-        elif i != last:
-            bad += 1
-    if bad:
-        log.warning("%s: %d damaged lines skipped (not JSON records); the other records are read", p, bad)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------- reading
 # Bounded reads of files a user names (params files, exported overrides): a regular file only, at most a size cap,
 # and YAML without aliases. `/dev/zero` as `--params` used to grow the process until the kernel's OOM killer took it

@@ -1,7 +1,7 @@
 """AMoE dashboard: `amoe dashboard` (binds 127.0.0.1; `python -m streamlit run dashboards/app.py` from the checkout works
 too: the page imports its modules from the `dashboards` package, found on the repository root).
 
-Reads only what the stages wrote: runs/<run>/{params.yaml, metrics.jsonl, train.json, eval.json, pca_maps.png},
+Reads only what the stages wrote: runs/<run>/{params.yaml, dvclive/ (curves), train.json, eval.json, pca_maps.png},
 runs/_teachers/eval.json, runs/_sweep/<study>/<trial>/ (hidden by default), data/curation/{selection/report.json,
 plots/*.png} and the Optuna storage. Runs are grouped into variants (params that differ; seeds folded into
 mean ± std) by the same `amoe_core.tracking` code as `amoe report`. Every loader is cached on the files'
@@ -25,6 +25,7 @@ import pandas as pd
 import streamlit as st
 
 from amoe_core.tracking import eval_record
+from amoe_core.tracking.curves import last_written
 from amoe_core.tracking.palette import TEACHER_PREFIX, variant_colours
 from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import headline_feature, main_resolution_px, variant_order
@@ -168,17 +169,18 @@ def runs_view(data: dict[str, Any], selected: list[str]) -> None:
         st.altair_chart(charts.expert_load(load))
     if curves.empty and load.empty:
         st.info(
-            "No training curves among the selected runs (collected ablation runs keep only train.json): "
-            "`amoe distill -S distill.run=NAME` writes them."
+            "No training curves among the selected runs (ablation runs collected before curves were kept have "
+            "none): `amoe distill -S distill.run=NAME` writes them, `amoe ablate` collects them."
         )
 
 
 def live_view(data: dict[str, Any], runs_dir: str, selected: list[str]) -> None:
     st.subheader("Live training")
     runs = [RunDir(Path(runs_dir) / n) for n in selected]  # the sidebar's selection, as on every tab
-    growing = sorted((r for r in runs if r.metrics_file.exists()), key=lambda r: -r.metrics_file.stat().st_mtime)
+    written = {r: last_written(r.path) for r in runs}
+    growing = sorted((r for r in runs if written[r] is not None), key=lambda r: -written[r])
     if not growing:
-        st.info("No selected run with a metrics.jsonl: start one with `amoe distill -S distill.run=NAME`.")
+        st.info("No selected run with training curves: start one with `amoe distill -S distill.run=NAME`.")
         return
     names = [loaders.run_name(r, runs_dir) for r in growing]
     name = st.selectbox("Run (most recently written first)", names, key="live_run")
@@ -191,7 +193,7 @@ def live_view(data: dict[str, Any], runs_dir: str, selected: list[str]) -> None:
         records = run.metrics()
         target = int((run.params().get("distill") or {}).get("steps", 0)) or None
         step = max((int(m["step"]) for m in records if "step" in m), default=0)
-        age = time.time() - run.metrics_file.stat().st_mtime
+        age = time.time() - (last_written(run.path) or time.time())
         state = "finished" if run.train_file.exists() else f"last record {age:.0f} s ago"
         st.markdown(f"**{md_escape(name)}**: step {step}" + (f" of {target}" if target else "") + f" ({state})")
         if target:
@@ -392,8 +394,22 @@ def variant_selection(runs_dir: str, include_sweeps: bool, options: list[str]) -
     return chosen
 
 
+# Multiselect chips show the whole label: Streamlit cuts a chip's text at a fixed width with an ellipsis, and two
+# variants then read the same ("selection=random, ta..."). A long label wraps inside its chip instead, and the box
+# grows with its chips rather than scrolling inside (Streamlit caps it at ~4 rows).
+FULL_CHIPS = """<style>
+[data-testid="stMultiSelect"] .react-aria-ComboBox > div { max-height: none !important; }
+[data-testid="stMultiSelect"] .react-aria-ComboBox > div > div { max-height: none !important; overflow: visible !important; }
+[data-testid="stMultiSelect"] span[data-tag] { max-width: 100% !important; height: auto !important; }
+[data-testid="stMultiSelect"] span[data-tag] > span[title] {
+  max-width: none !important; overflow: visible !important; text-overflow: clip !important;
+  white-space: normal !important; overflow-wrap: anywhere; }
+</style>"""
+
+
 def main() -> None:
     st.set_page_config(page_title="AMoE runs", layout="wide")
+    st.html(FULL_CHIPS)  # a fixed stylesheet: no user text in it
     st.title("AMoE runs")
     roots = allowed_roots()
     with st.sidebar:

@@ -1,7 +1,7 @@
 """Read what the stages wrote (runs/, the curation report, the Optuna storage) into pandas frames for the dashboard.
 
 Pure functions with no Streamlit import, so they are testable on their own; `app.py` caches them on file mtimes.
-Nothing here recomputes a result: every number comes from a file a stage wrote (params.yaml, metrics.jsonl,
+Nothing here recomputes a result: every number comes from a file a stage wrote (params.yaml, the dvclive curves,
 train.json, eval.json, report.json, the Optuna storage), and runs are grouped into variants and summarised by the
 same `amoe_core.tracking` code that `amoe report` uses.
 """
@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from amoe_core.experiments.findings import Effect
-from amoe_core.tracking import eval_record
+from amoe_core.tracking import curves, eval_record
 from amoe_core.tracking.runs import SWEEP_DIR, TEACHERS_RUN, RunDir, flatten, student_runs
 from amoe_core.tracking.variants import (
     HEADLINE_K,
@@ -57,7 +57,7 @@ def fingerprint(paths: Iterable[str | Path]) -> tuple[tuple[str, float], ...]:
 def runs_fingerprint(runs_dir: str | Path, include_sweeps: bool = False) -> tuple[tuple[str, float], ...]:
     files: list[Path] = []
     for r in student_runs(runs_dir, include_sweeps) + [RunDir(Path(runs_dir) / TEACHERS_RUN)]:
-        files += [r.params_file, r.metrics_file, r.train_file, r.eval_file]
+        files += [r.params_file, curves.summary_file(r.path), r.train_file, r.eval_file]
     return fingerprint(files)
 
 
@@ -181,7 +181,7 @@ def mean_std_table(
 
 # ---------------------------------------------------------------------------------------------------------- curves
 def loss_curves(run: RunDir, name: str) -> pd.DataFrame:
-    """Long frame (run, step, term, value) of every `loss/...` scalar in metrics.jsonl."""
+    """Long frame (run, step, term, value) of every `loss/...` curve of the run (its dvclive files)."""
     rows = [
         {"run": name, "step": m["step"], "term": k.removeprefix("loss/"), "value": float(v)}
         for m in run.metrics()

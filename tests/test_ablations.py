@@ -15,18 +15,25 @@ import yaml
 from amoe_core.config import load_params
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.experiments import ablations
+from amoe_core.tracking.runs import RunDir, summarize_training
+from dashboards import loaders
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A one-stage pipeline that writes a run directory like `amoe distill` + `amoe evaluate` do.
 STAGE = """
 import json, pathlib, sys, yaml
+from amoe_core.train.live import LiveLog
 p = yaml.safe_load(open("params.yaml"))
 run = pathlib.Path("runs") / sys.argv[1]; (run / "checkpoints").mkdir(parents=True, exist_ok=True)
 (run / "params.yaml").write_text(yaml.safe_dump(p))
 (run / "eval.json").write_text(json.dumps({"knn": p["a"] / 10}))
 (run / "train.json").write_text(json.dumps({"tokens_per_s": 100.0}))
-(run / "metrics.jsonl").write_text("{}\\n")  # not a record the report needs: stays out of git
+live = LiveLog(run / "dvclive", resume=False)  # the curves, as `amoe distill` writes them
+for step in (1, 2, 3):
+    live.log({"step": step, "loss/total": p["a"] / step, "expert_load": [[0.5, 0.5]]})
+live.close()
+(run / "dvclive" / "report.html").write_text("")  # not a record: stays out of git
 (run / "checkpoints" / "w.bin").write_bytes(b"x")
 teachers = pathlib.Path("runs/_teachers"); teachers.mkdir(parents=True, exist_ok=True)
 (teachers / "eval.json").write_text(json.dumps({"knn": 1}))
@@ -42,6 +49,8 @@ stages:
       outs:
         - runs/${item}/checkpoints
         - runs/${item}/params.yaml:
+            cache: false
+        - runs/${item}/dvclive/plots/metrics:
             cache: false
       metrics:
         - runs/${item}/eval.json:
@@ -74,6 +83,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     _sh("git", "config", "user.email", "t@example.com", cwd=root)
     _sh("git", "config", "user.name", "t", cwd=root)
     _sh("dvc", "init", "-q", cwd=root)
+    _sh("git", "commit", "-qm", "dvc init", cwd=root)  # dvclive (in the stage) needs a git repo with a commit
     _sh("dvc", "repro", "-q", cwd=root)
     stale = root / "runs" / "random"  # an earlier demo's records, committed: no experiment below rewrites them
     stale.mkdir()
@@ -148,7 +158,15 @@ def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> 
         assert json.loads((run / "eval.json").read_text()) == {"knn": a / 10}
         assert yaml.safe_load((run / "params.yaml").read_text()) == {"a": a}
         assert json.loads((run / "train.json").read_text()) == {"tokens_per_s": 100.0}
-        assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
+        assert not (run / "dvclive" / "report.html").exists() and not (run / "checkpoints").exists()
+        # the curves came along: the dashboard's loss chart and the report's summary read them like a run's
+        steps = RunDir(run).metrics()
+        assert [(r["step"], r["loss/total"]) for r in steps] == [(1, a), (2, a / 2), (3, a / 3)]
+        assert steps[-1]["expert_load"] == [[0.5, 0.5]]
+        assert list(loaders.loss_curves(RunDir(run), run.name).value) == [a, a / 2, a / 3]
+        assert summarize_training(steps)["loss"] == {"total": a / 3}
+        tsv = run.relative_to(repo) / "dvclive" / "plots" / "metrics" / "loss" / "total.tsv"
+        assert subprocess.run(["git", "check-ignore", "-q", str(tsv)], cwd=repo).returncode == 1  # committable
     assert json.loads((out / "_teachers" / "eval.json").read_text()) == {"knn": 1}
     with pytest.raises(AmoeError, match="no finished experiment named e9: run `amoe ablate` first"):
         ablations.collect([e2, ablations.Experiment("e9", {}, None)], out)

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from amoe_core.tracking.palette import REFERENCE, variant_colours  # noqa: E402
 from amoe_core.tracking.runs import student_runs  # noqa: E402
+from amoe_core.train.live import LiveLog  # noqa: E402
 from dashboards import loaders  # noqa: E402  (the screenshots' source data)
 
 APP = str(Path(__file__).resolve().parent.parent / "dashboards" / "app.py")
@@ -89,9 +90,10 @@ def _write_run(run: Path, i: int, name: str, seed: int, relational: str, c_max: 
         "report": {"runs_dir": f"elsewhere-{i}"},  # another command's setting: never a column nor a variant
     }
     (run / "params.yaml").write_text(yaml.safe_dump(params))
-    with open(run / "metrics.jsonl", "w") as f:
-        for step in range(1, 6):
-            rec = {
+    live = LiveLog(run / "dvclive", resume=False)
+    for step in range(1, 6):
+        live.log(
+            {
                 "step": step,
                 "lr": 1e-3,
                 "tokens_per_s": 1000.0 * (i + 1) + step,
@@ -101,7 +103,8 @@ def _write_run(run: Path, i: int, name: str, seed: int, relational: str, c_max: 
                 "loss/relational": 0.5 / step,
                 "expert_load": (rng.dirichlet(np.ones(4), size=3)).tolist(),
             }
-            f.write(json.dumps(rec) + "\n")
+        )
+    live.close()
     (run / "eval.json").write_text(json.dumps(_eval(i, STUDENT_FEATURES)))
     Image.fromarray(rng.integers(0, 255, (32, 96, 3), dtype=np.uint8)).save(run / "pca_maps.png")
 
@@ -471,7 +474,7 @@ def test_images_and_curation(app):
 
 
 def test_live_view_follows_the_newest_run(app, fixture_root):
-    newest = fixture_root["runs"] / "beta" / "metrics.jsonl"
+    newest = fixture_root["runs"] / "beta" / "dvclive" / "metrics.json"  # dvclive's summary: rewritten every step
     os.utime(newest, (newest.stat().st_atime, newest.stat().st_mtime + 10))
     app.run()
     assert app.selectbox(key="live_run").value == "beta"

@@ -1,5 +1,6 @@
 """A real browser drives the running dashboard: `amoe dashboard` (started from another directory) + Debian chromium
-through Playwright, on the fixture runs and on the committed results/ablations.
+through Playwright, on the fixture runs, on the committed results/ablations and on the committed demo runs (runs/:
+their training curves are the committed dvclive files, what a fresh clone has).
 
 Every tab and widget is used once and the page is checked as a person sees it: tables read back through the
 dataframe's own "Download as CSV" button, charts measured on screen and their colours read off the screen. Saves
@@ -10,7 +11,6 @@ chromium or Playwright.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import socket
@@ -30,10 +30,12 @@ from test_dashboard import write_fixture
 from amoe_core.tracking.palette import variant_colours
 from amoe_core.tracking.runs import student_runs
 from amoe_core.tracking.variants import group_variants
+from amoe_core.train.live import LiveLog
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 ABLATIONS = ROOT / "results" / "ablations"
+DEMO = ROOT / "runs"  # `make demo`'s runs, committed: params, eval.json, train.json and the dvclive curves
 
 
 def _ablation_variants() -> list[str]:
@@ -146,8 +148,8 @@ def _visible_charts(page):
 
 
 def _newest_run(runs: Path) -> str:
-    """The run whose metrics.jsonl was written last (the Live tab's default)."""
-    return max((p for p in runs.glob("*/metrics.jsonl")), key=lambda p: p.stat().st_mtime).parent.name
+    """The run whose curves were written last (dvclive's summary, rewritten every step: the Live tab's default)."""
+    return max(runs.glob("*/dvclive/metrics.json"), key=lambda p: p.stat().st_mtime).parent.parent.name
 
 
 def _chart_boxes(page) -> list[tuple[float, float]]:
@@ -192,7 +194,16 @@ def dashboard(tmp_path):
     for key in ("AMOE_RUNS_DIR", "AMOE_CURATION_DIR", "AMOE_OPTUNA_STORAGE"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "amoe_core.cli", "dashboard", "--port", str(port), "--runs", str(fx["runs"])]
-    cmd += ["--runs", str(ABLATIONS), "--curation", str(fx["curation"]), "--storage", fx["storage"]]
+    cmd += [
+        "--runs",
+        str(ABLATIONS),
+        "--runs",
+        str(DEMO),
+        "--curation",
+        str(fx["curation"]),
+        "--storage",
+        fx["storage"],
+    ]
     proc = subprocess.Popen(cmd, cwd=elsewhere, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}/_stcore/health", proc)
@@ -261,10 +272,10 @@ def test_every_tab_and_widget_in_chromium(dashboard):
             # ---- Live tab: the newest run, followed
             _tab(page, "Live")
             assert page.get_by_text(re.compile(r"step 5 of 5")).count() >= 1
-            # the run goes on training: the view follows without any click (auto-refresh while metrics.jsonl grows)
-            live = dashboard["fixture"]["runs"] / _newest_run(dashboard["fixture"]["runs"]) / "metrics.jsonl"
-            with live.open("a") as f:
-                f.write(json.dumps({"step": 6, "lr": 1e-3, "tokens_per_s": 1.0, "loss/total": 0.5}) + "\n")
+            # the run goes on training: the view follows without any click (auto-refresh while its curves grow)
+            live = LiveLog(dashboard["fixture"]["runs"] / _newest_run(dashboard["fixture"]["runs"]) / "dvclive", True)
+            live.log({"step": 6, "lr": 1e-3, "tokens_per_s": 1.0, "loss/total": 0.5})
+            live.close()
             page.get_by_text(re.compile(r"step 6 of 5")).wait_for(timeout=30_000)
             page.get_by_text(re.compile("^Auto-refresh every")).click()
             _settle(page)
@@ -313,6 +324,14 @@ def test_every_tab_and_widget_in_chromium(dashboard):
             variants = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').first)
             labels = _ablation_variants()
             assert list(variants.variant) == labels and labels[0] == "reference"
+            # the sidebar's chips show each label whole: the longest is not cut short, and two never read the same
+            longest = max(labels, key=len)
+            assert len(longest) > 25  # "selection=random, target=1000": Streamlit cut chips at ~20 characters
+            for label in labels:
+                chip = sidebar.locator(f'[data-testid="stMultiSelect"] span[title="{label}"]')
+                assert chip.inner_text() == label
+                assert chip.evaluate("e => e.scrollWidth <= e.clientWidth && e.scrollHeight <= e.clientHeight"), label
+                assert chip.is_visible()  # the box grows with its chips: none hidden below an inner scroll
             # the dashboard's mean ± std over seeds is the report's
             expected = _results_md_cell("student (reference)", "fmnist kNN")
             assert variants.set_index("variant").loc["reference", "kNN fmnist % (ensemble, 64px, k20)"] == expected
@@ -360,6 +379,25 @@ def test_every_tab_and_widget_in_chromium(dashboard):
             variants = _csv(page, page.locator('[data-testid="stDataFrame"]:visible').first)
             assert list(variants.variant) == labels[:-1]
             # every tab on the committed runs shows data or a notice naming the command that fills it
+            for name in ("Runs", "Live", "Evaluation", "Teachers vs student", "Sweep", "Curation", "PCA maps"):
+                _tab(page, name)
+                shown = _notice_or_data(page)
+                assert shown == "data" or "amoe " in shown, (name, shown)
+
+            # ---- the committed demo runs (a fresh clone's runs/): training curves from their dvclive files
+            _tab(page, "Runs")
+            _select(page, "Runs directory", str(DEMO), scope=sidebar)
+            demo = [v.label for v in group_variants(student_runs(DEMO))]
+            assert demo == ["reference", "selection=random"]
+            charts = _visible_charts(page)
+            assert charts.count() >= 1 and page.get_by_text("No training curves").count() == 0
+            demo_colours = {v: c for v, c in variant_colours(demo).items() if v in demo}
+            assert _colours_on_screen(charts.first, demo_colours) == set(demo)  # both runs' lines, in their colours
+            _tab(page, "Live")
+            steps = {r.id: r.train_summary()["steps"] for r in student_runs(DEMO)}
+            assert len(set(steps.values())) == 1  # both trained as long: whichever is newest shows the same count
+            n = steps["balanced"]
+            assert page.get_by_text(re.compile(rf"^(balanced|random): step {n} of {n} \(finished\)$")).count() == 1
             for name in ("Runs", "Live", "Evaluation", "Teachers vs student", "Sweep", "Curation", "PCA maps"):
                 _tab(page, name)
                 shown = _notice_or_data(page)

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from amoe_core.tracking.palette import REFERENCE, TEACHER_COLOURS, variant_colours
+from amoe_core.tracking.runs import student_runs
+from amoe_core.tracking.variants import group_variants
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -88,6 +92,16 @@ def test_repo_plots_overlay_runs_and_split_resolution_by_dataset_and_feature(tmp
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]  # the repo's own top-level plot definitions
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}))
 
+    # the committed demo runs: "balanced" is the reference variant, "random" differs by its selection
+    variants = {v.label: [r.id for r in v.runs] for v in group_variants(student_runs(REPO / "runs"))}
+    assert variants == {"reference": ["balanced"], "selection=random": ["random"]}
+    colours = variant_colours(variants)
+    coloured = {
+        "balanced": colours["reference"],
+        "random": colours["selection=random"],
+        "_teachers": TEACHER_COLOURS[0],
+    }
+    assert coloured["balanced"] == REFERENCE and len(set(coloured.values())) == 3
     shown = json.loads(_dvc("plots", "show", "--json", cwd=repo))
     assert not shown.get("errors"), shown["errors"]
     charts = shown["data"] if "data" in shown else shown
@@ -97,12 +111,14 @@ def test_repo_plots_overlay_runs_and_split_resolution_by_dataset_and_feature(tmp
         spec = plot["content"]
         files = {v["filename"] for v in spec["data"]["values"]}
         assert sum("balanced" in f for f in files) == 1 and sum("random" in f for f in files) == 1, files
+        encoding = spec["spec"]["encoding"] if "resolution" in title else spec["encoding"]
         if "resolution" in title:
             assert spec["facet"]["row"]["field"] == "dataset" and spec["facet"]["column"]["field"] == "feature"
-            assert spec["spec"]["encoding"]["color"]["field"] == "run"  # one colour per run, in every panel
             assert "_teachers" in " ".join(files)
-        else:
-            assert spec["encoding"]["color"]["field"] == "run"
+        # one colour per run, in every panel: its variant's, the dashboard's and the report's (tracking/palette.py)
+        assert encoding["color"]["field"] == "run"
+        scale = encoding["color"]["scale"]
+        assert dict(zip(scale["domain"], scale["range"])) == coloured
 
     _dvc("plots", "show", "-o", "dvc_plots", cwd=repo)
     html = (repo / "dvc_plots" / "index.html").read_text()
@@ -125,3 +141,10 @@ def test_repo_plots_overlay_runs_and_split_resolution_by_dataset_and_feature(tmp
 def test_dvc_plots_output_is_gitignored() -> None:
     out = subprocess.run(["git", "check-ignore", "-q", "dvc_plots/index.html"], cwd=REPO)
     assert out.returncode == 0
+
+
+def test_the_templates_colours_are_current() -> None:
+    """A run added to dvc.yaml's plots, or a params change that regroups the variants, needs the script run again."""
+    script = REPO / "scripts" / "dvc-plot-colours"
+    out = subprocess.run([os.sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -160,12 +160,15 @@ def test_evaluate_ends_with_an_artifact_of_its_results(calls, tmp_path, monkeypa
 
     from amoe_core.config import dump_params, load_params
     from amoe_core.tracking.runs import RunDir
+    from amoe_core.train.live import LiveLog
 
     monkeypatch.chdir(tmp_path)
     run = RunDir.create("runs", "r7")
     run.write_params(dump_params(load_params(None, ["distill.run=r7"])))
+    live = LiveLog(run.live_dir, resume=False)
     for step in range(1, 6):
-        run.log_metrics({"step": step, "tokens_per_s": 1000.0 + step, "loss/total": 1.0 / step})
+        live.log({"step": step, "tokens_per_s": 1000.0 + step, "loss/total": 1.0 / step})
+    live.close()
     run.write_train_summary()
     knn = {"64px": {"k20": 0.8125}, "32px": {"k20": 0.5}}
     run.eval_file.write_text(json.dumps({"knn": {"fmnist": {"student:ensemble": knn, "student:native": knn}}}))

@@ -200,16 +200,17 @@ def test_yaml_aliases_are_refused_in_params_and_overrides(tmp_path, capsys) -> N
     assert "override launch.slurm_extra: cannot parse value" in _one_line_error(capsys)
 
 
-def test_a_bad_metrics_line_is_skipped_and_counted_later_lines_kept(tmp_path, caplog) -> None:
-    """A malformed line in the middle of metrics.jsonl silently hid every later record."""
-    from amoe_core.io import read_jsonl
+def test_a_bad_curve_row_is_skipped_and_counted_later_rows_kept(tmp_path, caplog) -> None:
+    """A malformed row in the middle of a run's curves must not hide the later ones (it once hid every later record)."""
+    from amoe_core.tracking.curves import metrics_dir, read_steps
 
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n[1]\n{"step": 4}\n{"step": 5, "tr')
+    path = metrics_dir(tmp_path) / "loss" / "total.tsv"
+    path.parent.mkdir(parents=True)
+    path.write_text("step\ttotal\n1\t0.5\n2\t0.\t4\n3\t0.3\nx\t1\n4\t0.2\n5\t0.")
     with caplog.at_level("WARNING"):
-        assert [r["step"] for r in read_jsonl(path)] == [1, 3, 4]
+        assert [r["step"] for r in read_steps(tmp_path)] == [1, 3, 4]  # step 5: cut short by a kill, not a row yet
     warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 1 and str(path) in warned[0] and "2 damaged lines skipped" in warned[0], warned
+    assert len(warned) == 1 and str(path) in warned[0] and "2 damaged row(s) skipped" in warned[0], warned
 
 
 # ---------------------------------------------------------------------------------------------------------- 4. disks

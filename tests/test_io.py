@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from amoe_core.io import append_jsonl, atomic_path, atomic_write_json, atomic_write_text, read_jsonl
+from amoe_core.io import atomic_path, atomic_write_json, atomic_write_text
 from amoe_core.tracking.runs import RunDir, list_runs
+from amoe_core.train.live import LiveLog
 
 
 def test_failed_write_keeps_previous_content(tmp_path: Path) -> None:
@@ -38,19 +39,12 @@ def test_killed_writer_never_exposes_a_partial_file(tmp_path: Path) -> None:
     assert '"complete": true' in target.read_text()
 
 
-def test_jsonl_ignores_truncated_last_line(tmp_path: Path) -> None:
-    f = tmp_path / "m.jsonl"
-    append_jsonl(f, {"step": 1})
-    append_jsonl(f, {"step": 2})
-    with open(f, "a") as h:
-        h.write('{"step": 3, "lo')
-    assert [r["step"] for r in read_jsonl(f)] == [1, 2]
-
-
 def test_run_dir_round_trip(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path, "r1")
     run.write_params("seed: 3\n")
-    run.log_metrics({"step": 0, "loss/total": 1.5})
+    live = LiveLog(run.live_dir, resume=False)
+    live.log({"step": 0, "loss/total": 1.5})
+    live.close()
     run.write_eval({"knn": {"fmnist": {"teacher:dino": {"64px": {"k20": 0.8}}}}})
     run.event("start")
     assert run.params() == {"seed": 3}

@@ -4,7 +4,6 @@ second writer of the same output is refused at once (real files, real processes,
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ from test_curation_cli import pipeline  # noqa: F401 - the embedded, clustered a
 
 from amoe_core.cli import main
 from amoe_core.config import dump_params
+from amoe_core.tracking.runs import RunDir
 from amoe_core.train.distill import run as distill
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,8 +217,7 @@ def test_distill_resume_while_the_run_trains_is_refused(trained, tmp_path, capsy
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert main([*argv, "--resume"]) == 0  # the killed run's lock is taken over
-    records = (trained / "runs" / "busy" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["step"] for r in RunDir(trained / "runs" / "busy").metrics()] == [1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------------------------------------------------- modes

@@ -14,6 +14,7 @@ from amoe_core.experiments.findings import Effect, verdict
 from amoe_core.experiments.report import build_report
 from amoe_core.tracking.runs import RunDir, list_runs
 from amoe_core.tracking.variants import group_variants
+from amoe_core.train.live import LiveLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,9 +34,11 @@ def _make_run(root: Path, run_id: str, overrides: list[str], ev: dict, tokens_pe
     p = load_params(None, overrides + [f"distill.run={run_id}"])
     run = RunDir.create(root, run_id)
     run.write_params(dump_params(p))
+    live = LiveLog(run.live_dir, resume=False)
     for step in range(1, 11):  # the first fifth is warm-up: its slow steps must not count
         tps = tokens_per_s / 10 if step <= 2 else tokens_per_s
-        run.log_metrics({"step": step, "tokens_per_s": tps, "images_per_s": tps / 20, "loss/total": 1.0 / step})
+        live.log({"step": step, "tokens_per_s": tps, "images_per_s": tps / 20, "loss/total": 1.0 / step})
+    live.close()
     if summary:
         run.write_train_summary()
     run.write_eval(ev)
@@ -59,7 +62,7 @@ def runs(tmp_path: Path) -> Path:
     root = tmp_path / "runs"
     for name, (overrides, scores, tps) in VARIANTS.items():
         for seed, (fm, ca) in enumerate(scores):
-            # seed 0 has train.json; the others fall back to metrics.jsonl (runs from before train.json)
+            # seed 0 has train.json; the others have only their curves (a run killed before its end writes no train.json)
             _make_run(root, f"{name}-s{seed}", overrides + [f"distill.seed={seed}"], _eval(fm, ca), tps, seed == 0)
     for selection, (fm, ca) in (("balanced", (0.75, 0.35)), ("random", (0.78, 0.36))):  # data scaling, one seed
         overrides = ["sample.target=1000", f"distill.selection=data/curation/selection/{selection}.parquet"]
@@ -104,7 +107,7 @@ def test_report_numbers_findings_and_regeneration_is_identical(runs: Path, tmp_p
     assert "fmnist: 95.2% of expert `dino` (ok)" in line and "clipart: 93.3% of expert `siglip` (ok)" in line
     assert "beats every single teacher" in line
     assert "| reference | dino | 90.0 ± 0.0 | 80.0 ± 0.0 | 70.0 ± 0.0 | 60.0 ± 0.0 |" in text
-    # throughput: median after warm-up, the same whether read from train.json or recomputed from metrics.jsonl
+    # throughput: median after warm-up, the same whether read from train.json or recomputed from the curves
     assert "| reference | 1,000 ± 0 | 50 ± 0 |" in text and "| mode=fixed | 500 ± 0 | 25 ± 0 |" in text
 
     # findings: arkd vs none by 10 points; s.e. of the difference = sqrt(1.5^2 / 3 + 1.5^2 / 3) = 1.2 points,

@@ -19,6 +19,7 @@ from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.overrides import with_overrides
 from amoe_core.sweep import objective as objective_mod
 from amoe_core.sweep import search, space
+from amoe_core.train.live import LiveLog
 
 
 def expected_value(values: dict) -> float:
@@ -94,15 +95,16 @@ def test_two_parallel_workers_lose_no_trial_and_export_applies(tmp_path, monkeyp
 
 
 def _fake_stages(monkeypatch, feature_loss: dict[str, float], accuracy: float):
-    """Stand-in distill/evaluate stages writing the files the real ones write (metrics.jsonl, eval.json)."""
+    """Stand-in distill/evaluate stages writing the files the real ones write (dvclive curves, eval.json)."""
     from amoe_core.tracking.runs import RunDir
 
     def distill(params):
         logging.getLogger("amoe_core.train.distill").info("fitting PHI-S")  # what a real stage says at INFO
         run = RunDir.create(params.distill.runs_dir, params.distill.run)
         loss = feature_loss[params.loss.relational]
+        live = LiveLog(run.live_dir, resume=False)
         for step in range(1, params.distill.steps + 1):
-            run.log_metrics(
+            live.log(
                 {
                     "step": step,
                     "loss/total": 100.0,
@@ -111,6 +113,7 @@ def _fake_stages(monkeypatch, feature_loss: dict[str, float], accuracy: float):
                     "loss/relational": 50.0,
                 }
             )
+        live.close()
 
     def evaluate(params, run):
         acc = {"k20": accuracy + feature_loss[params.loss.relational] * -0.01}

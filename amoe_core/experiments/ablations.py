@@ -63,6 +63,12 @@ VARIANTS: dict[str, VariantSpec] = {
     "data-longtail-2000": VariantSpec({**LONG_TAIL, "sample.target": "2000"}, target=None, max_seeds=1),
 }
 RECORDS = ("params.yaml", "train.json", "eval.json", "resolution.csv")  # what `amoe report` reads from a run
+CURVES = ("dvclive/metrics.json", "dvclive/plots/metrics/")  # the training curves (small TSVs, versioned by git)
+
+
+def _collected(record: str) -> bool:
+    """A run's file (path under runs/<run>/) that collecting keeps: the report's records and the curves."""
+    return record in RECORDS or record == CURVES[0] or (record.startswith(CURVES[1]) and record.endswith(".tsv"))
 
 
 @dataclass(frozen=True)
@@ -192,9 +198,9 @@ def run_queue(jobs: int, poll_s: float = 30.0) -> None:
 
 
 def collect(experiments: list[Experiment], out: Path) -> list[Path]:
-    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} of each experiment (its newest one,
-    whatever the baseline; only the runs it writes) into out/<experiment>-<run>/, and the teachers' evaluation into
-    out/_teachers/. Replaces `out` atomically."""
+    """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} and the run's dvclive curves of each
+    experiment (its newest one, whatever the baseline; only the runs it writes) into out/<experiment>-<run>/, and the
+    teachers' evaluation into out/_teachers/. Replaces `out` atomically."""
     refs = experiment_refs()
     missing = [e.name for e in experiments if e.name not in refs]
     if missing:
@@ -206,12 +212,12 @@ def collect(experiments: list[Experiment], out: Path) -> list[Path]:
             files = _git("ls-tree", "-r", "--name-only", refs[name], "runs/").splitlines()
             for f in files:
                 parts = Path(f).parts
-                if len(parts) != 3 or parts[2] not in RECORDS:
+                if len(parts) < 3 or not _collected("/".join(parts[2:])):
                     continue
                 run = parts[1]
                 if run != TEACHERS_RUN and e.runs is not None and run not in e.runs:
                     continue
-                dest = tmp / (TEACHERS_RUN if run == TEACHERS_RUN else f"{name}-{run}") / parts[2]
+                dest = tmp / (TEACHERS_RUN if run == TEACHERS_RUN else f"{name}-{run}") / Path(*parts[2:])
                 if run == TEACHERS_RUN and dest.exists():
                     continue  # every experiment shares the same teachers' evaluation
                 dest.parent.mkdir(parents=True, exist_ok=True)

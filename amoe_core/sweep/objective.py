@@ -1,8 +1,8 @@
 """The sweep objective: a short distillation, then kNN on the demo splits (the paper's headline metric).
 
 `distill_knn(trial, params)` calls the same stage functions as `amoe distill` and `amoe evaluate`. Intermediate
-values for median pruning come from the run's metrics.jsonl: the mean of the unweighted feature-loss terms
-(summary/patch per teacher, on PHI-S normalised targets, so comparable across trials whatever their loss weights),
+values for median pruning come from the run's curves (tracking/curves.py): the mean of the unweighted feature-loss
+terms (summary/patch per teacher, on PHI-S normalised targets, so comparable across trials whatever their loss weights),
 negated because the study maximises accuracy. The pruning decision is taken once training returns, before the
 (more expensive) evaluation.
 """

@@ -1,1 +1,1 @@
-"""Run registry: `runs/<run_id>/` with params.yaml, metrics.jsonl, eval.json, checkpoints/, events.log."""
+"""Run registry: `runs/<run_id>/` with params.yaml, dvclive/ (the curves), train.json, eval.json, checkpoints/, events.log."""

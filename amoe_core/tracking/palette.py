@@ -1,4 +1,5 @@
-"""One colour per variant, the same in every chart: the dashboard's Altair charts and the report's matplotlib figures.
+"""One colour per variant, the same in every chart: the dashboard's Altair charts, the report's matplotlib figures and
+`dvc plots` (the templates in .dvc/plots/ colour each run by its variant: `run_colours`, scripts/dvc-plot-colours).
 
 A variant's colour is fixed by its place in the report's variant order (`variants.variant_order`: the reference
 first, sweep trials last) over all the variants of a runs directory, never by what a chart happens to show: a
@@ -11,7 +12,8 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Iterable
 
-from amoe_core.tracking.variants import variant_order
+from amoe_core.tracking.runs import TEACHERS_RUN, student_runs
+from amoe_core.tracking.variants import group_variants, variant_order
 
 REFERENCE = "#1f77b4"  # blue, on every chart of the dashboard and the report
 # Far apart in CIELAB (no pair closer than a delta E of ~22, tests/test_palette.py): the 10 of tableau/matplotlib's
@@ -70,3 +72,12 @@ def variant_colours(labels: Iterable[str]) -> dict[str, str]:
     colours.update(zip(rest, pool))
     colours.update(zip(teachers, _greys(len(teachers))))
     return colours
+
+
+def run_colours(runs_dir: str) -> dict[str, str]:
+    """Run id -> the colour of its variant (`variant_colours` over the directory's variants), the teachers' own run
+    (`_teachers`) the first teacher grey: what `dvc plots` draws each run's lines in."""
+    variants = group_variants(student_runs(runs_dir))
+    colours = variant_colours(v.label for v in variants)
+    out = {r.id: colours[v.label] for v in variants for r in v.runs}
+    return {**dict(sorted(out.items())), TEACHERS_RUN: TEACHER_COLOURS[0]}

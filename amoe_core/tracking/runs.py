@@ -3,8 +3,10 @@
 Layout of `runs/<run_id>/`:
   params.yaml     the resolved params of the newest attempt (start or --resume): what produced the newest records
   params_history.yaml  every attempt's params, one YAML document each, headed by its number, time and start point
-  metrics.jsonl   one JSON record per logged step (loss terms, lr, grad norm, tokens/s, expert load, ...)
-  train.json      training summary: median throughput after warm-up, final losses (DVC metrics)
+  dvclive/        the per-step curves (loss terms, lr, grad norm, tokens/s, expert load, ...): dvclive's files,
+                  read through amoe_core/tracking/curves.py
+  train.json      training summary computed from the curves: median throughput after warm-up, final losses (DVC
+                  metrics; `amoe report` and `dvc exp show` read it)
   eval.json       evaluation results (DVC metrics)
   checkpoints/    safetensors weights + a small state file per checkpoint
   events.log      human-readable lifecycle events (start, resume, checkpoint, requeue, finish)
@@ -22,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from amoe_core.io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from amoe_core.io import atomic_write_json, atomic_write_text
+from amoe_core.tracking import curves
 from amoe_core.tracking.eval_record import read_eval
 
 TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: `amoe evaluate --teachers`, the teachers' own baselines
@@ -57,8 +60,8 @@ class RunDir:
         return self.path / "params.yaml"
 
     @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.jsonl"
+    def live_dir(self) -> Path:
+        return self.path / curves.LIVE_DIR
 
     @property
     def eval_file(self) -> Path:
@@ -82,8 +85,8 @@ class RunDir:
     def has_records(self) -> bool:
         """Holds any of a run's records: what identifies a run written before output markers existed (`dvc repro`
         removes params.yaml and checkpoints/ first, leaving e.g. eval.json)."""
-        files = (self.params_file, self.metrics_file, self.train_file, self.eval_file, self.events_file)
-        return any(f.exists() for f in (*files, self.checkpoints, self.history_file))
+        files = (self.params_file, self.train_file, self.eval_file, self.events_file)
+        return any(f.exists() for f in (*files, self.live_dir, self.checkpoints, self.history_file))
 
     @property
     def history_file(self) -> Path:
@@ -103,9 +106,6 @@ class RunDir:
         self.write_params(params_yaml)
         return n
 
-    def log_metrics(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.metrics_file, record)
-
     def write_eval(self, results: dict[str, Any]) -> None:
         atomic_write_json(self.eval_file, results)
 
@@ -123,16 +123,17 @@ class RunDir:
         return yaml.safe_load(self.params_file.read_text()) if self.params_file.exists() else {}
 
     def metrics(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.metrics_file)
+        """One record per logged step, each step once (a resumed attempt's values where it logged a step again)."""
+        return curves.read_steps(self.path)
 
     def eval(self) -> dict[str, Any]:
         return read_eval(self.eval_file)  # a damaged file: one warning naming it, read as {}
 
     def train_summary(self) -> dict[str, Any]:
-        """train.json, or the same summary computed from metrics.jsonl for runs written before it existed."""
+        """train.json, or the same summary computed from the curves (a run still training, or killed)."""
         if self.train_file.exists():
             return json.loads(self.train_file.read_text())
-        return summarize_training(self.metrics()) if self.metrics_file.exists() else {}
+        return summarize_training(self.metrics())
 
 
 def summarize_training(records: list[dict[str, Any]]) -> dict[str, Any]:

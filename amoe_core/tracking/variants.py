@@ -1,7 +1,7 @@
 """Runs grouped into *variants*: runs whose resolved params differ only by seed (and run name) are one variant.
 
 One home for this grouping and for reading numbers out of a run, so `amoe report` (docs/RESULTS.md) and the dashboard
-show the same variants and the same values. Only params.yaml, train.json (or metrics.jsonl) and eval.json are read.
+show the same variants and the same values. Only params.yaml, train.json (or the curves it summarises) and eval.json are read.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def eval_values(variant: Variant, *path: str) -> list[float]:
 
 
 def train_values(variant: Variant, *path: str) -> list[float]:
-    """One train.json number per run (the same summary computed from metrics.jsonl for runs without train.json)."""
+    """One train.json number per run (the same summary computed from the curves for runs without train.json)."""
     vals = [lookup(r.train_summary(), *path) for r in variant.runs]
     return [float(v) for v in vals if isinstance(v, int | float)]
 

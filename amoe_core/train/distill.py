@@ -2,7 +2,7 @@
 
 run(params) works alone on a CPU, under torchrun and inside a multi-task submitit job: torch.distributed is
 initialised from the environment, the student is wrapped in DDP when there is more than one process, and rank 0
-writes the run directory (params, PHI-S fit, metrics, dvclive, checkpoints). Steps:
+writes the run directory (params, PHI-S fit, dvclive curves, train.json summary, checkpoints). Steps:
 1. teachers load frozen; the student is built (optionally from released SigLino weights, `student.init`); PHI-S is
    fitted on a sample of teacher features (Ranzinger et al., PHI-S) and saved with the run: the loss compares
    student and teacher features after it (the model itself predicts raw teacher features);
@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,6 @@ from amoe_core.train.loop import (
     batches_forever,
     position_dict,
     timed,
-    trim_records,
 )
 from amoe_core.train.teacher_cache import TeacherCache
 
@@ -139,8 +139,8 @@ def _start_attempt(
     if resumed is None:  # from step 0: drop records an earlier run here left (`dvc repro` removes only its outs)
         if resume and run_dir.exists():
             log.warning("no complete checkpoint in %s: starting the run from step 0", run_dir.checkpoints)
-        trim_records(run_dir.metrics_file, 0)
         run_dir.train_file.unlink(missing_ok=True)
+        shutil.rmtree(run_dir.live_dir, ignore_errors=True)  # dvclive would too, but only once the models are built
     run_dir = RunDir.create(params.distill.runs_dir, params.distill.run)
     mark_output(run_dir.path, RUN_OUTPUT)
     for why in skipped:
@@ -181,9 +181,7 @@ class Trainer:
         self.images_seen = 0  # this rank's, this attempt's
         self.last: dict[str, Any] = {}  # the last step's metrics
         self.stream = batches_forever(self._loader, self.position)
-        self.live = (
-            LiveLog(run_dir.path / "dvclive", resume=resumed is not None, step=self.step) if info.is_main else None
-        )
+        self.live = LiveLog(run_dir.live_dir, resume=resumed is not None) if info.is_main else None
         self.bar = (
             progress(total=self.cfg.steps, initial=self.step, desc=f"distill {self.cfg.run}", unit="step")
             if info.is_main
@@ -216,8 +214,6 @@ class Trainer:
         rngs = state.get("rng", {})
         if str(self.info.rank) in rngs:
             set_rng_state(rngs[str(self.info.rank)])
-        if self.info.is_main:
-            trim_records(self.run_dir.metrics_file, self.step)
 
     def train(self) -> None:
         with StopSignals() as signals:
@@ -256,7 +252,6 @@ class Trainer:
     def _log(self, total_loss: float) -> None:
         """Rank 0: metrics every `log_every` steps and at the end; the progress bar every step."""
         if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-            self.run_dir.log_metrics(self.last)
             self.live.log(self.last)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{total_loss:.4f}", tok_s=f"{self.last['tokens_per_s']:.0f}")

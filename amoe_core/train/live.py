@@ -1,36 +1,22 @@
-"""Step records through dvclive (`runs/<run>/dvclive`), so `dvc plots` and the dashboard can read the curves."""
+"""A run's step records through dvclive (`runs/<run>/dvclive`): the run's one metrics record, drawn by `dvc plots`
+and read back by amoe_core/tracking/curves.py (which resolves the steps a resumed attempt logs again)."""
 
 from __future__ import annotations
 
-import csv
-import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
-
-def _trim_tsv(plots: Path, last_step: int) -> None:
-    """Drop rows after `last_step` from dvclive's per-metric TSV files (rows logged after the resumed checkpoint)."""
-    for tsv in plots.rglob("*.tsv"):
-        with open(tsv, newline="") as f:
-            rows = list(csv.reader(f, delimiter="\t"))
-        if not rows or "step" not in rows[0]:
-            continue
-        i = rows[0].index("step")
-        keep = [rows[0]] + [r for r in rows[1:] if len(r) > i and r[i].isdigit() and int(r[i]) <= last_step]
-        with open(tsv, "w", newline="") as f:
-            csv.writer(f, delimiter="\t", lineterminator="\n").writerows(keep)
+from amoe_core.tracking.curves import EXPERT_LOAD
 
 
 class LiveLog:
-    """Scalars of each record as dvclive metrics at the record's step (lists like expert_load stay in jsonl)."""
+    """Each record's scalars as dvclive metrics at the record's step, the expert load (a list per MoE layer) as one
+    scalar per layer and expert (`expert_load/<layer>/<expert>`). With `resume`, dvclive appends to the run's files;
+    without, it starts them afresh."""
 
-    def __init__(self, directory: Path, resume: bool, step: int) -> None:
+    def __init__(self, directory: Path, resume: bool) -> None:
         from dvclive import Live  # imported when a run starts: dvclive takes ~2 s to import (start-up time)
 
-        if resume:
-            _trim_tsv(Path(directory) / "plots", step)
         self.live = Live(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -38,6 +24,9 @@ class LiveLog:
         for k, v in record.items():
             if k != "step" and isinstance(v, int | float):
                 self.live.log_metric(k, float(v), plot=True)
+        for layer, loads in enumerate(record.get(EXPERT_LOAD) or []):
+            for e, x in enumerate(loads):
+                self.live.log_metric(f"{EXPERT_LOAD}/{layer}/{e}", float(x), plot=True)
         self.live.make_summary()
 
     def close(self) -> None:

@@ -3,13 +3,12 @@
 One optimizer step consumes `grad_accum` packed batches per rank. Losses are global-batch values (DistillLoss
 gathers summaries over ranks, so ARKD relations and per-image averages span the whole global batch). After each
 step the MoE selection biases move toward balance (aux-loss-free balancing, DeepSeek-V3 / torchtitan), a record
-goes to metrics.jsonl and dvclive, and a checkpoint is written every `checkpoint_every` steps and at the end.
+goes to dvclive (amoe_core/train/live.py), and a checkpoint is written every `checkpoint_every` steps and at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -17,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +26,6 @@ from amoe_core.checkpoints import unwrap
 from amoe_core.config.distill import DistillConfig
 from amoe_core.data.packed import PackedBatch
 from amoe_core.errors import AmoeError
-from amoe_core.io import atomic_write_text, read_jsonl
 from amoe_core.launch.distributed import DistInfo
 from amoe_core.models.student import Student
 from amoe_core.train.schedule import lr_at, set_lr
@@ -177,14 +174,6 @@ def timed(fn: Callable[[], StepRecord]) -> StepRecord:
 
 def position_dict(p: Position) -> dict[str, int]:
     return asdict(p)
-
-
-def trim_records(path: Path, last_step: int) -> None:
-    """Drop metrics records after `last_step` (logged by a run killed after its last checkpoint) before resuming."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path) if int(r.get("step", -1)) <= last_step]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 class StopSignals:
