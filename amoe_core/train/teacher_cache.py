@@ -43,6 +43,7 @@ import torch.distributed as dist
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from amoe_core.config.distill import DistillConfig
 from amoe_core.data.loader import PackedShardDataset, read_selection
 from amoe_core.data.packed import PackedBatch
 from amoe_core.data.packing import split_for
@@ -97,6 +98,22 @@ def fingerprint(params: Params, teachers: dict[str, Teacher]) -> dict[str, Any]:
         "dtype": params.distill.teacher_cache_dtype,
         "selection": selection_hash(params),
     }
+
+
+# The params keys (beyond the teachers' checkpoints) a cache's outputs depend on: what `fingerprint` reads, and what
+# sets the epochs a run walks (the cache covers those of distill.steps x grad_accum batches of the packing's steps).
+DEPENDS_ON = {"distill.seed", "distill.shards", "distill.selection", "distill.teacher_cache_dtype", "distill.steps",
+              "distill.grad_accum"}  # fmt: skip
+
+
+def depends_on(key: str) -> bool:
+    """Whether a cache made for some params may not serve runs that vary params key `key` (`section.field`,
+    `teachers.<i>.<field>`): loss settings and the teachers' loss weights change no teacher output; the teachers,
+    the packing (grid policy and the steps' batching) and the keys above do."""
+    section, _, rest = key.partition(".")
+    if section == "teachers":
+        return not rest.endswith("_weight")
+    return section == "packing" or key in DEPENDS_ON
 
 
 def mismatch(cached: dict[str, Any], run: dict[str, Any]) -> str | None:
@@ -174,11 +191,11 @@ def plan_jobs(datasets: list[PackedShardDataset]) -> list[Job]:
     return jobs
 
 
-def planned_size(jobs: list[Job], teachers: dict[str, Teacher], dtype: str) -> tuple[int, int, dict[str, int]]:
+def planned_size(jobs: list[Job], teachers: dict[str, Teacher], cfg: DistillConfig) -> tuple[int, int, dict[str, int]]:
     """(distinct (image, grid) pairs, their patch tokens, bytes per teacher) of the cache."""
     pairs = [job.pairs[j] for job in jobs for j in job.new]
     tokens = sum(r * c for _, r, c in pairs)
-    itemsize = DTYPES[dtype].itemsize
+    itemsize = DTYPES[cfg.teacher_cache_dtype].itemsize
     sizes = {name: (tokens + len(pairs) * (1 + t.num_registers)) * t.dim * itemsize for name, t in teachers.items()}
     return len(pairs), tokens, sizes
 
@@ -215,7 +232,7 @@ def _run(params: Params, out: Path, info: DistInfo) -> dict[str, Any]:
     datasets = epoch_datasets(params)
     jobs = plan_jobs(datasets)
     dtype = params.distill.teacher_cache_dtype
-    n_pairs, tokens, sizes = planned_size(jobs, teachers, dtype)
+    n_pairs, tokens, sizes = planned_size(jobs, teachers, params.distill)
     total = sum(sizes.values()) + 1024 * n_pairs  # tar headers and safetensors headers
     if info.is_main:
         per = ", ".join(f"{name} {t.dim} ch {sizes[name] / 1e6:.1f} MB" for name, t in teachers.items())
