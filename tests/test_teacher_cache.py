@@ -171,3 +171,21 @@ def test_a_killed_run_leaves_no_cache_and_the_rerun_continues(setup, monkeypatch
     for name, tensors in one.items():
         for k, t in tensors.items():
             assert torch.equal(resumed[name][k], t), (name, k)  # same process, same batches: bit-identical
+
+
+def test_moving_a_batch_leaves_the_teacher_view_on_the_host() -> None:
+    """A step moves what the student and packed teachers read (patches, ids) to the device, not the per-image teacher
+    view: only per-size teachers read it, and they move each image themselves (a GPU step copies its pixels once)."""
+    from amoe_core.data.packed import PackedBatch
+
+    batch = PackedBatch(
+        patches=torch.rand(1, 4, 768),
+        coords=torch.zeros(1, 4, 2, dtype=torch.long),
+        image_id=torch.zeros(1, 4, dtype=torch.long),
+        image_sizes=torch.tensor([[2, 2]]),
+        images=[torch.rand(3, 32, 32)],
+        keys=["a"],
+    )
+    moved = batch.to("meta")  # a device other than the host's, on any machine
+    assert moved.patches.device.type == moved.image_id.device.type == "meta"
+    assert moved.images[0].device.type == "cpu" and moved.images[0] is batch.images[0]
