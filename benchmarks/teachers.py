@@ -7,7 +7,10 @@
 2. whole training steps (teachers + tiny student + PHI-S + DistillLoss + backward + AdamW, what `amoe distill`
    runs per step) in real patch tokens/s, packed teachers vs per-size teachers, and the teachers' share of a step;
 3. the same steps with targets read from a teacher cache (`amoe teachers cache`, written first) vs online packed
-   teachers (floor 1.5x).
+   teachers (floor 1.5x);
+4. a whole sweep trial (the sweep's objective, `distill_knn`: a `--trial-steps` distillation with its loader and PHI-S
+   fit, then the evaluation) reading a cache vs running the teachers, alternating, `--trials` of each; the
+   evaluation runs on the demo splits (data/demo/splits) or, without them, on sample photos.
 Both are timed interleaved (packed, per-size, packed, ...) on the same steps, so load from other processes hits both
 alike. Steps: the packed loader over the demo shards (`--shards`, default data/shards) with benchmarks/train.py's
 geometry (8 x 256 tokens, 4-64 tokens per image, log-uniform), or, without demo shards, sample shards of real photos
@@ -30,17 +33,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _smoke import parse_and_compare, sample_shards  # noqa: E402
+from _smoke import parse_and_compare, sample_pool, sample_shards  # noqa: E402
 
 from amoe_core.config import PackingConfig, Params, StudentConfig  # noqa: E402
 from amoe_core.data.loader import build_loader  # noqa: E402
 from amoe_core.data.packed import PackedBatch  # noqa: E402
 from amoe_core.models.student import Student, build_student  # noqa: E402
 from amoe_core.models.teachers.base import Teacher  # noqa: E402
+from amoe_core.overrides import with_overrides  # noqa: E402
+from amoe_core.sweep import objective  # noqa: E402
 from amoe_core.train import components, teacher_cache  # noqa: E402
 from amoe_core.train.demo_teachers.classifier import build_backbone  # noqa: E402
 
@@ -118,12 +124,14 @@ def main() -> None:
     ap.add_argument("--c-max", type=int, default=256, help="tokens per packed sequence")
     ap.add_argument("--seqs", type=int, default=8, help="packed sequences per step")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
+    ap.add_argument("--trial-steps", type=int, default=60, help="distillation steps of a sweep trial (sweep.steps)")
+    ap.add_argument("--trials", type=int, default=1, help="sweep trials of each kind (0: skip the trial rows)")
     parse_and_compare(ap, compare, smoke, "sample shards of real photos, not --shards")
 
 
 def smoke(args: argparse.Namespace, tmp: Path) -> None:
     args.shards = str(sample_shards(tmp, 48))
-    args.steps, args.c_max, args.seqs = 1, 64, 2
+    args.steps, args.c_max, args.seqs, args.trial_steps = 1, 64, 2, 2
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -224,8 +232,51 @@ def run(args: argparse.Namespace, shards: Path, tmp: Path) -> None:
         f"distillation steps, cache vs online teachers: {step_p / step_c:.2f}x packed, {step_s / step_c:.2f}x per-size "
         "(at most 1 / (1 - the teachers' share))"
     )
+    if args.trials:
+        trial_rows(args, params, tmp)
     print(f"load average now {os.getloadavg()[0]:.2f}")
     print(f"teacher forward, packed vs per-size: {fwd_s / fwd_p:.2f}x")
+
+
+def trial_rows(args: argparse.Namespace, params: Params, tmp: Path) -> None:
+    """A sweep trial (`objective.distill_knn`, what `amoe sweep` runs per trial) reading a cache vs online teachers."""
+    splits = Path("data/demo/splits")
+    overrides = [
+        f"distill.runs_dir={tmp / 'trials'}",
+        f"distill.steps={args.trial_steps}",
+        f"distill.checkpoint_every={args.trial_steps}",
+        f"distill.teacher_cache={tmp / 'trial_cache'}",
+        f"evaluate.cache={tmp / 'eval_cache'}",
+    ]
+    if not splits.is_dir():  # sample photos in two class folders for train and test
+        train, test = sample_pool(tmp / "eval_train", 24, seed=1), sample_pool(tmp / "eval_test", 16, seed=2)
+        data = f"[{{name: sample, train: 'folder:{train}', test: 'folder:{test}'}}]"
+        overrides += [f"evaluate.datasets={data}", "evaluate.ks=[5]", "sweep.k=5", "evaluate.resolutions=[64]"]
+        overrides += ["evaluate.probe_epochs=2", "evaluate.probe_lrs=[0.01]", "evaluate.pca_images=1"]
+    base = with_overrides(params, overrides)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        teacher_cache.run(base)
+    made = time.perf_counter() - t0
+    secs: dict[str, list[float]] = {"online": [], "cache": []}
+    kinds = (("online", "null"), ("cache", str(base.distill.teacher_cache)))
+    # a first, untimed trial: imports and the evaluation's teacher-feature cache (evaluate.cache) warm, as they are
+    # in a running sweep after its first trial; then the two kinds alternate, so other load hits both alike
+    for i, (kind, cache) in [(-1, kinds[1]), *((i, k) for i in range(args.trials) for k in kinds)]:
+        p = with_overrides(base, [f"distill.run={kind}{i}", f"distill.teacher_cache={cache}"])
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            objective.distill_knn(optuna.trial.FixedTrial({}), p)
+        if i >= 0:
+            secs[kind].append(time.perf_counter() - t0)
+    online, cached = statistics.median(secs["online"]), statistics.median(secs["cache"])
+    gain = online - cached
+    print(
+        f"sweep trial ({args.trial_steps} steps + evaluation on {'the demo splits' if splits.is_dir() else 'samples'}): "
+        f"online teachers {online:.1f} s, from the cache {cached:.1f} s; the cache took {made:.1f} s to write"
+        + (f", repaid after {made / gain:.1f} trials" if gain > 0 else "")
+    )
+    print(f"sweep trial, cache vs online teachers: {online / cached:.2f}x")
 
 
 if __name__ == "__main__":

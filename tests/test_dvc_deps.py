@@ -193,7 +193,8 @@ def _dvc(cwd: Path, *args: str) -> str:
 def test_editing_the_distill_section_makes_only_distill_stale(tmp_path) -> None:
     """The real DVC on a copy of the repository whose every stage is up to date (outputs are placeholders, recorded
     by `dvc commit` in a fresh dvc.lock): after an edit of amoe_core/config/distill.py, `dvc status` lists the distill
-    stages only, and what follows them in the pipeline (what `dvc repro` then reruns) is evaluate only."""
+    stages and the teacher cache (of their targets) only, and what follows them in the pipeline (what `dvc repro` then
+    reruns) is evaluate only."""
     from dvc.repo import Repo  # heavy; only this test needs DVC's Python API
 
     files = subprocess.run(
@@ -218,7 +219,7 @@ def test_editing_the_distill_section_makes_only_distill_stale(tmp_path) -> None:
     with (tmp_path / section_module("distill")).open("a") as f:
         f.write("# an edit of the distill section's schema\n")
     stale = set(json.loads(_dvc(tmp_path, "status", "--json")))
-    assert stale == {"distill@balanced", "distill@random"}
+    assert stale == {"distill@balanced", "distill@random", "teachers-cache"}  # the cache is of distill's targets
     graph = Repo(str(tmp_path)).index.graph  # edges run from a stage to the stages it depends on
     nodes = {s.name: s for s in graph.nodes}
     downstream = {a.name for name in stale for a in _ancestors(graph, nodes[name])}

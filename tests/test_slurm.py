@@ -120,6 +120,32 @@ def test_amoe_submit_distill_runs_two_ranks(slurm_cluster: DevCluster, train_inp
     assert state["world_size"] == 2 and sorted(state["rng"]) == ["0", "1"]
 
 
+def test_amoe_submit_teachers_cache_on_two_tasks_equals_local(slurm_cluster: DevCluster, train_inputs) -> None:
+    """`amoe submit teachers-cache` as a 2-task job: each task writes its own shards, rank 0 the fingerprint; the
+    cache holds the (image, grid) pairs the local 1-process cache holds (their values: tests/test_teacher_cache.py)."""
+    import json
+    import tarfile
+
+    from _train_setup import tiny_params
+
+    from amoe_core.cli import main
+    from amoe_core.train import teacher_cache
+
+    root, teachers, shards = train_inputs
+    teacher_cache.run(tiny_params(root, teachers, shards, steps=4, teacher_cache=str(root / "tc-local")))
+    params = tiny_params(root, teachers, shards, run="tc", steps=4, teacher_cache=str(root / "tc-slurm"))
+    params.launch.executor, params.launch.tasks_per_node = "auto", 2
+    assert main(["submit", "teachers-cache", "--params", str(_params_file(root, params)), "-q"]) == 0
+    local, slurm = root / "tc-local", root / "tc-slurm"
+    assert {p.name.split("-of-")[0] for p in slurm.glob("teachers-*.tar")} == {"teachers-00000", "teachers-00001"}
+
+    def members(cache: Path) -> list[str]:
+        return sorted(m.name for shard in cache.glob("teachers-*.tar") for m in tarfile.open(shard))
+
+    assert members(slurm) == members(local)
+    assert json.loads((slurm / "fingerprint.json").read_text()) == json.loads((local / "fingerprint.json").read_text())
+
+
 def test_preempted_job_requeues_and_resumes_from_checkpoint(slurm_cluster: DevCluster, train_inputs) -> None:
     import time
 

@@ -130,14 +130,14 @@ class PackedShardDataset(IterableDataset):
         # share (start_step % workers): rotate the roles so the resumed stream continues in exactly the same order.
         role = (worker + self.start_step) % self.workers
         share = split_for(self.plan, self.rank, self.world_size, role, self.workers)
-        yield from self._stream(share[steps_before(self.start_step, role, self.workers) :])
+        yield from self.stream(share[steps_before(self.start_step, role, self.workers) :])
 
     def _round_robin(self) -> Iterator[PackedBatch]:
         shares = [split_for(self.plan, self.rank, self.world_size, w, self.workers) for w in range(self.workers)]
         for k in range(self.start_step, self.steps_per_epoch):
-            yield from self._stream([shares[k % self.workers][k // self.workers]])
+            yield from self.stream([shares[k % self.workers][k // self.workers]])
 
-    def _stream(self, steps: Plan) -> Iterator[PackedBatch]:
+    def stream(self, steps: Plan) -> Iterator[PackedBatch]:
         """Decode and yield the given steps; each shard is read front to back, at most once, only as far as needed.
 
         Interleaved shards are read side by side (one open reader per shard): a needed image met before its turn waits

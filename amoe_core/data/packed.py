@@ -45,7 +45,10 @@ class PackedBatch:
             coords=self.coords.to(device, non_blocking=True),
             image_id=self.image_id.to(device, non_blocking=True),
             image_sizes=self.image_sizes.to(device, non_blocking=True),
-            images=[im.to(device, non_blocking=True) for im in self.images],
+            # the teacher view stays on the host: only per-size teachers read it, each moving its input to its own
+            # device (Teacher.to_teacher_input); packed teachers and a teacher cache never do, so a step copies its
+            # pixels to the GPU once (as patches), not twice
+            images=self.images,
             keys=self.keys,
             labels=None if self.labels is None else self.labels.to(device),
         )

@@ -27,7 +27,7 @@ from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_write_text, check_file_output, read_user_yaml
 from amoe_core.overrides import with_overrides
 from amoe_core.progress import setup_logging
-from amoe_core.sweep import space
+from amoe_core.sweep import cache_match, space
 from amoe_core.sweep.objective import (
     INTERMEDIATE,
     load_objective,
@@ -235,6 +235,7 @@ def run(params: Params, **_: Any) -> dict[str, Any]:
     check = getattr(load_objective(params.sweep.objective), "check_inputs", None)
     if check is not None:  # missing shards, selection or evaluation data: exit 2 before the study changes
         check(params)
+    params = cache_match.with_trial_cache(params)  # trials read a matching teacher cache, else run the teachers
     run_workers(params)
     study = load_study(params)
     states = [t.state.name for t in study.get_trials(deepcopy=False)]

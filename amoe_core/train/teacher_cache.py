@@ -8,36 +8,50 @@ holds, per selected image and per epoch the run covers, the outputs at that epoc
 grid across epochs is stored once), in the space the loss reads them (raw teacher features: PHI-S is fitted from
 them and applied inside the loss), in bf16 or fp16.
 
-Layout (WebDataset-style tar shards, one member per (image, grid)): `PATH/teachers-00000.tar` ... with members
-`<key>_<rows>x<cols>.safetensors` holding `<teacher>.summary` [D], `<teacher>.patches` [rows*cols, D] and
+Layout (WebDataset-style tar shards, one member per (image, grid)): `PATH/teachers-RRRRR-of-WWWWW-NNNNN.tar` with
+members `<key>_<rows>x<cols>.safetensors` holding `<teacher>.summary` [D], `<teacher>.patches` [rows*cols, D] and
 `<teacher>.registers` [R, D]; `PATH/fingerprint.json` records what the outputs depend on: each teacher's weights
 (sha256), the grid policy, the dtype and the selection. Distillation refuses a cache whose fingerprint differs from
 the run's, naming the part. The epochs covered are those a single-process run of distill.steps x grad_accum
 batches walks; a run that walks further (more ranks) stops at the first image the cache lacks, saying so.
+
+Many processes (`torchrun --nproc-per-node N -m amoe_core.cli teachers cache`, `amoe submit teachers-cache` with N
+tasks): every rank plans the single-process stream from the manifest (`plan_jobs`: each pair is computed in the step
+where one process first meets it), takes every N-th of the steps that meet new pairs and writes its own shards
+(`teachers-<rank>-of-<N>-*`, files no other rank writes); rank 0 writes fingerprint.json after every rank finished.
+So N processes write the pairs one process writes, each in the same packed batch. A shard is renamed into place
+when complete, fingerprint.json is removed first and written last: a killed run leaves no cache a reader accepts, and
+a rerun with the same inputs and process count (`plan.json`) keeps the complete shards and computes the rest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import logging
 import shutil
 import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from amoe_core.data.loader import read_selection
+from amoe_core.config.distill import DistillConfig
+from amoe_core.data.loader import PackedShardDataset, read_selection
 from amoe_core.data.packed import PackedBatch
-from amoe_core.data.resolution import plan_grids
+from amoe_core.data.packing import split_for
 from amoe_core.errors import AmoeError, require_path
-from amoe_core.io import atomic_dir, atomic_write_json
-from amoe_core.launch.distributed import DistInfo
+from amoe_core.io import atomic_path, atomic_write_json, remove_stale_temporaries
+from amoe_core.launch.distributed import DistInfo, barrier, cleanup_distributed, init_distributed
 from amoe_core.models.teachers.base import Teacher, TeacherOutput
+from amoe_core.outputs import check_output, mark_output, output_lock
 from amoe_core.progress import progress
 from amoe_core.train import components
 
@@ -48,6 +62,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "teachers-cache"
 FINGERPRINT = "fingerprint.json"
+PLAN = "plan.json"  # what the ranks are writing (rank 0, first): a rerun with the same plan keeps complete shards
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 PER_SHARD = 2000  # (image, grid) members per tar shard
 
@@ -85,6 +100,22 @@ def fingerprint(params: Params, teachers: dict[str, Teacher]) -> dict[str, Any]:
     }
 
 
+# The params keys (beyond the teachers' checkpoints) a cache's outputs depend on: what `fingerprint` reads, and what
+# sets the epochs a run walks (the cache covers those of distill.steps x grad_accum batches of the packing's steps).
+DEPENDS_ON = {"distill.seed", "distill.shards", "distill.selection", "distill.teacher_cache_dtype", "distill.steps",
+              "distill.grad_accum"}  # fmt: skip
+
+
+def depends_on(key: str) -> bool:
+    """Whether a cache made for some params may not serve runs that vary params key `key` (`section.field`,
+    `teachers.<i>.<field>`): loss settings and the teachers' loss weights change no teacher output; the teachers,
+    the packing (grid policy and the steps' batching) and the keys above do."""
+    section, _, rest = key.partition(".")
+    if section == "teachers":
+        return not rest.endswith("_weight")
+    return section == "packing" or key in DEPENDS_ON
+
+
 def mismatch(cached: dict[str, Any], run: dict[str, Any]) -> str | None:
     """The first part in which a cache's fingerprint differs from the run's, in words; None when they agree."""
     for part in ("teachers", "grid policy", "dtype", "selection"):
@@ -111,27 +142,60 @@ def mismatch(cached: dict[str, Any], run: dict[str, Any]) -> str | None:
 
 def covered_epochs(params: Params) -> int:
     """Epochs a single-process run of distill.steps x grad_accum batches walks (the last one partly)."""
-    need, epoch = params.distill.steps * params.distill.grad_accum, 0
+    return len(epoch_datasets(params))
+
+
+def epoch_datasets(params: Params) -> list[PackedShardDataset]:
+    """The single-process loader's dataset of every epoch a run of distill.steps x grad_accum batches walks."""
+    need, out = params.distill.steps * params.distill.grad_accum, []
     while need > 0:
-        n = len(components.loader(params, DistInfo(), epoch, 0))
-        if n == 0:
+        d = params.distill
+        ds = PackedShardDataset(params.packing, d.shards, d.selection, d.seed, 0, 1, epoch=len(out))
+        if ds.steps_per_epoch == 0:
             raise AmoeError("the training set yields no complete step; use more images or fewer packing.seqs_per_step")
-        need, epoch = need - n, epoch + 1
-    return epoch
+        need -= ds.steps_per_epoch
+        out.append(ds)
+    return out
 
 
-def planned_size(params: Params, teachers: dict[str, Teacher], epochs: int) -> tuple[int, int, dict[str, int]]:
-    """(distinct (image, grid) pairs, their patch tokens, bytes per teacher) of the cache, from stored sizes alone."""
-    df, _ = read_selection(params.distill.shards, params.distill.selection)
-    keys = df["key"].astype(str).tolist()
-    pairs: set[tuple[str, int, int]] = set()
-    for epoch in range(epochs):
-        grids = plan_grids(
-            params.packing, keys, df["height"].to_numpy(), df["width"].to_numpy(), params.distill.seed, epoch
-        )
-        pairs.update((k, int(r), int(c)) for k, (r, c) in zip(keys, grids.tolist()))
+@dataclass(frozen=True)
+class Job:
+    """One step of the single-process stream that meets (image, grid) pairs no earlier step met: the teachers run
+    on that step's packed batch and the pairs at `new` (image positions in the batch) are written."""
+
+    epoch: int
+    step: list[list[int]]  # the epoch's rows, sequence by sequence (as the loader packs them)
+    pairs: list[tuple[str, int, int]]  # (key, rows, cols) of each image of the step, in batch order
+    new: list[int]
+
+    def name(self, j: int) -> str:
+        return member(*self.pairs[j])
+
+
+def plan_jobs(datasets: list[PackedShardDataset]) -> list[Job]:
+    """Every step of the single-process stream, epoch by epoch, that holds a pair no earlier step held: each pair
+    is computed in the batch where a 1-process run first meets it, whichever rank computes it (so any number of
+    ranks writes what one process writes). From the manifest alone: nothing is decoded."""
+    seen: set[tuple[str, int, int]] = set()
+    jobs = []
+    for epoch, ds in enumerate(datasets):
+        shares = [split_for(ds.plan, 0, 1, w, ds.workers) for w in range(ds.workers)]
+        for k in range(ds.steps_per_epoch):  # the loader's order: its workers round-robin
+            step = shares[k % ds.workers][k // ds.workers]
+            rows = [i for seq in step for i in seq]
+            pairs = [(str(ds.rows["key"].iat[i]), int(ds.grids[i][0]), int(ds.grids[i][1])) for i in rows]
+            new = [j for j, pair in enumerate(pairs) if pair not in seen]
+            seen.update(pairs)
+            if new:
+                jobs.append(Job(epoch, step, pairs, new))
+    return jobs
+
+
+def planned_size(jobs: list[Job], teachers: dict[str, Teacher], cfg: DistillConfig) -> tuple[int, int, dict[str, int]]:
+    """(distinct (image, grid) pairs, their patch tokens, bytes per teacher) of the cache."""
+    pairs = [job.pairs[j] for job in jobs for j in job.new]
     tokens = sum(r * c for _, r, c in pairs)
-    itemsize = DTYPES[params.distill.teacher_cache_dtype].itemsize
+    itemsize = DTYPES[cfg.teacher_cache_dtype].itemsize
     sizes = {name: (tokens + len(pairs) * (1 + t.num_registers)) * t.dim * itemsize for name, t in teachers.items()}
     return len(pairs), tokens, sizes
 
@@ -140,68 +204,132 @@ def member(key: str, rows: int, cols: int) -> str:
     return f"{key}_{rows}x{cols}.safetensors"
 
 
+def shard_name(rank: int, world: int, n: int) -> str:
+    """Rank `rank` of `world` writes its pairs, in job order, PER_SHARD to a shard: a file only it writes."""
+    return f"teachers-{rank:05d}-of-{world:05d}-{n:05d}.tar"
+
+
 def run(params: Params) -> dict[str, Any]:
-    """Write the teacher cache at distill.teacher_cache for this run's teachers, selection and grids."""
+    """Write the teacher cache at distill.teacher_cache for this run's teachers, selection and grids, on every
+    process of the torch.distributed group when there is one (torchrun, `amoe submit teachers-cache`)."""
     out = params.distill.teacher_cache
     if out is None:
         raise AmoeError("distill.teacher_cache is not set; set it to the folder the cache should be written to")
     require_path("distill.shards", params.distill.shards, "shard directory")
-    info = DistInfo()
+    started_here = not dist.is_initialized()
+    info = init_distributed()
+    started_here = started_here and info.distributed
+    try:
+        with output_lock("distill.teacher_cache", out):  # rank 0 holds it for the job
+            return _run(params, Path(out), info)
+    finally:
+        if started_here:
+            cleanup_distributed()
+
+
+def _run(params: Params, out: Path, info: DistInfo) -> dict[str, Any]:
     teachers = components.load_teachers(params, info.device)
-    epochs = covered_epochs(params)
-    n_pairs, tokens, sizes = planned_size(params, teachers, epochs)
+    datasets = epoch_datasets(params)
+    jobs = plan_jobs(datasets)
+    dtype = params.distill.teacher_cache_dtype
+    n_pairs, tokens, sizes = planned_size(jobs, teachers, params.distill)
     total = sum(sizes.values()) + 1024 * n_pairs  # tar headers and safetensors headers
-    per = ", ".join(f"{name} {t.dim} ch {sizes[name] / 1e6:.1f} MB" for name, t in teachers.items())
-    print(
-        f"teacher cache: {n_pairs} (image, grid) pairs over {epochs} epoch(s), {tokens} patch tokens x channels x "
-        f"{DTYPES[params.distill.teacher_cache_dtype].itemsize} bytes: {per}; about {total / 1e6:.1f} MB in all"
-    )
-    parent = Path(out).resolve().parent
+    if info.is_main:
+        per = ", ".join(f"{name} {t.dim} ch {sizes[name] / 1e6:.1f} MB" for name, t in teachers.items())
+        print(
+            f"teacher cache: {n_pairs} (image, grid) pairs over {len(datasets)} epoch(s), {tokens} patch tokens x "
+            f"channels x {DTYPES[dtype].itemsize} bytes: {per}; about {total / 1e6:.1f} MB in all"
+        )
+    parent = out.resolve().parent
     while not parent.exists():
         parent = parent.parent
     free = shutil.disk_usage(parent).free
-    if free < total * 1.1:
+    if free < total * 1.1:  # every rank checks (the same disk): none starts a cache that cannot be finished
         raise AmoeError(
             f"distill.teacher_cache {str(out)!r}: the cache needs about {total / 1e6:.1f} MB but {parent} has "
             f"{free / 1e6:.1f} MB free; free space or point distill.teacher_cache at a larger disk"
         )
     fp = fingerprint(params, teachers)
-    with atomic_dir(out, STAGE, "distill.teacher_cache") as tmp:
-        written = write(params, teachers, epochs, tmp, n_pairs)
-        atomic_write_json(tmp / FINGERPRINT, {**fp, "epochs": epochs, "pairs": written})
-    return {"path": str(out), "pairs": written, "epochs": epochs, "bytes": total}
+    plan = {"fingerprint": fp, "epochs": len(datasets), "pairs": n_pairs, "world_size": info.world_size}
+    mine = jobs[info.rank :: info.world_size]
+    if info.is_main:
+        _start(out, plan, [sum(len(j.new) for j in jobs[r :: info.world_size]) for r in range(info.world_size)])
+    barrier()
+    _write_part(params, teachers, datasets, mine, out, info)
+    barrier()
+    if info.is_main:  # last: a folder without it is no cache (the reader refuses it)
+        atomic_write_json(out / FINGERPRINT, {**fp, "epochs": len(datasets), "pairs": n_pairs})
+    return {"path": str(out), "pairs": n_pairs, "epochs": len(datasets), "bytes": total}
+
+
+def _start(out: Path, plan: dict[str, Any], per_rank: list[int]) -> None:
+    """Rank 0, before any rank writes: the cache stops looking complete; shards of another plan (other inputs or
+    process count) go, shards of this plan stay (a rerun after a kill continues from them)."""
+    check_output("distill.teacher_cache", out, STAGE)
+    (out / FINGERPRINT).unlink(missing_ok=True)
+    same = (out / PLAN).is_file() and json.loads((out / PLAN).read_text()) == json.loads(json.dumps(plan))
+    if not same and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    mark_output(out, STAGE)
+    world = plan["world_size"]
+    for rank, n in enumerate(per_rank):
+        for k in range(-(-n // PER_SHARD)):
+            remove_stale_temporaries(out / shard_name(rank, world, k), ".tar")  # a killed attempt's (lock held)
+    atomic_write_json(out / PLAN, plan)
 
 
 @torch.no_grad()
-def write(params: Params, teachers: dict[str, Teacher], epochs: int, folder: Path, n_pairs: int) -> int:
-    """Run the packed teachers over the run's batches, epoch by epoch, and write every new (image, grid) once."""
+def _write_part(
+    params: Params,
+    teachers: dict[str, Teacher],
+    datasets: list[PackedShardDataset],
+    jobs: list[Job],
+    out: Path,
+    info: DistInfo,
+) -> None:
+    """This rank's jobs -> its shards, PER_SHARD pairs each, each renamed into place when complete; shards a
+    killed earlier attempt completed are kept and their pairs not recomputed."""
     dtype = DTYPES[params.distill.teacher_cache_dtype]
-    done: set[str] = set()
-    shard: tarfile.TarFile | None = None
-    bar = progress(total=n_pairs, desc="teacher cache", unit="image")
+    world = info.world_size
+    done = 0
+    while (out / shard_name(info.rank, world, done)).is_file():
+        done += 1
+    skip = done * PER_SHARD  # pairs already in complete shards
+    total = sum(len(j.new) for j in jobs)
+    bar = progress(total=total, initial=min(skip, total), desc=f"teacher cache (rank {info.rank})", unit="image")
+
+    def members() -> Iterator[tuple[str, bytes]]:
+        first = 0  # index of the job's first pair in this rank's order
+        todo: list[tuple[Job, int]] = []
+        for job in jobs:
+            if first + len(job.new) > skip:
+                todo.append((job, first))
+            first += len(job.new)
+        for epoch, ds in enumerate(datasets):
+            here = [(job, at) for job, at in todo if job.epoch == epoch]
+            for (job, at), batch in zip(here, ds.stream([job.step for job, _ in here]), strict=True):
+                assert batch.keys == [k for k, _, _ in job.pairs]  # the loader packs a step as planned
+                items = split(components.teacher_outputs(teachers, batch.to(info.device)), batch)
+                for n, j in enumerate(job.new):
+                    if at + n >= skip:
+                        yield job.name(j), save_safetensors({k: v.to(dtype).contiguous() for k, v in items[j].items()})
+                        bar.update(1)
+
+    stream, n = members(), done
     try:
-        for epoch in range(epochs):
-            for batch in components.loader(params, DistInfo(), epoch, 0):
-                outs = components.teacher_outputs(teachers, batch)
-                for i, item in enumerate(split(outs, batch)):
-                    name = member(batch.keys[i], *batch.image_sizes[i].tolist())
-                    if name in done:
-                        continue
-                    if len(done) % PER_SHARD == 0:
-                        if shard is not None:
-                            shard.close()
-                        shard = tarfile.open(folder / f"teachers-{len(done) // PER_SHARD:05d}.tar", "w")
-                    data = save_safetensors({k: v.to(dtype).contiguous() for k, v in item.items()})
+        while (head := next(stream, None)) is not None:
+            with (
+                atomic_path(out / shard_name(info.rank, world, n), suffix=".tar") as tmp,
+                tarfile.open(tmp, "w") as tar,
+            ):
+                for name, data in itertools.chain([head], itertools.islice(stream, PER_SHARD - 1)):
                     entry = tarfile.TarInfo(name)
                     entry.size = len(data)
-                    shard.addfile(entry, io.BytesIO(data))  # type: ignore[union-attr]
-                    done.add(name)
-                    bar.update(1)
+                    tar.addfile(entry, io.BytesIO(data))
+            n += 1
     finally:
-        if shard is not None:
-            shard.close()
         bar.close()
-    return len(done)
 
 
 def split(outs: dict[str, TeacherOutput], batch: PackedBatch) -> list[dict[str, torch.Tensor]]:
