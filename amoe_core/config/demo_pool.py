@@ -41,3 +41,8 @@ class DemoPoolConfig(Section):
     max_per_category: int = Field(
         0, ge=0, description="Clip-art / stamps taken per category (0 = all; small pools for tests)."
     )
+    segmentation_train: int = Field(
+        160, ge=0, description="Demo segmentation split (data/demo_segmentation.py): training composites; 0 = no split."
+    )
+    segmentation_val: int = Field(64, ge=1, description="Demo segmentation split: validation composites.")
+    segmentation_side: int = Field(128, ge=32, description="Demo segmentation composites' side in pixels.")
