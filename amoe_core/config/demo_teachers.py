@@ -82,7 +82,7 @@ class DemoTextConfig(Section):
     width: int = Field(64, ge=8, description="Text transformer width (projected to the image tower's width).")
     heads: int = Field(2, ge=1, description="Text attention heads (must divide width).")
     layers: int = Field(1, ge=1, description="Text transformer blocks.")
-    steps: int = Field(600, ge=1, description="Optimiser steps.")
+    steps: int = Field(400, ge=1, description="Optimiser steps.")
     batch_size: int = Field(128, ge=2, description="Captioned images per step (every other pair is a negative).")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine schedule after 5% warm-up).")
     templates: list[str] = Field(
