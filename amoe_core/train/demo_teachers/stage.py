@@ -11,6 +11,13 @@ architecture with random weights, computed through `load_teacher` on the saved d
 uses), and the same two numbers on the OTHER teacher's domain: an expert is strong on its own domain only. The kNN is
 evaluation's own (amoe_core.eval.knn), so this stage sits in train/, above both models/ and eval/.
 
+The SigLIP2 teacher then gains a text tower trained LiT-style against its frozen image tower (text_tower.py; the
+image weights, and so every embedding downstream, are unchanged) and is saved as a full `Siglip2Model` with its
+tokenizer, the layout of the released SigLIP2 checkpoints: `evaluate.zero_shot` reads it, distillation still loads
+its vision tower. report.json adds, trained vs the same architecture with random weights vs chance: zero-shot top-1
+on both domains' held-out test splits (SigLIP2) and each teacher's linear-probe segmentation mIoU on the demo
+segmentation split (chance: predicting the most common class everywhere).
+
 Threads: `demo_teachers.threads` (default 1) applies while the stage runs. These models are tiny (16-token images,
 width 128): with 2 threads on 2 cores that other processes also use, each step waits for the slower thread and a
 batch-128 SigLIP2 step took 1.4 s vs 0.09 s for batch 32 on 1 thread.
@@ -219,7 +226,11 @@ def train_demo_teacher(
         "knn_other_domain": {"trained": o_trained, "random": o_random, "split": str(other.test)},
     }
     if top.segmentation is not None:
-        result["segmentation"] = segmentation_eval(trained, random, top.segmentation, cfg.image_size, seed)
+        seg = result["segmentation"] = segmentation_eval(trained, random, top.segmentation, cfg.image_size, seed)
+        log.info(
+            "teacher %s: segmentation mIoU %.3f trained vs %.3f random (majority class: %.3f) on %s",
+            kind, seg["trained"], seg["random"], seg["chance"], top.segmentation,
+        )  # fmt: skip
     saved, tokenizer = backbone, None
     if kind == "siglip2":
         saved, tokenizer, result["text_tower"], result["zero_shot"] = text_tower_stage(
