@@ -142,3 +142,10 @@ def test_cosine_head_is_scaled_cosine_similarity():
     ref = 16.0 * torch.nn.functional.cosine_similarity(x[:, None], head.weight[None], dim=-1)
     assert torch.allclose(head(x), ref, atol=1e-5)
     assert torch.allclose(head(7.5 * x), head(x), atol=1e-5)  # only the angle of a feature matters
+
+
+def test_majority_class_miou_by_hand():
+    train = [torch.tensor([[0, 0], [1, 255]])]  # class 0 is the most common labelled class (255 ignored)
+    test = [torch.tensor([[0, 1], [1, 1]])]
+    # all-0 prediction: IoU(0) = 1 / (4 predicted + 1 labelled - 1) = 0.25, IoU(1) = 0 / 3 = 0; both present
+    assert stage.majority_miou(train, test, 2) == pytest.approx(0.125)
