@@ -157,7 +157,8 @@ def inputs_of(kind: str, top: DemoTeachersConfig, seed: int) -> dict[str, Any]:
 def text_inputs(text: DemoTextConfig) -> dict[str, Any]:
     return {
         "config": text.model_dump(mode="json"),
-        "data": [folder_fingerprint(f.parent) if f.is_file() else None for f in text.captions],
+        "data": [folder_fingerprint(f.parent) if f.is_file() else None for f in text.captions]
+        + [folder_fingerprint(d) for d in (*text.titled_folders, *text.class_folders)],
     }
 
 
