@@ -51,6 +51,8 @@ def small_params(**sections) -> Params:
             "fmnist_test": 100,
             "max_per_category": 8,
             "clipart_min_per_category": 4,
+            "segmentation_train": 8,
+            "segmentation_val": 4,
         },
         "ingest": {"shard_size": 100, "chunk_size": 64, "workers": 2},
     }

@@ -14,6 +14,7 @@ import io
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
-from test_dashboard import write_fixture
+from test_dashboard import _acc, write_fixture
 
 from amoe_core.tracking.palette import variant_colours
 from amoe_core.tracking.runs import student_runs
@@ -289,6 +290,18 @@ def test_every_tab_and_widget_in_chromium(dashboard):
             _select(page, "Resolution (px)", "112")
             _select(page, "k", "10")
             assert _visible_charts(page).count() == 1
+            # zero-shot and segmentation: eval.json's numbers, the teachers beside the students (read back as CSV)
+            for title in ("Zero-shot top-1 (%)", "Segmentation mIoU (%)", "Segmentation pixel accuracy (%)"):
+                assert page.get_by_role("heading", name=title).locator("visible=true").count() == 1, title
+            shown = page.locator('[data-testid="stDataFrame"]:visible')
+            zs, seg = (_csv(page, shown.nth(i)) for i in (2, 3))  # after the kNN and linear-probe tables
+            assert set(zs.feature) == {"student:siglip", "teacher:siglip"}, zs
+            teacher = zs[(zs.variant == "teacher siglip") & (zs.dataset == "fmnist")].iloc[0]
+            assert f"{float(teacher['64px']):.1f}" == f"{100 * _acc(5, 0, 1, 1, 7):.1f}"  # teacher:siglip's top-1
+            assert set(seg.dataset) == {"voc"}, seg
+            ref = seg[(seg.variant == "reference") & (seg.feature == "student:native")].iloc[0]
+            a, b = (100 * (_acc(i, 0, 2, 1, 5) - 0.4) for i in (0, 1))  # the fixture's mIoU of the two seeds
+            assert ref["64px"] == f"{statistics.fmean([a, b]):.1f} ± {statistics.stdev([a, b]):.1f}"
 
             # ---- Teachers vs student: switch 64 -> 32 px; charts keep heights that fit their rows
             _tab(page, "Teachers vs student")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 from conftest import small_params
@@ -122,3 +123,21 @@ def test_apt_failure_is_amoe_error(tmp_path, monkeypatch):
         assert "Unable to locate package" in str(e) and "folder:" in str(e)
     else:
         raise AssertionError("expected AmoeError")
+
+
+def test_stamp_captions_and_segmentation_split(demo_pool_small):
+    """Every pool stamp with a description has its English caption and category keywords; the segmentation split
+    is readable by the evaluation's VOC reader."""
+    from amoe_core.data.demo_captions import TUXPAINT_CAPTIONS
+    from amoe_core.eval.segmentation import load_voc_pair
+
+    lines = [json.loads(line) for line in (demo_pool_small / TUXPAINT_CAPTIONS).read_text().splitlines()]
+    assert lines and all((demo_pool_small / item["image"]).is_file() for item in lines)
+    for item in lines:
+        category = Path(item["image"]).parts[2]  # pool/tuxpaint/<category>/<file>
+        assert item["keywords"].split()[0] == category and item["caption"].startswith(item["keywords"] + ": ")
+        assert "utf8=" not in item["caption"]  # the English line, not a translation
+    train, test = load_voc_pair(f"voc:{demo_pool_small / 'segmentation'}", f"voc:{demo_pool_small / 'segmentation'}")
+    assert (len(train), len(test)) == (8, 4)
+    summary = json.loads((demo_pool_small / "summary.json").read_text())
+    assert summary["captions"]["tuxpaint"] == len(lines) and summary["segmentation"]["val"]["images"] == 4

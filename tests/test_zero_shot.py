@@ -158,11 +158,17 @@ def test_zero_shot_needs_a_siglip2_teacher_with_a_text_tower(setup, tmp_path):
     root, spec = setup
     from amoe_core.config import ConfigError
 
-    with pytest.raises(ConfigError, match="zero_shot.teacher = 'nope': must name a teacher of kind siglip2"):
-        validate_params({"evaluate": {"zero_shot": {"teacher": "nope"}}})
+    with pytest.raises(ConfigError, match="zero_shot.teacher = 'dino': must name a teacher of kind siglip2"):
+        validate_params({"evaluate": {"zero_shot": {"teacher": "dino"}}})  # the default dino is a dinov3
+    # a name no teacher has validates (the default names the demo's siglip); evaluate skips zero-shot, saying why
+    assert validate_params({"evaluate": {"zero_shot": {"teacher": "nope"}}}).evaluate.zero_shot.teacher == "nope"
+    bank = ev.TeacherBank([spec], "cpu")
+    assert bank.text_tower("nope") is None
     from transformers import Siglip2VisionConfig, Siglip2VisionModel
 
     Siglip2VisionModel(Siglip2VisionConfig(hidden_size=32, intermediate_size=32, num_hidden_layers=1,
                                            num_attention_heads=2)).save_pretrained(tmp_path / "vis")  # fmt: skip
     with pytest.raises(AmoeError, match="without a text tower; zero-shot needs a full Siglip2Model"):
         load_text_tower(TeacherSpec(name="v", kind="siglip2", path=str(tmp_path / "vis")))
+    vision_only = ev.TeacherBank([TeacherSpec(name="v", kind="siglip2", path=str(tmp_path / "vis"))], "cpu")
+    assert vision_only.text_tower("v") is None  # evaluation goes on without zero-shot (a warning says why)

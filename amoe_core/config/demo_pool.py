@@ -61,3 +61,8 @@ class DemoPoolConfig(Section):
         description="Share of the head concept's images that are near-duplicates (flips, crops, JPEG re-encodes); "
         "a concept of n images has this share times n / long_tail_head.",
     )
+    segmentation_train: int = Field(
+        160, ge=0, description="Demo segmentation split (data/demo_segmentation.py): training composites; 0 = no split."
+    )
+    segmentation_val: int = Field(64, ge=1, description="Demo segmentation split: validation composites.")
+    segmentation_side: int = Field(128, ge=32, description="Demo segmentation composites' side in pixels.")

@@ -58,6 +58,39 @@ class DemoTeacherConfig(Section):
         return self
 
 
+class DemoTextConfig(Section):
+    """The demo SigLIP2 teacher's text tower, trained LiT-style (Zhai et al. 2022): the image tower stays frozen as
+    trained above, only the text tower and the sigmoid loss's scale and bias learn, on captions the Debian packages
+    carry. Held-out test images are never captioned: zero-shot on them is a real measurement."""
+
+    captions: list[Path] = Field(
+        default_factory=lambda: [Path("data/demo/captions/tuxpaint.jsonl")],
+        description="JSON-lines files of {image (relative to the file's folder's parent), caption, keywords}.",
+    )
+    titled_folders: list[Path] = Field(
+        default_factory=lambda: [Path("data/demo/splits/clipart_train")],
+        description="Labelled folders captioned `<class> <file-name words>` (Openclipart: category, then title).",
+    )
+    class_folders: list[Path] = Field(
+        default_factory=lambda: [Path("data/demo/splits/fmnist_train")],
+        description="Labelled folders captioned with their class name alone (fashion-mnist).",
+    )
+    class_folder_max: int = Field(
+        1000, ge=1, description="At most this many images per class folder (class-stratified): a fixed caption."
+    )
+    vocab_size: int = Field(1024, ge=64, description="BPE vocabulary (tokenizers library) learnt from the captions.")
+    width: int = Field(64, ge=8, description="Text transformer width (projected to the image tower's width).")
+    heads: int = Field(2, ge=1, description="Text attention heads (must divide width).")
+    layers: int = Field(1, ge=1, description="Text transformer blocks.")
+    steps: int = Field(400, ge=1, description="Optimiser steps.")
+    batch_size: int = Field(128, ge=2, description="Captioned images per step (every other pair is a negative).")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine schedule after 5% warm-up).")
+    templates: list[str] = Field(
+        default_factory=lambda: ["{}", "a picture of {}."],
+        description="Prompt templates of report.json's zero-shot numbers (class names: folder names, `_` as space).",
+    )
+
+
 class DemoTeachersConfig(Section):
     """`amoe teachers demo`: a DINOv3 expert on fashion-mnist and a SigLIP2 expert on clip-art."""
 
@@ -96,6 +129,14 @@ class DemoTeachersConfig(Section):
             min_crop_scale=0.6,
         ),
         description="The SigLIP2 demo teacher, an expert on clip-art.",
+    )
+
+    text: DemoTextConfig = Field(
+        DemoTextConfig(), description="The SigLIP2 teacher's text tower (zero-shot), trained on frozen image features."
+    )
+    segmentation: Path | None = Field(
+        Path("data/demo/segmentation"),
+        description="VOC-layout split (demo pool) whose linear-probe mIoU report.json gives per teacher; null = none.",
     )
 
     @model_validator(mode="after")

@@ -64,6 +64,12 @@ class EvaluateConfig(Section):
                 train="folder:data/demo/splits/clipart_train",
                 test="folder:data/demo/splits/clipart_test",
             ),
+            EvalDataset(
+                name="cutouts",
+                train="voc:data/demo/segmentation",
+                test="voc:data/demo/segmentation",
+                task="segmentation",
+            ),
         ],
         description="Labelled datasets every model is evaluated on (name, train, test).",
     )
@@ -104,7 +110,11 @@ class EvaluateConfig(Section):
         description="Cache folder of the teachers' features on the evaluation sets (a cached run never loads the teachers).",
     )
     batch_size: int = Field(256, ge=1, description="Images per forward pass; lower it if memory runs out.")
-    zero_shot: ZeroShotConfig | None = Field(None, description="Zero-shot classification settings; null = none.")
+    zero_shot: ZeroShotConfig | None = Field(
+        default_factory=lambda: ZeroShotConfig(teacher="siglip", templates=["{}", "a picture of {}."]),
+        description="Zero-shot classification settings; null = none. A teacher name no teacher has, or a checkpoint "
+        "without a text tower, skips it with a warning (the default names the demo's siglip).",
+    )
     seg_epochs: int = Field(
         20, ge=1, description="Segmentation probe: AdamW epochs over the train split (mini-batches of images)."
     )

@@ -76,9 +76,11 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _zero_shot_teacher(self) -> Params:
+        # A name absent from teachers is allowed (zero-shot is skipped with a log line, evaluate/_zero_shot): the
+        # default names the demo's `siglip`, and configs with other teachers keep validating.
         zs = self.evaluate.zero_shot
         kinds = {t.name: t.kind for t in self.teachers}
-        if zs is not None and kinds.get(zs.teacher) != "siglip2":
+        if zs is not None and zs.teacher in kinds and kinds[zs.teacher] != "siglip2":
             raise ConfigError(
                 f"invalid evaluate.zero_shot.teacher = {zs.teacher!r}: must name a teacher of kind siglip2 "
                 f"(teachers: {kinds}); its path must be a full Siglip2Model directory with a tokenizer"

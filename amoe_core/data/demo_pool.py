@@ -5,6 +5,8 @@ Layout (demo_pool.out):
   pool/openclipart/<category>/<file>.png          clip-art kept as the raw files (some are enormous)
   pool/tuxpaint/<category>/<file>.png             Tux Paint stamps: photo cut-outs and drawings with alpha
   splits/{fmnist_train,fmnist_test,clipart_train,clipart_test}/<class>/<file>.png   labelled, RGB, <= 256 px
+  captions/tuxpaint.jsonl                         the pool stamps' English descriptions (data/demo_captions.py)
+  segmentation/                                   cut-outs on backgrounds, VOC layout (data/demo_segmentation.py)
   summary.json                                    counts per source / split / class
   (demo_pool.long_tail: pool/ redrawn with a web-like long tail, see demo_longtail.py)
 Clip-art and stamp sub-folders are flattened into the file name (`a/b.png` -> `a__b.png`) so that the label is
@@ -33,7 +35,9 @@ from PIL import Image
 
 from amoe_core.config.demo_pool import DemoPoolConfig
 from amoe_core.data.decode import bound_side, to_rgb
+from amoe_core.data.demo_captions import write_tuxpaint_captions
 from amoe_core.data.demo_longtail import redraw_pool
+from amoe_core.data.demo_segmentation import SEG_DIR, build_segmentation
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_write_json
 
@@ -89,7 +93,14 @@ def run(params: Params, **_: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {"pool": {}, "splits": {}, "skipped": {}, "notes": []}
     _fashion_mnist(extract / "dataset-fashion-mnist" / FMNIST_DIR, tmp, cfg, params.seed, summary)
     _clipart(extract / "openclipart-png" / CLIPART_DIR, tmp, cfg, rng, summary)
-    _tuxpaint(extract / "tuxpaint-stamps-default" / TUXPAINT_DIR, tmp, cfg.max_per_category, summary)
+    stamps_src = extract / "tuxpaint-stamps-default" / TUXPAINT_DIR
+    stamps = _tuxpaint(stamps_src, tmp, cfg.max_per_category, summary)
+    summary["captions"] = {"tuxpaint": write_tuxpaint_captions(stamps, stamps_src, tmp)}
+    if cfg.segmentation_train:
+        summary["segmentation"] = build_segmentation(
+            stamps_src, extract / "openclipart-png" / CLIPART_DIR, tmp / SEG_DIR, cfg.segmentation_train,
+            cfg.segmentation_val, cfg.segmentation_side, params.seed,
+        )  # fmt: skip
     if cfg.long_tail:
         redraw_pool(tmp, cfg, params.seed, summary)
     shutil.rmtree(extract)
@@ -233,7 +244,8 @@ def balanced_categories(counts: dict[str, int], cfg: DemoPoolConfig) -> dict[str
     return {c: (n_test, min(cfg.clipart_train_per_category, n - n_test)) for c, n in kept.items()}
 
 
-def _tuxpaint(src: Path, tmp: Path, max_per_category: int, summary: dict) -> None:
+def _tuxpaint(src: Path, tmp: Path, max_per_category: int, summary: dict) -> list[tuple[Path, Path]]:
+    """Stamps (PNG) into the pool; returns (source, pool copy) pairs: their descriptions become captions."""
     files = []
     taken: Counter[str] = Counter()
     for p in sorted(src.rglob("*.png")):
@@ -244,9 +256,10 @@ def _tuxpaint(src: Path, tmp: Path, max_per_category: int, summary: dict) -> Non
         dst = tmp / "pool" / "tuxpaint" / rel.parts[0] / _flat_name(rel)
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.link(p, dst)
-        files.append(dst)
-    summary["pool"]["tuxpaint"] = _count(files)
+        files.append((p, dst))
+    summary["pool"]["tuxpaint"] = _count(dst for _, dst in files)
     summary["notes"].append(f"tuxpaint: {len(list(src.rglob('*.svg')))} SVG stamps left out (PNG only)")
+    return files
 
 
 def _count(paths) -> dict[str, Any]:

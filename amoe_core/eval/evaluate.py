@@ -93,16 +93,24 @@ class TeacherBank:
 
     def __init__(self, specs: list[TeacherSpec], device: torch.device) -> None:
         self.specs, self.device, self._loaded = {s.name: s for s in specs}, device, {}
-        self._text: dict[str, Siglip2TextTower] = {}
+        self._text: dict[str, Siglip2TextTower | None] = {}
 
     def extractor(self, name: str) -> Extractor:
         if name not in self._loaded:
             self._loaded[name] = teacher_extractor(name, load_teacher(self.specs[name], self.device))
         return self._loaded[name]
 
-    def text_tower(self, name: str) -> Siglip2TextTower:
+    def text_tower(self, name: str) -> Siglip2TextTower | None:
+        """Teacher `name`'s text tower; None (zero-shot skipped, said once) when no teacher has that name or its
+        checkpoint has no text tower: the default `evaluate.zero_shot` names the demo's teacher."""
         if name not in self._text:
-            self._text[name] = load_text_tower(self.specs[name], self.device)
+            try:
+                if name not in self.specs:
+                    raise AmoeError(f"evaluate.zero_shot: no teacher named {name!r} among {list(self.specs)}")
+                self._text[name] = load_text_tower(self.specs[name], self.device)
+            except AmoeError as e:
+                log.warning("zero-shot skipped: %s", e)
+                self._text[name] = None
         return self._text[name]
 
 
@@ -112,7 +120,7 @@ def _zero_shot(
 ) -> None:  # fmt: skip
     """Top-1 through the text tower for every test feature in that teacher's space (teacher:T, student:T)."""
     zs = params.evaluate.zero_shot
-    if zs is None:
+    if zs is None or bank.text_tower(zs.teacher) is None:
         return
     for name in (f"teacher:{zs.teacher}", f"student:{zs.teacher}"):
         if name not in fte:

@@ -34,7 +34,7 @@ def list_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return [(f, index[n]) for f, n in zip(files, names)], classes
 
 
-def _load_square(path: Path, size: int) -> Tensor:
+def load_square(path: Path, size: int) -> Tensor:
     """Decode, composite alpha onto white, letterbox to a white square (keeps the object's shape), resize."""
     with Image.open(path) as im:
         im.draft("RGB", (size * 2, size * 2))  # JPEG: decode at reduced scale
@@ -51,7 +51,7 @@ def _load_square(path: Path, size: int) -> Tensor:
 def load_folder(root: Path, size: int) -> LabelledImages:
     items, classes = list_folder(root)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        images = list(pool.map(lambda it: _load_square(it[0], size), items))
+        images = list(pool.map(lambda it: load_square(it[0], size), items))
     return LabelledImages(torch.stack(images), torch.tensor([c for _, c in items]), classes)
 
 
