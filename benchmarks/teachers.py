@@ -248,7 +248,8 @@ def trial_rows(args: argparse.Namespace, params: Params, tmp: Path) -> None:
         f"distill.teacher_cache={tmp / 'trial_cache'}",
         f"evaluate.cache={tmp / 'eval_cache'}",
     ]
-    if not splits.is_dir():  # sample photos in two class folders for train and test
+    on_samples = args.smoke or not splits.is_dir()  # --smoke: seconds, even where `make demo` made the splits
+    if on_samples:  # sample photos in two class folders for train and test
         train, test = sample_pool(tmp / "eval_train", 24, seed=1), sample_pool(tmp / "eval_test", 16, seed=2)
         data = f"[{{name: sample, train: 'folder:{train}', test: 'folder:{test}'}}]"
         overrides += [f"evaluate.datasets={data}", "evaluate.ks=[5]", "sweep.k=5", "evaluate.resolutions=[64]"]
@@ -272,7 +273,7 @@ def trial_rows(args: argparse.Namespace, params: Params, tmp: Path) -> None:
     online, cached = statistics.median(secs["online"]), statistics.median(secs["cache"])
     gain = online - cached
     print(
-        f"sweep trial ({args.trial_steps} steps + evaluation on {'the demo splits' if splits.is_dir() else 'samples'}): "
+        f"sweep trial ({args.trial_steps} steps + evaluation on {'samples' if on_samples else 'the demo splits'}): "
         f"online teachers {online:.1f} s, from the cache {cached:.1f} s; the cache took {made:.1f} s to write"
         + (f", repaid after {made / gain:.1f} trials" if gain > 0 else "")
     )
