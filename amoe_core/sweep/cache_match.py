@@ -9,7 +9,6 @@ the sweep prints one line saying which and why.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from amoe_core.config.params import Params
@@ -34,9 +33,9 @@ def trial_cache(params: Params) -> tuple[Path | None, str]:
             None,
             f"teacher cache {path} not used: the search varies {', '.join(varied)}, which it depends on: {online}",
         )
-    if not (Path(path) / teacher_cache.FINGERPRINT).is_file():
+    cached = teacher_cache.read_fingerprint(path)
+    if cached is None:
         return None, f"teacher cache {path} not used: no complete cache there (`amoe teachers cache`): {online}"
-    cached = json.loads((Path(path) / teacher_cache.FINGERPRINT).read_text())
     teachers = components.load_teachers(base, current_info().device)
     why = teacher_cache.mismatch(cached, teacher_cache.fingerprint(base, teachers))
     if why is not None:

@@ -140,6 +140,12 @@ def mismatch(cached: dict[str, Any], run: dict[str, Any]) -> str | None:
     return None
 
 
+def read_fingerprint(path: Path) -> dict[str, Any] | None:
+    """The fingerprint of a complete cache at `path` (written last, so a killed write has none); None if there is none."""
+    f = Path(path) / FINGERPRINT
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
 def covered_epochs(params: Params) -> int:
     """Epochs a single-process run of distill.steps x grad_accum batches walks (the last one partly)."""
     return len(epoch_datasets(params))
@@ -351,10 +357,9 @@ class TeacherCache:
     def __init__(self, path: Path, params: Params, teachers: dict[str, Teacher]) -> None:
         require_path("distill.teacher_cache", path, "teacher cache (write it with `amoe teachers cache`)")
         self.path, self.names = Path(path), list(teachers)
-        f = self.path / FINGERPRINT
-        if not f.is_file():
+        cached = read_fingerprint(self.path)
+        if cached is None:
             raise AmoeError(f"distill.teacher_cache {str(path)!r} has no {FINGERPRINT}: not a complete teacher cache")
-        cached = json.loads(f.read_text())
         why = mismatch(cached, fingerprint(params, teachers))
         if why is not None:
             raise AmoeError(
