@@ -42,7 +42,7 @@ def read_metric(tsv: Path) -> dict[int, float]:
     """step -> value of one dvclive TSV (columns step, [timestamp,] <name>), each step once (module docstring).
     Rows that do not parse (a truncated last line of a killed run, a damaged file) are skipped with one warning."""
     out: dict[int, float] = {}
-    bad = 0
+    bad, last = 0, -math.inf
     with open(tsv, encoding="utf-8", errors="replace") as f:
         header = f.readline().rstrip("\r\n").split("\t")
         if "step" not in header:
@@ -60,9 +60,10 @@ def read_metric(tsv: Path) -> dict[int, float]:
             except ValueError:
                 bad += 1
                 continue
-            if out and step <= max(out):  # a resumed attempt restarted at `step`: its rows replace these
+            if step <= last:  # a resumed attempt restarted at `step`: its rows replace these
                 out = {s: v for s, v in out.items() if s < step}
             out[step] = value
+            last = step  # the largest step kept: rows are kept in increasing step order (no max() per row)
     if bad:
         log.warning("%s: %d damaged row(s) skipped", tsv, bad)
     return out
