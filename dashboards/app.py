@@ -37,13 +37,14 @@ LIVE_REFRESH_S = 2.0
 # ---------------------------------------------------------------------------------------------------------- roots
 def allowed_roots() -> dict[str, Any]:
     """Roots from the environment (set by `amoe dashboard`), else from ./params.yaml: the runs directories
-    (distill.runs_dir, and report.runs_dir when it exists), the curation directory and the Optuna storage."""
+    (distill.runs_dir, report.runs_dir when it exists and the other ablations collected beside it), the curation
+    directory and the Optuna storage."""
     roots: dict[str, Any] = {"runs": ["runs"], "curation": "data/curation", "storage": "sqlite:///runs/optuna.db"}
     try:
         from amoe_core.config import load_params
 
         p = load_params()
-        runs = [str(p.distill.runs_dir)] + [str(p.report.runs_dir)] * Path(p.report.runs_dir).is_dir()
+        runs = [str(p.distill.runs_dir)] + collected_beside(Path(p.report.runs_dir))
         roots = {"runs": list(dict.fromkeys(runs)), "curation": str(p.sample.out.parent), "storage": p.sweep.storage}
     except Exception:  # a broken params.yaml must not take the dashboard down; defaults still work
         pass
@@ -52,6 +53,13 @@ def allowed_roots() -> dict[str, Any]:
     roots["curation"] = os.environ.get("AMOE_CURATION_DIR", roots["curation"])
     roots["storage"] = os.environ.get("AMOE_OPTUNA_STORAGE", roots["storage"])
     return roots
+
+
+def collected_beside(runs_dir: Path) -> list[str]:
+    """`runs_dir` when it exists, then every other folder beside it that `amoe ablate` collected (it holds a
+    `_teachers` run), e.g. results/ablations-longtail next to results/ablations: a fresh clone offers them all."""
+    siblings = sorted(str(t.parent) for t in runs_dir.parent.glob(f"*/{TEACHERS_RUN}") if t.is_dir())
+    return list(dict.fromkeys([str(runs_dir)] * runs_dir.is_dir() + siblings))
 
 
 # ---------------------------------------------------------------------------------------------------------- cached

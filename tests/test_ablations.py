@@ -15,6 +15,7 @@ import yaml
 from amoe_core.config import load_params
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.experiments import ablations
+from amoe_core.experiments.report import _measured_on
 from amoe_core.tracking.runs import RunDir, summarize_training
 from dashboards import loaders
 
@@ -152,7 +153,7 @@ def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> 
     runs = ablations.collect([e2, e3], out)
     # only the run each experiment wrote: the committed runs/random in their commits is the baseline's, not theirs
     assert runs == [out / "e2-balanced", out / "e3-balanced"]
-    assert sorted(p.name for p in out.glob("[!.]*")) == ["_teachers", "e2-balanced", "e3-balanced"]
+    assert sorted(p.name for p in out.glob("[!.]*")) == ["_teachers", "e2-balanced", "e3-balanced", "experiments.json"]
     for name, a in (("e2", 2), ("e3", 3)):  # each experiment's own records, not the workspace's
         run = out / f"{name}-balanced"
         assert json.loads((run / "eval.json").read_text()) == {"knn": a / 10}
@@ -168,6 +169,13 @@ def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> 
         tsv = run.relative_to(repo) / "dvclive" / "plots" / "metrics" / "loss" / "total.tsv"
         assert subprocess.run(["git", "check-ignore", "-q", str(tsv)], cwd=repo).returncode == 1  # committable
     assert json.loads((out / "_teachers" / "eval.json").read_text()) == {"knn": 1}
+    # the code each experiment measured: its commit, whose parent is the commit it was run on
+    head = _sh("git", "rev-parse", "HEAD", cwd=repo).strip()
+    refs = ablations.experiment_refs()
+    assert json.loads((out / "experiments.json").read_text()) == {
+        n: {"commit": refs[n], "baseline": head} for n in ("e2", "e3")
+    }
+    assert _measured_on(out) == f", measured on commit {head[:7]}"  # what the report's first line says
     with pytest.raises(AmoeError, match="no finished experiment named e9: run `amoe ablate` first"):
         ablations.collect([e2, ablations.Experiment("e9", {}, None)], out)
     assert (out / "e2-balanced" / "eval.json").exists()  # a failed collect leaves the previous one intact

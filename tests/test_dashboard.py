@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import warnings
 from pathlib import Path
@@ -22,7 +23,8 @@ from amoe_core.tracking.runs import student_runs  # noqa: E402
 from amoe_core.train.live import LiveLog  # noqa: E402
 from dashboards import loaders  # noqa: E402  (the screenshots' source data)
 
-APP = str(Path(__file__).resolve().parent.parent / "dashboards" / "app.py")
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "dashboards" / "app.py")
 DATASETS = ("fmnist", "clipart")
 RESOLUTIONS = (32, 64, 112)
 KS = (10, 20, 100)
@@ -505,6 +507,22 @@ def test_changed_file_shows_on_rerun_and_missing_roots_are_explained(app, fixtur
     assert not (tmp_path / "none.db").exists()  # looking at the page never creates a database
 
 
+def test_a_fresh_clone_offers_every_collected_ablation(tmp_path, monkeypatch):
+    """Launched from a checkout with no AMOE_RUNS_DIR, the page offers distill.runs_dir, report.runs_dir and every
+    other folder `amoe ablate` collected beside it (one holding a `_teachers` run), and nothing else."""
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for d in ("results/ablations/_teachers", "results/ablations-longtail/_teachers", "results/figures"):
+        (tmp_path / d).mkdir(parents=True)
+    for var in ("AMOE_RUNS_DIR", "AMOE_CURATION_DIR", "AMOE_OPTUNA_STORAGE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="runs_dir").options == ["runs", "results/ablations", "results/ablations-longtail"]
+    assert not (tmp_path / "runs" / "optuna.db").exists()  # looking never creates the default storage
+
+
 def test_images_outside_a_run_directory_are_never_shown(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     (runs / "evil").mkdir(parents=True)
@@ -520,7 +538,6 @@ def test_images_outside_a_run_directory_are_never_shown(tmp_path, monkeypatch):
     assert not at.get("image") and any("No pca_maps.png" in i.value for i in at.info)
 
 
-ROOT = Path(__file__).resolve().parent.parent
 README_ROWS = {  # README's results table: its row -> docs/RESULTS.md's variant label
     "student, reference": "reference",
     "no relational term": "relational=none",

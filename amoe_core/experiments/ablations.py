@@ -20,6 +20,7 @@ experiment commit into `ablate.out` (which is versioned, so a fresh clone can re
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -35,7 +36,7 @@ from amoe_core.dvc_cli import run_dvc
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_dir
 from amoe_core.overrides import with_overrides
-from amoe_core.tracking.runs import TEACHERS_RUN
+from amoe_core.tracking.runs import PROVENANCE, TEACHERS_RUN
 
 log = logging.getLogger(__name__)
 
@@ -199,14 +200,18 @@ def run_queue(jobs: int, poll_s: float = 30.0) -> None:
 
 def collect(experiments: list[Experiment], out: Path) -> list[Path]:
     """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} and the run's dvclive curves of each
-    experiment (its newest one, whatever the baseline; only the runs it writes) into out/<experiment>-<run>/, and the
-    teachers' evaluation into out/_teachers/. Replaces `out` atomically."""
+    experiment (its newest one, whatever the baseline; only the runs it writes) into out/<experiment>-<run>/, the
+    teachers' evaluation into out/_teachers/, and each experiment's commit and baseline commit (the code it measured)
+    into out/experiments.json. Replaces `out` atomically."""
     refs = experiment_refs()
     missing = [e.name for e in experiments if e.name not in refs]
     if missing:
         raise AmoeError(f"no finished experiment named {', '.join(missing)}: run `amoe ablate` first")
     written: list[Path] = []
     with atomic_dir(out, "ablate.out", legacy=(TEACHERS_RUN,)) as tmp:
+        provenance = {e.name: {"commit": refs[e.name], "baseline": _git("rev-parse", f"{refs[e.name]}^").strip()}
+                      for e in experiments}  # fmt: skip
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1, sort_keys=True) + "\n")
         for e in experiments:
             name = e.name
             files = _git("ls-tree", "-r", "--name-only", refs[name], "runs/").splitlines()

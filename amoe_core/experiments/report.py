@@ -7,6 +7,7 @@ the same runs always give a byte-identical report.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -23,7 +24,7 @@ from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text, check_file_output
 from amoe_core.tracking import eval_record
 from amoe_core.tracking.palette import variant_colours
-from amoe_core.tracking.runs import TEACHERS_RUN, RunDir, md_escape, student_runs
+from amoe_core.tracking.runs import PROVENANCE, TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import (
     HEADLINE_K,
     Variant,
@@ -114,7 +115,8 @@ def build_report(runs_dir: Path, out: Path) -> str:
     fidelity_teachers = sorted({t for r in runs for t in r.eval().get("fidelity", {})})
 
     parts = [
-        f"{HEADER} from {len(runs)} runs under `{runs_dir}`. Accuracies in %, mean ± std over seeds; "
+        f"{HEADER} from {len(runs)} runs under `{runs_dir}`{_measured_on(runs_dir)}. Accuracies in %, mean ± std "
+        "over seeds; "
         f"kNN uses {k} at {res}, feature `{student_feature}` for the student.{_shared_recipe(runs)}",
         "",
         "## Variants",
@@ -194,6 +196,16 @@ def build_report(runs_dir: Path, out: Path) -> str:
     text = "\n".join(parts)
     atomic_write_text(out, text)
     return text
+
+
+def _measured_on(runs_dir: Path) -> str:
+    """The header's ", measured on commit X": the baseline commits `amoe ablate` recorded beside the runs (none
+    recorded, e.g. runs collected by hand: nothing)."""
+    try:
+        baselines = sorted({e["baseline"][:7] for e in json.loads((Path(runs_dir) / PROVENANCE).read_text()).values()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    return f", measured on commit{'s' * (len(baselines) > 1)} {', '.join(baselines)}" if baselines else ""
 
 
 def _selection_colours(variants: list[Variant]) -> dict[str, str]:
