@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from amoe_core.errors import AmoeError
 from amoe_core.tracking.curves import read_metric, read_steps, summary_file
 from amoe_core.tracking.runs import RunDir
 from amoe_core.train.live import LiveLog
@@ -57,3 +58,20 @@ def test_summary_is_computed_from_the_curves(tmp_path: Path) -> None:
 
 def test_a_run_without_curves_reads_as_none(tmp_path: Path) -> None:
     assert read_steps(tmp_path) == [] and RunDir(tmp_path).train_summary() == {}
+
+
+def test_a_git_repository_without_commits_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dvclive reads the git revision of the repository around the run: in a fresh `git init` it raised scmrepo's
+    "Empty git repo" from deep inside; the run now stops with what to do, and runs once a commit exists."""
+    import subprocess
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AmoeError, match=r"has no commit .*git commit --allow-empty -m init"):
+        LiveLog(tmp_path / "dvclive", resume=False)
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "init"], check=True)
+    live = LiveLog(tmp_path / "dvclive", resume=False)
+    live.log({"step": 1, "loss/total": 0.5})
+    live.close()
+    assert read_metric(tmp_path / "dvclive" / "plots" / "metrics" / "loss" / "total.tsv") == {1: 0.5}

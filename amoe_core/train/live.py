@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from amoe_core.errors import AmoeError
 from amoe_core.tracking.curves import EXPERT_LOAD
 
 
@@ -16,8 +17,15 @@ class LiveLog:
 
     def __init__(self, directory: Path, resume: bool) -> None:
         from dvclive import Live  # imported when a run starts: dvclive takes ~2 s to import (start-up time)
+        from scmrepo.exceptions import SCMError
 
-        self.live = Live(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        try:
+            self.live = Live(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
+        except SCMError as e:  # dvclive reads the git revision before checking that one exists (dvclive 3.x)
+            raise AmoeError(
+                f"dvclive cannot start the run's record in {directory}: the git repository around it has no commit "
+                f"({e}); make one (`git commit --allow-empty -m init`) or run outside that repository"
+            ) from None
 
     def log(self, record: dict[str, Any]) -> None:
         self.live.step = int(record["step"])
