@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from amoe_core.curation.report import REPORT_FILE
 from amoe_core.tracking import eval_record
 from amoe_core.tracking.curves import last_written
 from amoe_core.tracking.palette import TEACHER_PREFIX, variant_colours
@@ -131,7 +132,7 @@ def load_sweep(storage: str, key: tuple) -> dict[str, Any]:
 @st.cache_data(show_spinner=False, max_entries=8)
 def load_curation(curation_dir: str, key: tuple) -> dict[str, Any]:
     root = Path(curation_dir)
-    report = curation_loaders.read_json(root / "selection" / "report.json")
+    report = curation_loaders.read_json(root / "selection" / REPORT_FILE)
     return {"report": report, "plots": sorted(str(p) for p in (root / "plots").glob("*.png"))}
 
 
@@ -361,7 +362,7 @@ def sweep_view(storage: str) -> None:
 def curation_view(curation_dir: str) -> None:
     st.subheader("Curation")
     root = Path(curation_dir)
-    cur = load_curation(curation_dir, loaders.fingerprint([root / "selection" / "report.json", root / "plots"]))
+    cur = load_curation(curation_dir, loaders.fingerprint([root / "selection" / REPORT_FILE, root / "plots"]))
     if not cur["report"] and not cur["plots"]:
         st.info(f"No curation outputs under {curation_dir}: run `amoe curate sample`.")
         return

@@ -38,6 +38,8 @@ live.close()
 (run / "checkpoints" / "w.bin").write_bytes(b"x")
 teachers = pathlib.Path("runs/_teachers"); teachers.mkdir(parents=True, exist_ok=True)
 (teachers / "eval.json").write_text(json.dumps({"knn": 1}))
+sel = pathlib.Path("sel"); sel.mkdir(exist_ok=True)  # the curation: a DVC-cached output, as sample.out is
+(sel / "report.json").write_text(json.dumps({"target": p["a"]}))
 """
 DVC_YAML = """
 stages:
@@ -48,6 +50,7 @@ stages:
       deps: [stage.py]
       params: [a]
       outs:
+        - sel
         - runs/${item}/checkpoints
         - runs/${item}/params.yaml:
             cache: false
@@ -147,13 +150,22 @@ def test_a_bad_ablate_override_stops_before_anything_is_queued(repo: Path, overr
 def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> None:
     _sh("dvc", "exp", "run", "-q", "-n", "e2", "-S", "a=2", "train@balanced", cwd=repo)
     _sh("dvc", "exp", "run", "-q", "-n", "e3", "-S", "a=3", "train@balanced", cwd=repo)
-    assert set(ablations.experiment_refs()) == {"e2", "e3"}
+    _sh("dvc", "exp", "run", "-q", "-n", "e4", "-S", "a=4", cwd=repo)  # the whole pipeline
+    assert set(ablations.experiment_refs()) == {"e2", "e3", "e4"}
     out = repo / "results"
     e2, e3 = (ablations.Experiment(n, {"a": a}, "train@balanced") for n, a in (("e2", "2"), ("e3", "3")))
-    runs = ablations.collect([e2, e3], out)
+    e4 = ablations.Experiment("e4", {"a": "4"}, None)
+    runs = ablations.collect([e2, e3, e4], out, selection=Path("sel"))
     # only the run each experiment wrote: the committed runs/random in their commits is the baseline's, not theirs
-    assert runs == [out / "e2-balanced", out / "e3-balanced"]
-    assert sorted(p.name for p in out.glob("[!.]*")) == ["_teachers", "e2-balanced", "e3-balanced", "experiments.json"]
+    # (a whole-pipeline experiment writes every run)
+    assert runs == [out / "e2-balanced", out / "e3-balanced", out / "e4-balanced", out / "e4-random"]
+    assert sorted(p.name for p in out.glob("[!.]*")) == [
+        "_curation", "_teachers", "e2-balanced", "e3-balanced", "e4-balanced", "e4-random", "experiments.json"
+    ]  # fmt: skip
+    # the curation of an experiment that ran the whole pipeline, as its commit's DVC output holds it (a one-stage
+    # experiment's curation is its baseline's: not collected)
+    assert [p.name for p in (out / "_curation").iterdir()] == ["e4.json"]
+    assert json.loads((out / "_curation" / "e4.json").read_text()) == {"target": 4}
     for name, a in (("e2", 2), ("e3", 3)):  # each experiment's own records, not the workspace's
         run = out / f"{name}-balanced"
         assert json.loads((run / "eval.json").read_text()) == {"knn": a / 10}
@@ -173,7 +185,7 @@ def test_collect_copies_each_experiments_records_from_its_commit(repo: Path) -> 
     head = _sh("git", "rev-parse", "HEAD", cwd=repo).strip()
     refs = ablations.experiment_refs()
     assert json.loads((out / "experiments.json").read_text()) == {
-        n: {"commit": refs[n], "baseline": head} for n in ("e2", "e3")
+        n: {"commit": refs[n], "baseline": head} for n in ("e2", "e3", "e4")
     }
     assert _measured_on(out) == f", measured on commit {head[:7]}"  # what the report's first line says
     with pytest.raises(AmoeError, match="no finished experiment named e9: run `amoe ablate` first"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 
@@ -276,3 +277,41 @@ def test_long_tail_section_reads_head_and_tail_classes(runs: Path, tmp_path: Pat
     assert "**kNN avg** at 64px, balanced 66.2 vs random 60.8 (3 / 3 seeds): ours +5.5 ± 0.8" in section
     # the default pool's data finding still compares the default pool's selections only
     assert "balanced 61.5 vs random 64.5: ours -3.0 ± 1.2" in text
+
+
+def _curation(target: int, head: tuple, tail: tuple, slope: float | None) -> dict:
+    """The part of a curation report (sample.out/report.json) the long-tail section reads."""
+    return {
+        "target": target,
+        "pool_images": 9000,
+        "concepts": {"head": "dress"},
+        "concept_head_share": dict(zip(("pool", "balanced", "random"), head)),
+        "concept_tail_half_share": dict(zip(("pool", "balanced", "random"), tail)),
+        "concept_level1_clusters_vs_size_slope": slope,
+    }
+
+
+def test_long_tail_section_shows_what_balancing_did_to_the_pools_concepts(runs: Path, tmp_path: Path) -> None:
+    for selection in ("balanced", "random"):
+        for seed in range(2):
+            overrides = LONG_TAIL + [f"distill.selection=data/curation/selection/{selection}.parquet"]
+            ev = _long_tail_eval({"a": 0.9, "c": 0.7, "b": 0.5 + 0.01 * seed, "d": 0.4})
+            _make_run(runs, f"lt-s{seed}-{selection}", overrides + [f"distill.seed={seed}"], ev, 1000.0, True)
+        overrides = LONG_TAIL + ["sample.target=1000", f"distill.selection=data/curation/selection/{selection}.parquet"]
+        _make_run(runs, f"lt-1000-s0-{selection}", overrides, _long_tail_eval({"a": 0.8, "c": 0.6, "b": 0.4, "d": 0.4}), 1000.0, True)  # fmt: skip
+    # as `amoe ablate` collects them: one per experiment; both seeds share one curation; "arkd" ran on the default pool
+    (runs / "_curation").mkdir()
+    reports = {
+        "lt-s0": _curation(4000, (0.2, 0.1, 0.19), (0.05, 0.12, 0.055), 0.4567),
+        "lt-s1": _curation(4000, (0.2, 0.1, 0.19), (0.05, 0.12, 0.055), 0.4567),
+        "lt-1000-s0": _curation(1000, (0.2, 0.08, 0.21), (0.05, 0.15, 0.05), None),
+        "arkd": _curation(4000, (0.09, 0.16, 0.085), (0.04, 0.09, 0.043), 0.68),
+    }
+    for name, rep in reports.items():
+        (runs / "_curation" / f"{name}.json").write_text(json.dumps(rep))
+    section = build_report(runs, tmp_path / "RESULTS.md").split("## The data finding on the long-tail pool", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and " of 9,000 |" in line]
+    assert rows == [  # one row per size, in size order; the default pool's curation is not this pool's
+        "| 1,000 of 9,000 | dress: 20.0 / 8.0 / 21.0 | 5.0 / 15.0 / 5.0 | - |",
+        "| 4,000 of 9,000 | dress: 20.0 / 10.0 / 19.0 | 5.0 / 12.0 / 5.5 | 0.46 |",
+    ]

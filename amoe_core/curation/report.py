@@ -9,6 +9,8 @@ import pandas as pd
 from amoe_core.config.sample import SampleConfig
 from amoe_core.curation.concepts import concept_report
 
+REPORT_FILE = "report.json"  # in sample.out, beside the selections
+
 
 def size_stats(sizes: np.ndarray) -> dict[str, float]:
     """Summary of a cluster-size distribution. `balance` is the normalised entropy of the sizes (1 = all equal)."""

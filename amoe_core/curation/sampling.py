@@ -22,7 +22,7 @@ from amoe_core.config.sample import SampleConfig
 from amoe_core.curation.hkmeans import load_embeddings, load_levels, point_paths
 from amoe_core.curation.kmeans import assign, per_cluster_pick
 from amoe_core.curation.plots import write_plots
-from amoe_core.curation.report import build_report
+from amoe_core.curation.report import REPORT_FILE, build_report
 from amoe_core.data.shards import read_manifest
 from amoe_core.errors import AmoeError
 from amoe_core.io import atomic_dir, atomic_write_json
@@ -152,10 +152,10 @@ def run(params: Params) -> Path:
     balanced = balanced_sample(paths, cfg.target, params.seed, cfg.within, dist)
     baseline = random_sample(n, cfg.target, params.seed)
     report = build_report(rows, paths, {"balanced": balanced, "random": baseline}, cfg)
-    with atomic_dir(cfg.out, "sample.out", legacy=("report.json", "balanced.parquet")) as tmp:
+    with atomic_dir(cfg.out, "sample.out", legacy=(REPORT_FILE, "balanced.parquet")) as tmp:
         selection_frame(rows, paths, balanced).to_parquet(tmp / "balanced.parquet", index=False)
         selection_frame(rows, paths, baseline).to_parquet(tmp / "random.parquet", index=False)
-        atomic_write_json(tmp / "report.json", report)
+        atomic_write_json(tmp / REPORT_FILE, report)
     write_plots(cfg, rows, paths, {"balanced": balanced, "random": baseline})
     log.info("selected %d of %d images into %s", cfg.target, n, cfg.out)
     return Path(cfg.out)

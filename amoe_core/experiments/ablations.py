@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amoe_core.config.params import Params
+from amoe_core.curation.report import REPORT_FILE
 from amoe_core.data.demo_longtail import FREQUENCIES
 from amoe_core.device import cpu_thread_budget
 from amoe_core.dvc_cli import run_dvc
 from amoe_core.errors import AmoeError, ConfigError
 from amoe_core.io import atomic_dir
 from amoe_core.overrides import with_overrides
-from amoe_core.tracking.runs import PROVENANCE, TEACHERS_RUN
+from amoe_core.tracking.runs import CURATION_DIR, PROVENANCE, TEACHERS_RUN
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +199,13 @@ def run_queue(jobs: int, poll_s: float = 30.0) -> None:
         )
 
 
-def collect(experiments: list[Experiment], out: Path) -> list[Path]:
+def collect(experiments: list[Experiment], out: Path, selection: Path = Path("data/curation/selection")) -> list[Path]:
     """Copy runs/<run>/{params.yaml, train.json, eval.json, resolution.csv} and the run's dvclive curves of each
     experiment (its newest one, whatever the baseline; only the runs it writes) into out/<experiment>-<run>/, the
-    teachers' evaluation into out/_teachers/, and each experiment's commit and baseline commit (the code it measured)
-    into out/experiments.json. Replaces `out` atomically."""
+    teachers' evaluation into out/_teachers/, each experiment's commit and baseline commit (the code it measured)
+    into out/experiments.json, and the curation report of each experiment that ran the whole pipeline (`selection`,
+    sample.out, a DVC output read from the cache at its commit) into out/_curation/<experiment>.json. Replaces
+    `out` atomically."""
     refs = experiment_refs()
     missing = [e.name for e in experiments if e.name not in refs]
     if missing:
@@ -231,7 +234,24 @@ def collect(experiments: list[Experiment], out: Path) -> list[Path]:
                 )
                 if run != TEACHERS_RUN and parts[2] == "params.yaml":
                     written.append(out / dest.parent.name)
+            if e.target is None:  # its own curation (a one-stage experiment's is the baseline's)
+                report = _curation_report(refs[name], selection / REPORT_FILE)
+                if report is not None:
+                    (tmp / CURATION_DIR).mkdir(exist_ok=True)
+                    (tmp / CURATION_DIR / f"{name}.json").write_bytes(report)
     return sorted(written)
+
+
+def _curation_report(commit: str, path: Path) -> bytes | None:
+    """A DVC-tracked file as it was at `commit`, from the local DVC cache (None, with a warning, where it is gone)."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        return dvc.api.read(str(path), rev=commit, mode="rb")
+    except (DvcException, OSError) as e:
+        log.warning("no curation report for experiment commit %s (%s): the report leaves its curation out", commit, e)
+        return None
 
 
 def run(params: Params, collect_only: bool = False) -> list[Path]:
@@ -248,7 +268,7 @@ def run(params: Params, collect_only: bool = False) -> list[Path]:
         queued = queue(experiments)
         log.info("queued %d experiment(s), %d already done", len(queued), len(experiments) - len(queued))
         run_queue(cfg.jobs)
-    runs = collect(experiments, cfg.out)
+    runs = collect(experiments, cfg.out, params.sample.out)
     log.info(
         "collected %d runs into %s; `amoe report -S report.runs_dir=%s` writes the report", len(runs), cfg.out, cfg.out
     )

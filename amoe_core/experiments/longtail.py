@@ -58,7 +58,42 @@ def class_mean_per_seed(v: Variant, classes: list, res: str, k: str, feat: str) 
     return out
 
 
-def long_tail_section(variants: list[Variant], datasets: list[str], res: str, k: str, feat: str) -> list[str]:
+def curation_rows(variants: list[Variant], curation: dict[str, dict]) -> list[list[str]]:
+    """Did balancing do what it should on the long-tail pool: per selection size, the head concept's and the tail
+    half's share in the pool and both selections and the slope of level-1 clusters against concept size, from the
+    curation reports `amoe ablate` collected (experiment name -> report.json; an experiment's runs are
+    `<experiment>-<run>`). Seeds share one curation, so each size is one row."""
+    long_tail = [r.path.name for v in variants if is_long_tail(v) for r in v.runs]
+    rows: dict[int, list[str]] = {}
+    for name, rep in sorted(curation.items()):
+        if not any(run.startswith(f"{name}-") for run in long_tail) or "concept_head_share" not in rep:
+            continue
+        head, tail = rep["concept_head_share"], rep["concept_tail_half_share"]
+        slope = rep.get("concept_level1_clusters_vs_size_slope")
+        rows.setdefault(
+            int(rep["target"]),
+            [
+                f"{int(rep['target']):,} of {int(rep['pool_images']):,}",
+                f"{(rep.get('concepts') or {}).get('head', '?')}: "
+                + " / ".join(f"{100 * head[s]:.1f}" for s in ("pool", "balanced", "random")),
+                " / ".join(f"{100 * tail[s]:.1f}" for s in ("pool", "balanced", "random")),
+                "-" if slope is None else f"{slope:.2f}",
+            ],
+        )
+    return [rows[t] for t in sorted(rows)]
+
+
+CURATION_HEADER = [
+    "selected images",
+    "head concept share % (pool / balanced / random)",
+    "tail-half share % (pool / balanced / random)",
+    "slope of log level-1 clusters on log concept size",
+]
+
+
+def long_tail_section(
+    variants: list[Variant], datasets: list[str], res: str, k: str, feat: str, curation: dict[str, dict] | None = None
+) -> list[str]:
     """The report's section; [] when no long-tail balanced / random pair was run."""
     pair = long_tail_pair(variants)
     if pair is None:
@@ -94,6 +129,14 @@ def long_tail_section(variants: list[Variant], datasets: list[str], res: str, k:
                 f"- **{name}** at {res}, balanced {100 * statistics.fmean(ours):.1f} vs random "
                 f"{100 * statistics.fmean(theirs):.1f} ({len(ours)} / {len(theirs)} seeds): {effect.text()}{paper}{said}"
             )
+    if rows := curation_rows(variants, curation or {}):
+        lines += [
+            "",
+            "What balancing did to the pool's concepts (the curation reports of these experiments; balancing should "
+            "lower the head's share, raise the tail's, and spread level-1 clusters over concepts: a slope below 1):",
+            "",
+            *_table((CURATION_HEADER, rows)),
+        ]
     points = scaling_points(variants, datasets, res, k, feat, reference=base)
     if len({p.images for p in points}) > 1:
         lines += [

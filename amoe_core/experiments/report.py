@@ -24,7 +24,7 @@ from amoe_core.experiments.report_plots import resolution_plot, scaling_plot
 from amoe_core.io import atomic_write_text, check_file_output
 from amoe_core.tracking import eval_record
 from amoe_core.tracking.palette import variant_colours
-from amoe_core.tracking.runs import PROVENANCE, TEACHERS_RUN, RunDir, md_escape, student_runs
+from amoe_core.tracking.runs import CURATION_DIR, PROVENANCE, TEACHERS_RUN, RunDir, md_escape, student_runs
 from amoe_core.tracking.variants import (
     HEADLINE_K,
     Variant,
@@ -192,10 +192,21 @@ def build_report(runs_dir: Path, out: Path) -> str:
             f"![kNN vs selected images]({scaling.name})",
             "",
         ]
-    parts += long_tail_section(variants, datasets, res, k, student_feature)
+    parts += long_tail_section(variants, datasets, res, k, student_feature, _curation_reports(runs_dir))
     text = "\n".join(parts)
     atomic_write_text(out, text)
     return text
+
+
+def _curation_reports(runs_dir: Path) -> dict[str, dict]:
+    """Experiment name -> its curation report, as `amoe ablate` collected them (unreadable ones left out)."""
+    out = {}
+    for f in sorted((Path(runs_dir) / CURATION_DIR).glob("*.json")):
+        try:
+            out[f.stem] = json.loads(f.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("%s is unreadable (%s): the report leaves it out", f, e)
+    return out
 
 
 def _measured_on(runs_dir: Path) -> str:

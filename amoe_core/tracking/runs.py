@@ -31,6 +31,7 @@ from amoe_core.tracking.eval_record import read_eval
 TEACHERS_RUN = "_teachers"  # runs/_teachers/eval.json: `amoe evaluate --teachers`, the teachers' own baselines
 # beside collected runs (`amoe ablate`): each experiment's commit and the baseline commit, i.e. the code it measured
 PROVENANCE = "experiments.json"
+CURATION_DIR = "_curation"  # beside collected runs: <experiment>.json, the curation report of its data
 SWEEP_DIR = "_sweep"  # runs/_sweep/<study>/<trial>/: `amoe sweep` trials, kept out of list_runs (report, ablations)
 
 
