@@ -16,6 +16,7 @@ from pathlib import Path
 
 from amoe_core.config.params import Params
 from amoe_core.errors import AmoeError, ConfigError
+from amoe_core.tracking.runs import TEACHERS_RUN
 
 APP = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
 
@@ -37,11 +38,18 @@ def absolute_storage(url: str) -> str:
     return url
 
 
+def default_runs_dirs(params: Params) -> list[str]:
+    """distill.runs_dir, report.runs_dir when it exists, then every other folder beside it that `amoe ablate`
+    collected (one holding a `_teachers` run, e.g. results/ablations-longtail): a fresh clone offers them all."""
+    report = Path(params.report.runs_dir)
+    collected = sorted(str(t.parent) for t in report.parent.glob(f"*/{TEACHERS_RUN}") if t.is_dir())
+    return list(dict.fromkeys([str(params.distill.runs_dir)] + [str(report)] * report.is_dir() + collected))
+
+
 def roots(params: Params, runs: list[str] | None, curation: str | None, storage: str | None) -> dict[str, str]:
     """The environment that tells the app what it may show: AMOE_RUNS_DIR (os.pathsep-separated), AMOE_CURATION_DIR,
-    AMOE_OPTUNA_STORAGE. Default runs directories: distill.runs_dir, and report.runs_dir when it exists."""
-    if not runs:
-        runs = [str(params.distill.runs_dir)] + [str(params.report.runs_dir)] * params.report.runs_dir.is_dir()
+    AMOE_OPTUNA_STORAGE. Default runs directories: `default_runs_dirs`."""
+    runs = runs or default_runs_dirs(params)
     dirs = list(dict.fromkeys(str(Path(d).resolve()) for d in runs))
     return {
         "AMOE_RUNS_DIR": os.pathsep.join(dirs),

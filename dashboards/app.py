@@ -25,6 +25,7 @@ import pandas as pd
 import streamlit as st
 
 from amoe_core.curation.report import REPORT_FILE
+from amoe_core.dashboard import default_runs_dirs
 from amoe_core.tracking import eval_record
 from amoe_core.tracking.curves import last_written
 from amoe_core.tracking.palette import TEACHER_PREFIX, variant_colours
@@ -38,15 +39,13 @@ LIVE_REFRESH_S = 2.0
 # ---------------------------------------------------------------------------------------------------------- roots
 def allowed_roots() -> dict[str, Any]:
     """Roots from the environment (set by `amoe dashboard`), else from ./params.yaml: the runs directories
-    (distill.runs_dir, report.runs_dir when it exists and the other ablations collected beside it), the curation
-    directory and the Optuna storage."""
+    (amoe_core/dashboard.py's defaults), the curation directory and the Optuna storage."""
     roots: dict[str, Any] = {"runs": ["runs"], "curation": "data/curation", "storage": "sqlite:///runs/optuna.db"}
     try:
         from amoe_core.config import load_params
 
         p = load_params()
-        runs = [str(p.distill.runs_dir)] + collected_beside(Path(p.report.runs_dir))
-        roots = {"runs": list(dict.fromkeys(runs)), "curation": str(p.sample.out.parent), "storage": p.sweep.storage}
+        roots = {"runs": default_runs_dirs(p), "curation": str(p.sample.out.parent), "storage": p.sweep.storage}
     except Exception:  # a broken params.yaml must not take the dashboard down; defaults still work
         pass
     if os.environ.get("AMOE_RUNS_DIR"):
@@ -54,13 +53,6 @@ def allowed_roots() -> dict[str, Any]:
     roots["curation"] = os.environ.get("AMOE_CURATION_DIR", roots["curation"])
     roots["storage"] = os.environ.get("AMOE_OPTUNA_STORAGE", roots["storage"])
     return roots
-
-
-def collected_beside(runs_dir: Path) -> list[str]:
-    """`runs_dir` when it exists, then every other folder beside it that `amoe ablate` collected (it holds a
-    `_teachers` run), e.g. results/ablations-longtail next to results/ablations: a fresh clone offers them all."""
-    siblings = sorted(str(t.parent) for t in runs_dir.parent.glob(f"*/{TEACHERS_RUN}") if t.is_dir())
-    return list(dict.fromkeys([str(runs_dir)] * runs_dir.is_dir() + siblings))
 
 
 # ---------------------------------------------------------------------------------------------------------- cached

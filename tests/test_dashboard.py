@@ -519,8 +519,15 @@ def test_a_fresh_clone_offers_every_collected_ablation(tmp_path, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception
-    assert at.sidebar.selectbox(key="runs_dir").options == ["runs", "results/ablations", "results/ablations-longtail"]
+    expected = ["runs", "results/ablations", "results/ablations-longtail"]
+    assert at.sidebar.selectbox(key="runs_dir").options == expected
     assert not (tmp_path / "runs" / "optuna.db").exists()  # looking never creates the default storage
+    # `amoe dashboard` hands the app the same directories, made absolute
+    from amoe_core.config import load_params
+    from amoe_core.dashboard import roots
+
+    env = roots(load_params(tmp_path / "params.yaml"), None, None, None)
+    assert env["AMOE_RUNS_DIR"].split(os.pathsep) == [str(tmp_path / d) for d in expected]
 
 
 def test_images_outside_a_run_directory_are_never_shown(tmp_path, monkeypatch):

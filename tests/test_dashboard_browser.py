@@ -1,6 +1,7 @@
 """A real browser drives the running dashboard: `amoe dashboard` (started from another directory) + Debian chromium
-through Playwright, on the fixture runs, on the committed results/ablations and on the committed demo runs (runs/:
-their training curves are the committed dvclive files, what a fresh clone has).
+through Playwright, on the fixture runs, on the committed results/ablations, on the committed demo runs (runs/:
+their training curves are the committed dvclive files, what a fresh clone has) and on the committed long-tail
+ablation (results/ablations-longtail, whose curves `amoe ablate` collected).
 
 Every tab and widget is used once and the page is checked as a person sees it: tables read back through the
 dataframe's own "Download as CSV" button, charts measured on screen and their colours read off the screen. Saves
@@ -37,6 +38,7 @@ CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 ABLATIONS = ROOT / "results" / "ablations"
 DEMO = ROOT / "runs"  # `make demo`'s runs, committed: params, eval.json, train.json and the dvclive curves
+LONG_TAIL = ROOT / "results" / "ablations-longtail"  # `amoe ablate`'s data-longtail experiments, with their curves
 
 
 def _ablation_variants() -> list[str]:
@@ -203,6 +205,8 @@ def dashboard(tmp_path):
         str(ABLATIONS),
         "--runs",
         str(DEMO),
+        "--runs",
+        str(LONG_TAIL),
         "--curation",
         str(fx["curation"]),
         "--storage",
@@ -418,5 +422,15 @@ def test_every_tab_and_widget_in_chromium(dashboard):
                 _tab(page, name)
                 shown = _notice_or_data(page)
                 assert shown == "data" or "amoe " in shown, (name, shown)
+
+            # ---- the committed long-tail ablation (collected by `amoe ablate` with its runs' curves)
+            _select(page, "Runs directory", str(LONG_TAIL), scope=sidebar)
+            _tab(page, "Runs")
+            lt = [v.label for v in group_variants(student_runs(LONG_TAIL))]
+            assert lt[0] == "reference" and "selection=random" in lt
+            charts = _visible_charts(page)
+            assert charts.count() >= 1 and page.get_by_text("No training curves").count() == 0
+            lt_colours = {v: c for v, c in variant_colours(lt).items() if v in lt}
+            assert _colours_on_screen(charts.first, lt_colours) == set(lt)  # every variant's loss curve drawn
         finally:
             browser.close()

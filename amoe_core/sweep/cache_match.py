@@ -16,7 +16,6 @@ from amoe_core.launch.distributed import current_info
 from amoe_core.overrides import with_overrides
 from amoe_core.sweep import space
 from amoe_core.sweep.objective import trial_steps
-from amoe_core.sweep.space import format_override
 from amoe_core.train import components, teacher_cache
 
 
@@ -57,7 +56,7 @@ def with_trial_cache(params: Params) -> Params:
     holds over any distill.teacher_cache there); prints the line."""
     path, line = trial_cache(params)
     print(line)
-    override = format_override("distill.teacher_cache", None if path is None else str(path))
+    override = space.format_override("distill.teacher_cache", None if path is None else str(path))
     return params.model_copy(
         update={"sweep": params.sweep.model_copy(update={"overrides": [*params.sweep.overrides, override]})}
     )
