@@ -244,6 +244,7 @@ def collect(experiments: list[Experiment], out: Path, selection: Path = Path("da
 
 def _curation_report(commit: str, path: Path) -> bytes | None:
     """A DVC-tracked file as it was at `commit`, from the local DVC cache (None, with a warning, where it is gone)."""
+    # dvc's Python API takes seconds to import: only when collecting
     import dvc.api
     from dvc.exceptions import DvcException
 

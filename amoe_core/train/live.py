@@ -17,7 +17,7 @@ class LiveLog:
 
     def __init__(self, directory: Path, resume: bool) -> None:
         from dvclive import Live  # imported when a run starts: dvclive takes ~2 s to import (start-up time)
-        from scmrepo.exceptions import SCMError
+        from scmrepo.exceptions import SCMError  # dvclive's git layer: imported with dvclive
 
         try:
             self.live = Live(dir=str(directory), resume=resume, save_dvc_exp=False, dvcyaml=None)
