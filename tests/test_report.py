@@ -177,7 +177,7 @@ def test_committed_results_regenerate_identically(tmp_path: Path, monkeypatch: p
 
 def test_committed_long_tail_results_regenerate_identically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/longtail/RESULTS.md is exactly what `amoe report` makes of the committed long-tail ablation
-    (results/ablations-longtail): every run on the long-tail pool, measured on one commit, with its curves."""
+    (results/ablations-longtail): every run on the long-tail pool, its commits named, with its curves."""
     monkeypatch.chdir(REPO)
     runs_dir = Path("results/ablations-longtail")
     text = build_report(runs_dir, tmp_path / "RESULTS.md")
@@ -189,7 +189,8 @@ def test_committed_long_tail_results_regenerate_identically(tmp_path: Path, monk
         ("reference", [0, 1, 2]), ("selection=random", [0, 1, 2])
     ]  # fmt: skip
     assert "## The data finding on the long-tail pool" in text and "| selected images | head concept share" in text
-    assert len({e["baseline"] for e in json.loads((runs_dir / "experiments.json").read_text()).values()}) == 1
+    baselines = sorted({e["baseline"][:7] for e in json.loads((runs_dir / "experiments.json").read_text()).values()})
+    assert f"measured on commit{'s' * (len(baselines) > 1)} {', '.join(baselines)}." in text.splitlines()[2]
     assert all(r.metrics() for v in variants for r in v.runs)  # the training curves came along
 
 
